@@ -1,0 +1,339 @@
+"""Convex belief propagation on a flattened batch: block coordinate descent on the dual, vectorised.
+
+The formulas are those of DESIGN.md §2.  For a region r with parents P(r), updated as one block:
+
+    mu_{p->r}(y_r)    = eps c_p log sum_{y_p \\ y_r} exp((fhat_p(y_p) - lambda_{r->p}(y_r)) / (eps c_p))
+    s_r(y_r)          = f_r(y_r) + sum_{c in C(r)} lambda_{c->r}(y_c) + sum_{p in P(r)} mu_{p->r}(y_r)
+    lambda_{r->p}     = c_p / (c_r + sum_{p' in P(r)} c_p') * s_r - mu_{p->r},  minus its max
+
+Regions of one colour share no parent and are not parent and child, so a colour is updated at once
+with flat array operations.  ``fhat`` (the reparameterised potential) is kept current incrementally
+only where an update reads it (generic parents, regions with children); beliefs and the dual are
+computed from a fresh ``fhat`` at the end, so incremental rounding never reaches them.
+
+Only operations CuPy offers too (take, bincount, matmul, exp, log, max) are used on the hot path, so
+a GPU backend can mirror this file array for array (or kernel for kernel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph.batch import ColourPlan, GraphBatch
+
+# a matrix-vector sum below this has lost too much to underflow: redo that entry as log-sum-exp
+_UNDERFLOW = 1e-250
+
+
+@dataclass
+class PairTable:
+    """exp((f_p - top_p) / (eps c_p)) of the fast pairs of one PairGroup; constant during a run."""
+
+    table: np.ndarray           # (P, n_a, n_b)
+    top: np.ndarray             # (P,) max of f_p
+
+
+@dataclass
+class BPState:
+    potentials: np.ndarray      # (N,) f, float64
+    messages: np.ndarray        # (M,) lambda, each edge's vector with max 0; updated in place
+    fhat: np.ndarray | None     # (N,) reparameterised potentials where read (None if never read)
+    pair_tables: list[PairTable]
+    oriented: list              # per colour, per fast group: its edges' tables, r's states as rows
+                                # (binary colours: then the four entries as columns)
+    inner: list                 # per colour: f_r at the colour's region entries if childless
+
+
+@dataclass
+class BPResult:
+    beliefs: np.ndarray         # (N,) in the batch's potential layout
+    dual: np.ndarray            # (S,) the dual D(lambda) of each sample
+    messages: np.ndarray        # (M,) final messages (store them per sample to warm-start)
+    sweeps: int                 # sweeps run
+    max_change: float           # largest message change in the last sweep (inf if none ran)
+    converged: bool
+
+
+def _log_sum_exp(values: np.ndarray, scale, axis: int) -> np.ndarray:
+    """scale * log sum exp(values / scale) along axis, shifted by the max so nothing overflows.
+
+    `scale` has the dimensions of `values`, with length 1 along `axis`.
+    """
+    z = values / scale
+    peak = z.max(axis=axis, keepdims=True)
+    return np.squeeze(scale * (peak + np.log(np.exp(z - peak).sum(axis=axis, keepdims=True))), axis)
+
+
+def _row_max(block: np.ndarray) -> np.ndarray:
+    """Max over the last axis; numpy's reduction is slow on short rows, so unroll those."""
+    if block.shape[-1] > 8:
+        return block.max(axis=-1)
+    out = block[..., 0].copy()
+    for j in range(1, block.shape[-1]):
+        np.maximum(out, block[..., j], out=out)
+    return out
+
+
+class ConvexBP:
+    """Vectorised CPU engine for one GraphBatch (build once per batch, run many times)."""
+
+    def __init__(self, batch: GraphBatch):
+        self.batch = batch
+        # fhat is only read by generic parents and by regions with children
+        self._needs_fhat = any(c.generic or not c.childless for c in batch.colours)
+        self._binary = [self._binary_plan(c) for c in batch.colours]
+
+    @staticmethod
+    def _binary_plan(c: ColourPlan):
+        """Index arrays of the gap-form update, if colour c is binary unaries under fast pairs."""
+        if c.generic or len(c.fast) != 1 or not c.childless or c.fast[0].own.shape[1] != 2 \
+                or c.fast[0].other.shape[1] != 2:
+            return None
+        g = c.fast[0]
+        # every region of the colour has 2 states, so its states are entries 2r, 2r + 1 of Q
+        region = c.edge_entry_q[g.entries][0::2] // 2
+        ratio = c.edge_entry_ratio[g.entries][0::2]
+        return (g.own[:, 0].copy(), g.own[:, 1].copy(), g.other[:, 0].copy(), g.other[:, 1].copy(),
+                region, ratio, g.scale)
+
+    # --- state ----------------------------------------------------------------------------
+    def start(self, potentials, messages=None) -> BPState:
+        b = self.batch
+        theta = np.ascontiguousarray(potentials, dtype=np.float64)
+        if theta.shape != (b.num_potentials,):
+            raise ValueError(f"potentials: expected a flat vector of {b.num_potentials} entries "
+                             f"for this batch, got shape {theta.shape}")
+        if messages is None:
+            lam = np.zeros(b.num_messages)
+        else:
+            lam = np.array(messages, dtype=np.float64)
+            if lam.shape != (b.num_messages,):
+                raise ValueError(f"messages: expected {b.num_messages} entries for this batch, "
+                                 f"got shape {lam.shape}")
+            if len(lam):   # shift every message to max 0: the dual is unchanged
+                starts = b.message_edge_start
+                lam -= np.repeat(np.maximum.reduceat(lam, starts), np.diff(starts, append=len(lam)))
+        pair_tables = []
+        for g in b.pair_groups:
+            f = theta[g.entries]
+            top = _row_max(f)
+            table = np.exp((f - top[:, None]) / g.scale[:, None])
+            pair_tables.append(PairTable(table.reshape(len(f), *self._pair_shape(g)), top))
+        oriented = []
+        for colour, binary in zip(b.colours, self._binary):
+            tables = [self._orient(pair_tables[g.pair_group].table, g) for g in colour.fast]
+            if binary is not None:   # the gap-form update reads the four entries as columns
+                tables.append(tuple(np.ascontiguousarray(tables[0][:, i, j]) for i in (0, 1)
+                                    for j in (0, 1)))
+            oriented.append(tables)
+        inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
+        fhat = self.reparameterise(theta, lam) if self._needs_fhat else None
+        return BPState(theta, lam, fhat, pair_tables, oriented, inner)
+
+    @staticmethod
+    def _pair_shape(g) -> tuple[int, int]:
+        return g.message_a.shape[1], g.message_b.shape[1]
+
+    @staticmethod
+    def _orient(table: np.ndarray, g) -> np.ndarray:
+        """The tables of a fast group's edges with r's states as rows (contiguous copies)."""
+        if not g.transposed.any():
+            return table[g.pairs]
+        if g.transposed.all():
+            return np.ascontiguousarray(table[g.pairs].transpose(0, 2, 1))
+        picked = table[g.pairs]     # square tables, both orientations in one group
+        picked[g.transposed] = picked[g.transposed].transpose(0, 2, 1)
+        return picked
+
+    def reparameterise(self, theta, lam) -> np.ndarray:
+        """fhat_r = f_r + sum_{c in C(r)} lambda_{c->r} - sum_{p in P(r)} lambda_{r->p}.
+
+        Exact for every region except the fast pairs (which get f_p: nothing here reads theirs).
+        """
+        b = self.batch
+        n = b.num_potentials
+        return (theta + np.bincount(b.parent_entry, lam[b.parent_entry_message], n)
+                - np.bincount(b.message_child_entry, lam, n))
+
+    # --- one block-coordinate step per colour --------------------------------------------
+    def update_colour(self, state: BPState, k: int) -> float:
+        """Update all regions of colour k; return the largest message change."""
+        if self._binary[k] is not None:
+            change = self._update_binary_colour(state, k)
+            if change is not None:
+                return change
+        plan: ColourPlan = self.batch.colours[k]
+        lam, fhat = state.messages, state.fhat
+        mu = np.empty(len(plan.edge_entry_message))
+        for g, table in zip(plan.fast, state.oriented[k]):
+            mu[g.entries] = self._fast_mu(g, table, state, lam).ravel()
+        for g in plan.generic:
+            mu[g.entries] = self._generic_mu(g, fhat, lam).ravel()
+
+        q = plan.edge_entry_q
+        num_q = len(plan.region_entries)
+        if plan.childless:
+            inner = state.inner[k]
+        else:   # f_r + sum_c lambda_{c->r} = fhat_r + sum_p lambda_{r->p}
+            inner = fhat[plan.region_entries] + np.bincount(q, lam[plan.edge_entry_message], num_q)
+        total = inner + np.bincount(q, mu, num_q)
+        new = plan.edge_entry_ratio * total[q] - mu
+        for g in plan.fast + plan.generic:
+            # a constant per message leaves the dual unchanged; max 0 keeps messages bounded
+            block = new[g.entries].reshape(len(g.own), -1)
+            block -= _row_max(block)[:, None]
+        delta = new - lam[plan.edge_entry_message]
+        lam[plan.edge_entry_message] = new
+        if fhat is not None:
+            if not plan.childless:
+                fhat[plan.region_entries] -= np.bincount(q, delta, num_q)
+            # no two regions of a colour share a parent, so these indices are distinct
+            fhat[plan.parent_entry] += delta[plan.parent_entry_source]
+        return float(np.abs(delta).max()) if len(delta) else 0.0
+
+    def _update_binary_colour(self, state: BPState, k: int) -> float | None:
+        """update_colour for binary unaries whose parents are all binary fast pairs.
+
+        Fully connected binary graphs have one colour per variable and little work per colour, so
+        the number of array operations decides the speed: work on the gap lambda(1) - lambda(0)
+        of each message (one exp and one log per edge instead of two each).  Returns None,
+        touching nothing, when a sum underflows; the general path then handles extreme values.
+        """
+        own_0, own_1, other_0, other_1, region, ratio, scale = self._binary[k]
+        t_00, t_01, t_10, t_11 = state.oriented[k][-1]
+        lam = state.messages
+        gap = lam[other_1] - lam[other_0]
+        # a max-0 message has weights exp(lambda / scale) = (1, w) or (w, 1)
+        w = np.exp(-np.abs(gap) / scale)
+        second_is_top = gap > 0
+        w_0 = np.where(second_is_top, w, 1.0)
+        w_1 = np.where(second_is_top, 1.0, w)
+        total_0 = t_00 * w_0 + t_01 * w_1
+        total_1 = t_10 * w_0 + t_11 * w_1
+        if min(total_0.min(), total_1.min()) < _UNDERFLOW:
+            return None
+        mu_gap = scale * np.log(total_1 / total_0)
+        inner = state.inner[k]
+        total = (inner[1::2] - inner[0::2]) + np.bincount(region, mu_gap, len(inner) // 2)
+        new_gap = ratio * total[region] - mu_gap
+        new_0, new_1 = np.minimum(0.0, -new_gap), np.minimum(0.0, new_gap)
+        change = max(np.abs(new_0 - lam[own_0]).max(), np.abs(new_1 - lam[own_1]).max())
+        lam[own_0] = new_0
+        lam[own_1] = new_1
+        return float(change)
+
+    def _fast_mu(self, g, table, state, lam) -> np.ndarray:
+        """mu_{p->r} up to a constant per edge (which the update's normalisation removes)."""
+        scale = g.scale[:, None]
+        other = lam[g.other]               # max 0, so the weights below are in (0, 1]
+        weights = np.exp(other / scale)
+        total = np.matmul(table, weights[:, :, None])[:, :, 0]
+        with np.errstate(divide="ignore"):
+            mu = scale * np.log(total)
+        low = total < _UNDERFLOW
+        if low.any():   # extreme potentials: exact log-sum-exp for the entries that underflowed
+            e, i = np.nonzero(low)
+            pairs = self.batch.pair_groups[g.pair_group]
+            f = state.potentials[pairs.entries[g.pairs[e]]].reshape(len(e), *self._pair_shape(pairs))
+            flip = g.transposed[e]
+            rows = np.empty((len(e), other.shape[1]))
+            if not flip.all():
+                rows[~flip] = f[np.flatnonzero(~flip), i[~flip], :]
+            if flip.any():
+                rows[flip] = f[np.flatnonzero(flip), :, i[flip]]
+            top = state.pair_tables[g.pair_group].top[g.pairs[e]]
+            mu[e, i] = _log_sum_exp(rows - top[:, None] + other[e], scale[e], axis=1)
+        return mu
+
+    @staticmethod
+    def _generic_mu(g, fhat, lam) -> np.ndarray:
+        values = fhat[g.grouped] - lam[g.own][:, :, None]        # (E, n_r, k)
+        if g.use_max:
+            return values.max(axis=2)
+        return _log_sum_exp(values, g.scale[:, None, None], axis=2)
+
+    def sweep(self, state: BPState) -> float:
+        """One sweep: every colour once, in order; returns the largest message change."""
+        return max((self.update_colour(state, k) for k in range(len(self.batch.colours))),
+                   default=0.0)
+
+    # --- read-outs ------------------------------------------------------------------------
+    def _pair_sums(self, state: BPState, g, pt: PairTable):
+        """For each fast pair: w_a, w_b = exp(lambda / (eps c_p)) and sum_ab table * w_a * w_b.
+
+        With the pair's fhat = f_p + lambda_a + lambda_b (it has no parents), its log-partition is
+        top + eps c_p log(that sum), and its belief is table * w_a * w_b / sum.
+        """
+        lam, scale = state.messages, g.scale[:, None]
+        w_a, w_b = np.exp(lam[g.message_a] / scale), np.exp(lam[g.message_b] / scale)
+        total = (np.matmul(pt.table, w_b[:, :, None])[:, :, 0] * w_a).sum(axis=1)
+        return w_a, w_b, total
+
+    def _pair_fhat(self, state: BPState, g, pairs: np.ndarray) -> np.ndarray:
+        """fhat of some fast pairs, (len(pairs), n_a, n_b): the exact path for extreme values."""
+        lam = state.messages
+        f = state.potentials[g.entries[pairs]].reshape(len(pairs), *self._pair_shape(g))
+        return f + lam[g.message_a[pairs]][:, :, None] + lam[g.message_b[pairs]][:, None, :]
+
+    def dual(self, state: BPState) -> np.ndarray:
+        """D(lambda) per sample: sum_r eps c_r log sum exp(fhat_r / (eps c_r)) (max where eps c_r = 0)."""
+        fhat = self.reparameterise(state.potentials, state.messages)
+        per_region, samples = [], []
+        for entries, scale, sample in self.batch.regions_by_size:
+            values = fhat[entries]
+            out = values.max(axis=1)
+            soft = scale != 0
+            if soft.any():
+                out[soft] = _log_sum_exp(values[soft], scale[soft, None], axis=1)
+            per_region.append(out)
+            samples.append(sample)
+        for g, pt in zip(self.batch.pair_groups, state.pair_tables):
+            _, _, total = self._pair_sums(state, g, pt)
+            with np.errstate(divide="ignore"):
+                out = pt.top + g.scale * np.log(total)
+            low = np.flatnonzero(total < _UNDERFLOW)
+            if len(low):
+                flat = self._pair_fhat(state, g, low).reshape(len(low), -1)
+                out[low] = _log_sum_exp(flat, g.scale[low, None], axis=1)
+            per_region.append(out)
+            samples.append(g.sample)
+        return np.bincount(np.concatenate(samples), np.concatenate(per_region),
+                           self.batch.num_samples)
+
+    def beliefs(self, state: BPState) -> np.ndarray:
+        """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent."""
+        fhat = self.reparameterise(state.potentials, state.messages)
+        beliefs = np.zeros(self.batch.num_potentials)
+        for entries, scale, _ in self.batch.regions_by_size:
+            direct = scale > 0
+            z = fhat[entries[direct]] / scale[direct, None]
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            beliefs[entries[direct]] = z / z.sum(axis=1, keepdims=True)
+        for g, pt in zip(self.batch.pair_groups, state.pair_tables):
+            w_a, w_b, total = self._pair_sums(state, g, pt)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                b = pt.table * (w_a / total[:, None])[:, :, None] * w_b[:, None, :]
+            low = np.flatnonzero(total < _UNDERFLOW)
+            if len(low):
+                z = self._pair_fhat(state, g, low).reshape(len(low), -1) / g.scale[low, None]
+                z = np.exp(z - z.max(axis=1, keepdims=True))
+                b[low] = (z / z.sum(axis=1, keepdims=True)).reshape(b[low].shape)
+            beliefs[g.entries] = b.reshape(len(b), -1)
+        for child_entry, parent_entry in self.batch.belief_levels:
+            beliefs += np.bincount(child_entry, beliefs[parent_entry], len(beliefs))
+        return beliefs
+
+    def run(self, potentials, messages=None, max_sweeps: int = 1000, tol: float = 1e-6) -> BPResult:
+        """Sweep until the largest message change is below tol or max_sweeps is reached."""
+        if max_sweeps < 0 or not tol >= 0:
+            raise ValueError(f"max_sweeps = {max_sweeps} and tol = {tol} must be >= 0")
+        state = self.start(potentials, messages)
+        change, sweeps = float("inf"), 0
+        if not self.batch.colours:
+            change = 0.0   # nothing sends messages: beliefs are exact already
+        while sweeps < max_sweeps and change >= tol:
+            change = self.sweep(state)
+            sweeps += 1
+        return BPResult(self.beliefs(state), self.dual(state), state.messages, sweeps, change,
+                        converged=change < tol)

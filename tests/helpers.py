@@ -1,0 +1,48 @@
+"""Random graphs and potentials shared by the inference tests."""
+from __future__ import annotations
+
+import numpy as np
+
+from dstrain.graph import RegionGraph
+
+
+def random_tree(rng, num_variables, max_states=3, **graph_options) -> RegionGraph:
+    """A random pairwise tree: unaries for every variable, pairs in random orientation and order."""
+    cards = [int(c) for c in rng.integers(2, max_states + 1, num_variables)]
+    regions = [(v,) for v in range(num_variables)]
+    for v in range(1, num_variables):
+        u = int(rng.integers(0, v))
+        regions.append((u, v) if rng.random() < 0.5 else (v, u))
+    order = rng.permutation(len(regions))
+    return RegionGraph(cards, [regions[i] for i in order], **graph_options)
+
+
+def random_loopy(rng, num_variables=7, num_triples=3, extra_pairs=3, max_states=3,
+                 **graph_options) -> RegionGraph:
+    """Triples, the pairs inside them, some more pairs and all unaries: a loopy 3-level graph."""
+    cards = [int(c) for c in rng.integers(2, max_states + 1, num_variables)]
+    sets = set()
+    while len(sets) < num_triples:
+        sets.add(frozenset(rng.choice(num_variables, 3, replace=False).tolist()))
+    regions = [tuple(rng.permutation(sorted(t)).tolist()) for t in sets]
+    inside = {frozenset((a, b)) for t in sets for a in t for b in t if a < b}
+    pairs = set(inside)
+    while len(pairs) < len(inside) + extra_pairs:
+        pairs.add(frozenset(rng.choice(num_variables, 2, replace=False).tolist()))
+    regions += [tuple(sorted(p)) for p in pairs]
+    regions += [(v,) for v in range(num_variables)]
+    order = rng.permutation(len(regions))
+    return RegionGraph(cards, [regions[i] for i in order], **graph_options)
+
+
+def random_potentials(rng, graph: RegionGraph, scale=1.0) -> list[np.ndarray]:
+    return [rng.normal(scale=scale, size=shape) for shape in graph.shapes]
+
+
+def consistency_error(graph: RegionGraph, beliefs) -> float:
+    """Largest |sum_{y_p \\ y_r} b_p - b_r| over all edges."""
+    worst = 0.0
+    for e, (r, p) in enumerate(graph.edges):
+        summed = np.bincount(graph.structure.child_state[e], beliefs[p].ravel(), graph.sizes[r])
+        worst = max(worst, float(np.abs(summed - beliefs[r].ravel()).max()))
+    return worst

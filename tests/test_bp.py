@@ -1,0 +1,233 @@
+"""Convex belief propagation: exactness on trees, descent and consistency on loopy graphs,
+agreement with the loop-based reference and between batched and single-sample runs, stability."""
+import numpy as np
+import pytest
+
+from dstrain.graph import GraphBatch, RegionGraph, chain, fully_connected, grid
+from dstrain.inference import ConvexBP, map_assignment, marginals
+from dstrain.inference.brute_force import enumerate_map, enumerate_marginals
+from dstrain.inference.exact import chain_marginals
+from dstrain.inference.reference import ReferenceBP
+from helpers import consistency_error, random_loopy, random_potentials, random_tree
+
+
+def _run_batch(graphs, potentials, **run_options):
+    batch = GraphBatch(graphs)
+    result = ConvexBP(batch).run(batch.pack(potentials), **run_options)
+    return batch.unpack(result.beliefs), result
+
+
+@pytest.mark.parametrize("eps", [0.5, 1.0, 2.0])
+def test_bethe_on_random_trees_gives_exact_marginals_and_log_partition(eps):
+    rng = np.random.default_rng(int(eps * 10))
+    graphs = [random_tree(rng, int(n), counting_numbers="bethe", eps=eps)
+              for n in rng.integers(2, 11, 12)]
+    pots = [random_potentials(rng, g, scale=2.0) for g in graphs]
+    beliefs, result = _run_batch(graphs, pots, max_sweeps=2000, tol=1e-11)
+    assert result.converged
+    for g, p, b, dual in zip(graphs, pots, beliefs, result.dual):   # every batch element
+        exact, log_z = enumerate_marginals(g.cardinalities, g.regions, p, eps=eps)
+        assert max(np.abs(x - y).max() for x, y in zip(b, exact)) <= 1e-6
+        assert dual == pytest.approx(eps * log_z, abs=1e-8)
+
+
+def test_bethe_on_chains_matches_forward_backward_with_variable_lengths():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 8, 10)
+    num_states, longest = 4, 7
+    unary = rng.normal(size=(10, longest, num_states))
+    pairwise = rng.normal(size=(10, longest - 1, num_states, num_states))
+    node_marg, _, log_z = chain_marginals(unary, pairwise, lengths)
+    graphs = [chain(int(n), num_states, counting_numbers="bethe") for n in lengths]
+    pots = [[unary[s, i] for i in range(n)] + [pairwise[s, i] for i in range(n - 1)]
+            for s, n in enumerate(lengths)]
+    beliefs, result = _run_batch(graphs, pots, tol=1e-12)
+    for s, n in enumerate(lengths):
+        np.testing.assert_allclose(np.stack(beliefs[s][:n]), node_marg[s, :n], atol=1e-8)
+    np.testing.assert_allclose(result.dual, log_z, atol=1e-8)
+
+
+def _check_descent(graph, pots):
+    """Reference: dual after every single block update; engine: after every colour."""
+    reference = ReferenceBP(graph, pots)
+    batch = GraphBatch([graph])
+    engine = ConvexBP(batch)
+    state = engine.start(batch.pack([pots]))
+    ref_dual, eng_dual = reference.dual(), engine.dual(state)[0]
+    for _ in range(30):
+        for k, colour in enumerate(graph.colours):
+            for r in colour:
+                reference.update_region(r)
+                now = reference.dual()
+                assert now <= ref_dual + 1e-9, f"region {r} raised the dual"
+                ref_dual = now
+            engine.update_colour(state, k)
+            now = engine.dual(state)[0]
+            assert now <= eng_dual + 1e-9, f"colour {k} raised the dual"
+            eng_dual = now
+    assert eng_dual == pytest.approx(ref_dual, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_no_block_update_raises_the_dual_on_loopy_graphs_with_triples(seed):
+    rng = np.random.default_rng(seed)
+    graph = random_loopy(rng)
+    _check_descent(graph, random_potentials(rng, graph, scale=2.0))
+
+
+def test_no_block_update_raises_the_dual_on_fully_connected_binary():
+    rng = np.random.default_rng(7)
+    graph = fully_connected(6)
+    _check_descent(graph, random_potentials(rng, graph, scale=2.0))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_converged_beliefs_are_locally_consistent(seed):
+    rng = np.random.default_rng(100 + seed)
+    graphs = [random_loopy(rng), grid(3, 3, 3), fully_connected(5, 3)]
+    pots = [random_potentials(rng, g, scale=1.5) for g in graphs]
+    beliefs, result = _run_batch(graphs, pots, max_sweeps=5000, tol=1e-10)
+    assert result.converged
+    for g, b in zip(graphs, beliefs):
+        assert consistency_error(g, b) <= 1e-6
+        assert all(np.all(x >= 0) and abs(x.sum() - 1) < 1e-9 for x in b)
+
+
+def _mixed_graphs(rng):
+    """Graphs that take every path: fast pairs, binary colours, generic parents, max parents."""
+    hierarchy = random_loopy(rng)
+    counts = np.where([len(r) == 2 and bool(hierarchy.parents[k])
+                       for k, r in enumerate(hierarchy.regions)], 0.0, 1.0)
+    return [
+        random_loopy(rng),
+        random_loopy(rng, counting_numbers="bethe"),
+        RegionGraph(hierarchy.cardinalities, hierarchy.regions, counting_numbers=counts),
+        RegionGraph(hierarchy.cardinalities, hierarchy.regions, eps=0.3,
+                    counting_numbers=rng.uniform(0.5, 2.0, len(hierarchy.regions))),
+        fully_connected(5, 2),
+        grid(2, 3, 3),
+        chain(6, 3, order=2),
+        random_tree(rng, 6, counting_numbers="bethe"),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vectorised_engine_equals_loop_reference_update_for_update(seed):
+    rng = np.random.default_rng(200 + seed)
+    for graph in _mixed_graphs(rng):
+        pots = random_potentials(rng, graph, scale=2.0)
+        reference = ReferenceBP(graph, pots)
+        batch = GraphBatch([graph])
+        engine = ConvexBP(batch)
+        state = engine.start(batch.pack([pots]))
+        for _ in range(5):
+            reference.sweep()
+            engine.sweep(state)
+            flat = np.concatenate([reference.messages[e].ravel() for e in graph.edges])
+            np.testing.assert_allclose(state.messages, flat, atol=1e-9, err_msg=repr(graph))
+        assert engine.dual(state)[0] == pytest.approx(reference.dual(), abs=1e-9)
+        mine = batch.unpack(engine.beliefs(state))[0]
+        for x, y in zip(mine, reference.beliefs()):
+            np.testing.assert_allclose(x, y, atol=1e-9)
+
+
+def test_batched_results_equal_one_sample_at_a_time():
+    rng = np.random.default_rng(11)
+    graphs = _mixed_graphs(rng) + [chain(int(n), 4, order=2) for n in rng.integers(3, 15, 6)]
+    pots = [random_potentials(rng, g) for g in graphs]
+    beliefs, result = _run_batch(graphs, pots, max_sweeps=40, tol=0.0)
+    for s, (g, p) in enumerate(zip(graphs, pots)):
+        alone, alone_result = _run_batch([g], [p], max_sweeps=40, tol=0.0)
+        assert result.dual[s] == pytest.approx(alone_result.dual[0], abs=1e-10)
+        for x, y in zip(beliefs[s], alone[0]):
+            np.testing.assert_allclose(x, y, atol=1e-10)
+
+
+def test_warm_start_continues_where_it_stopped():
+    rng = np.random.default_rng(5)
+    graphs = [random_loopy(rng) for _ in range(3)] + [fully_connected(4)]
+    pots = [random_potentials(rng, g) for g in graphs]
+    batch = GraphBatch(graphs)
+    engine = ConvexBP(batch)
+    flat = batch.pack(pots)
+    straight = engine.run(flat, max_sweeps=12, tol=0.0)
+    first = engine.run(flat, max_sweeps=5, tol=0.0)
+    # a constant added to a message changes nothing: the engine re-normalises warm starts
+    shifted = first.messages + 3.0
+    second = engine.run(flat, messages=shifted, max_sweeps=7, tol=0.0)
+    np.testing.assert_allclose(second.messages, straight.messages, atol=1e-10)
+    np.testing.assert_allclose(second.beliefs, straight.beliefs, atol=1e-10)
+    np.testing.assert_allclose(second.dual, straight.dual, atol=1e-9)
+
+
+@pytest.mark.parametrize("make", [lambda rng: random_loopy(rng), lambda rng: fully_connected(6),
+                                  lambda rng: chain(5, 26, order=2)])
+def test_potentials_of_magnitude_1e4_stay_finite_and_match_the_reference(make):
+    rng = np.random.default_rng(9)
+    graph = make(rng)
+    pots = random_potentials(rng, graph, scale=1e4)
+    beliefs, result = _run_batch([graph], [pots], max_sweeps=20, tol=0.0)
+    assert np.all(np.isfinite(result.dual)) and np.all(np.isfinite(result.messages))
+    assert all(np.all(np.isfinite(b)) for b in beliefs[0])
+    reference = ReferenceBP(graph, pots)
+    for _ in range(20):
+        reference.sweep()
+    assert result.dual[0] == pytest.approx(reference.dual(), rel=1e-12)
+    for x, y in zip(beliefs[0], reference.beliefs()):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+
+
+def test_extreme_tree_is_still_exact():
+    rng = np.random.default_rng(4)
+    graph = random_tree(rng, 8, counting_numbers="bethe")
+    pots = random_potentials(rng, graph, scale=1e4)
+    beliefs, result = _run_batch([graph], [pots], tol=1e-9)
+    exact, log_z = enumerate_marginals(graph.cardinalities, graph.regions, pots)
+    assert max(np.abs(x - y).max() for x, y in zip(beliefs[0], exact)) <= 1e-6
+    assert result.dual[0] == pytest.approx(log_z, rel=1e-12)
+
+
+def test_functional_api_returns_lists_of_arrays_and_a_float():
+    cards, regions = [2, 3, 2], [(0,), (1,), (2,), (0, 1), (1, 2)]
+    pots = [np.arange(np.prod(s), dtype=float).reshape(s) / 7 for s in
+            [tuple(cards[v] for v in r) for r in regions]]
+    beliefs, dual = marginals(cards, regions, pots, counting_numbers="bethe")
+    assert isinstance(dual, float) and len(beliefs) == len(regions)
+    exact, log_z = enumerate_marginals(cards, regions, pots)
+    assert dual == pytest.approx(log_z, abs=1e-8)
+    for b, p, e in zip(beliefs, pots, exact):
+        assert b.shape == p.shape
+        np.testing.assert_allclose(b, e, atol=1e-6)
+
+
+def test_functional_api_rejects_bad_input():
+    with pytest.raises(ValueError, match="needs shape"):
+        marginals([2, 2], [(0,), (0, 1)], [np.zeros(2), np.zeros(2)])
+    with pytest.raises(ValueError, match="unknown variable"):
+        marginals([2], [(0,), (0, 1)], [np.zeros(2), np.zeros((2, 2))])
+    with pytest.raises(ValueError, match="eps"):
+        marginals([2], [(0,)], [np.zeros(2)], eps=0)
+
+
+def test_map_assignment_is_exact_on_trees(rng):
+    for _ in range(10):
+        graph = random_tree(rng, int(rng.integers(2, 9)))
+        pots = random_potentials(rng, graph)
+        y = map_assignment(graph.cardinalities, graph.regions, pots)
+        best = enumerate_map(graph.cardinalities, graph.regions, pots)
+        assert _score(graph, pots, y) == pytest.approx(_score(graph, pots, best), abs=1e-9)
+
+
+def test_map_assignment_on_loopy_graphs_finds_a_clear_optimum(rng):
+    for _ in range(5):
+        graph = random_loopy(rng)
+        pots = random_potentials(rng, graph, scale=0.3)
+        planted = rng.integers(0, 2, len(graph.cardinalities))
+        for r, p in zip(graph.regions, pots):
+            p[tuple(planted[list(r)])] += 3.0       # a unique, clearly best assignment
+        y = map_assignment(graph.cardinalities, graph.regions, pots)
+        np.testing.assert_array_equal(y, enumerate_map(graph.cardinalities, graph.regions, pots))
+
+
+def _score(graph, pots, y):
+    return sum(p[tuple(y[list(r)])] for r, p in zip(graph.regions, pots))
