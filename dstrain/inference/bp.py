@@ -24,6 +24,8 @@ from ..graph.batch import ColourPlan, GraphBatch
 
 # a matrix-vector sum below this has lost too much to underflow: redo that entry as log-sum-exp
 _UNDERFLOW = 1e-250
+# the binary update's exp(g / (eps c)) stays far from overflow (and e * t from underflow) below this
+_BINARY_EXPONENT_LIMIT = 600.0
 
 
 @dataclass
@@ -34,15 +36,35 @@ class PairTable:
     top: np.ndarray             # (P,) max of f_p
 
 
-@dataclass
 class BPState:
-    potentials: np.ndarray      # (N,) f, float64
-    messages: np.ndarray        # (M,) lambda, each edge's vector with max 0; updated in place
-    fhat: np.ndarray | None     # (N,) reparameterised potentials where read (None if never read)
-    pair_tables: list[PairTable]
-    oriented: list              # per colour, per fast group: its edges' tables, r's states as rows
-                                # (binary colours: then the four entries as columns)
-    inner: list                 # per colour: f_r at the colour's region entries if childless
+    """Potentials, messages and what one run precomputes from the potentials."""
+
+    def __init__(self, potentials, messages, fhat, pair_tables, oriented, inner, binary_batch):
+        self.potentials = potentials    # (N,) f, float64
+        self.fhat = fhat                # (N,) reparameterised potentials where read, or None
+        self.pair_tables = pair_tables  # list[PairTable], one per pair group
+        # per colour, per fast group: its edges' tables with r's states as rows
+        # (binary colours: then also the four entries as columns)
+        self.oriented = oriented
+        self.inner = inner              # per colour: f_r at its region entries if childless
+        self._messages = messages       # (M,) each edge's vector with max 0
+        # binary batches: the gap lambda(1) - lambda(0) of every edge holds the messages during
+        # sweeps (half the memory traffic); `messages` is rebuilt from it when read
+        self.gaps = messages[1::2] - messages[0::2] if binary_batch else None
+        self._stale = False
+
+    @property
+    def messages(self) -> np.ndarray:
+        if self._stale:   # a max-0 binary message with gap g is (min(0, -g), min(0, g))
+            np.minimum(0.0, -self.gaps, out=self._messages[0::2])
+            np.minimum(0.0, self.gaps, out=self._messages[1::2])
+            self._stale = False
+        return self._messages
+
+    def messages_changed(self):
+        """After a general update wrote `messages`: refresh the gaps from them."""
+        if self.gaps is not None:
+            np.subtract(self._messages[1::2], self._messages[0::2], out=self.gaps)
 
 
 @dataclass
@@ -83,6 +105,8 @@ class ConvexBP:
         # fhat is only read by generic parents and by regions with children
         self._needs_fhat = any(c.generic or not c.childless for c in batch.colours)
         self._binary = [self._binary_plan(c) for c in batch.colours]
+        # every message is binary and every colour takes the gap-form update
+        self._binary_batch = bool(batch.colours) and all(p is not None for p in self._binary)
 
     @staticmethod
     def _binary_plan(c: ColourPlan):
@@ -94,8 +118,8 @@ class ConvexBP:
         # every region of the colour has 2 states, so its states are entries 2r, 2r + 1 of Q
         region = c.edge_entry_q[g.entries][0::2] // 2
         ratio = c.edge_entry_ratio[g.entries][0::2]
-        return (g.own[:, 0].copy(), g.own[:, 1].copy(), g.other[:, 0].copy(), g.other[:, 1].copy(),
-                region, ratio, g.scale)
+        # a binary batch stores edge e's message at entries 2e, 2e + 1
+        return g.own[:, 0] // 2, g.other[:, 0] // 2, region, ratio, g.scale
 
     # --- state ----------------------------------------------------------------------------
     def start(self, potentials, messages=None) -> BPState:
@@ -120,16 +144,19 @@ class ConvexBP:
             top = _row_max(f)
             table = np.exp((f - top[:, None]) / g.scale[:, None])
             pair_tables.append(PairTable(table.reshape(len(f), *self._pair_shape(g)), top))
+        inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
         oriented = []
         for colour, binary in zip(b.colours, self._binary):
             tables = [self._orient(pair_tables[g.pair_group].table, g) for g in colour.fast]
             if binary is not None:   # the gap-form update reads the four entries as columns
                 tables.append(tuple(np.ascontiguousarray(tables[0][:, i, j]) for i in (0, 1)
-                                    for j in (0, 1)))
+                                    for j in (0, 1)) + (inner[len(oriented)][1::2]
+                                                        - inner[len(oriented)][0::2],))
             oriented.append(tables)
-        inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
         fhat = self.reparameterise(theta, lam) if self._needs_fhat else None
-        return BPState(theta, lam, fhat, pair_tables, oriented, inner)
+        # the gap-form update needs tables without near-underflow entries (see its docstring)
+        binary = self._binary_batch and min(t.table.min() for t in pair_tables) >= _UNDERFLOW
+        return BPState(theta, lam, fhat, pair_tables, oriented, inner, binary)
 
     @staticmethod
     def _pair_shape(g) -> tuple[int, int]:
@@ -159,7 +186,7 @@ class ConvexBP:
     # --- one block-coordinate step per colour --------------------------------------------
     def update_colour(self, state: BPState, k: int) -> float:
         """Update all regions of colour k; return the largest message change."""
-        if self._binary[k] is not None:
+        if state.gaps is not None:
             change = self._update_binary_colour(state, k)
             if change is not None:
                 return change
@@ -190,38 +217,35 @@ class ConvexBP:
                 fhat[plan.region_entries] -= np.bincount(q, delta, num_q)
             # no two regions of a colour share a parent, so these indices are distinct
             fhat[plan.parent_entry] += delta[plan.parent_entry_source]
+        state.messages_changed()
         return float(np.abs(delta).max()) if len(delta) else 0.0
 
     def _update_binary_colour(self, state: BPState, k: int) -> float | None:
-        """update_colour for binary unaries whose parents are all binary fast pairs.
+        """update_colour for batches of binary unaries under binary fast pairs (image tagging).
 
         Fully connected binary graphs have one colour per variable and little work per colour, so
-        the number of array operations decides the speed: work on the gap lambda(1) - lambda(0)
-        of each message (one exp and one log per edge instead of two each).  Returns None,
-        touching nothing, when a sum underflows; the general path then handles extreme values.
+        the number of array operations and memory traffic decide the speed: the update works on
+        the gap g = lambda(1) - lambda(0) of each message, with one exp and one log per edge:
+
+            mu_{p->r}(1) - mu_{p->r}(0) = eps c_p log((t_10 + t_11 e) / (t_00 + t_01 e)),
+            e = exp(g_{o->p} / (eps c_p)),  t = exp((f_p - max f_p) / (eps c_p)) >= 1e-250
+
+        (the start checked the bound on t).  Returns the largest gap change (an upper bound of the
+        largest entry change), or None, touching nothing, when some |g / (eps c_p)| > 600: the
+        general path then handles the extreme values.
         """
-        own_0, own_1, other_0, other_1, region, ratio, scale = self._binary[k]
-        t_00, t_01, t_10, t_11 = state.oriented[k][-1]
-        lam = state.messages
-        gap = lam[other_1] - lam[other_0]
-        # a max-0 message has weights exp(lambda / scale) = (1, w) or (w, 1)
-        w = np.exp(-np.abs(gap) / scale)
-        second_is_top = gap > 0
-        w_0 = np.where(second_is_top, w, 1.0)
-        w_1 = np.where(second_is_top, 1.0, w)
-        total_0 = t_00 * w_0 + t_01 * w_1
-        total_1 = t_10 * w_0 + t_11 * w_1
-        if min(total_0.min(), total_1.min()) < _UNDERFLOW:
+        own, other, region, ratio, scale = self._binary[k]
+        t_00, t_01, t_10, t_11, inner_gap = state.oriented[k][-1]
+        x = state.gaps[other] / scale
+        if np.abs(x).max() > _BINARY_EXPONENT_LIMIT:
             return None
-        mu_gap = scale * np.log(total_1 / total_0)
-        inner = state.inner[k]
-        total = (inner[1::2] - inner[0::2]) + np.bincount(region, mu_gap, len(inner) // 2)
-        new_gap = ratio * total[region] - mu_gap
-        new_0, new_1 = np.minimum(0.0, -new_gap), np.minimum(0.0, new_gap)
-        change = max(np.abs(new_0 - lam[own_0]).max(), np.abs(new_1 - lam[own_1]).max())
-        lam[own_0] = new_0
-        lam[own_1] = new_1
-        return float(change)
+        e = np.exp(x)
+        mu_gap = scale * np.log((t_10 + t_11 * e) / (t_00 + t_01 * e))
+        new_gap = ratio * (inner_gap + np.bincount(region, mu_gap, len(inner_gap)))[region] - mu_gap
+        change = float(np.abs(new_gap - state.gaps[own]).max())
+        state.gaps[own] = new_gap
+        state._stale = True
+        return change
 
     def _fast_mu(self, g, table, state, lam) -> np.ndarray:
         """mu_{p->r} up to a constant per edge (which the update's normalisation removes)."""
