@@ -1,13 +1,25 @@
-"""The `dstrain` command.  So far: `dstrain info` (what this installation can use).
+"""The `dstrain` command.
 
-Training, evaluation, data generation and Slurm submission arrive with their issues.
+    dstrain train --config configs/words_debug.yaml [--set train.lr=0.1 ...] [--run-dir DIR]
+    dstrain eval --run-dir DIR [--data FILE] [--split test] [--metrics-out FILE]
+    dstrain data words --out data/words.h5 [--train 10000 --val 2000 --test 2000 --seed 0]
+    dstrain plot DIR
+    dstrain info
+
+Bad input (a config key, a data file, a run directory) ends with one line on stderr and exit
+code 2; set DSTRAIN_DEBUG=1 to see the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import platform
 import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
 
 
 def _version(module: str) -> str:
@@ -17,7 +29,7 @@ def _version(module: str) -> str:
         return f"not available ({type(error).__name__})"
 
 
-def info() -> int:
+def cmd_info(args) -> int:
     import dstrain
     print(f"dstrain {dstrain.__version__} on Python {platform.python_version()} ({platform.machine()})")
     for module in ("numpy", "torch", "h5py", "mpi4py", "cupy"):
@@ -25,14 +37,138 @@ def info() -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .learning.trainer import train
+
+    config = load_config(args.config, [kv for group in args.set or [] for kv in group])
+    train(config, run_dir=args.run_dir, progress=not args.no_progress)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+
+    from .config import load_config
+    from .data import open_words
+    from .learning.params import load_params
+    from .learning.structured import InferenceOptions
+    from .learning.trainer import build_model, evaluate
+
+    run_dir = Path(args.run_dir)
+    for needed in ("config.yaml", "params.h5"):
+        if not (run_dir / needed).exists():
+            raise FileNotFoundError(f"{run_dir / needed} is missing: is {run_dir} the run "
+                                    "directory of a finished `dstrain train`?")
+    config = load_config(run_dir / "config.yaml")
+    data_path = args.data or config.data.path
+    with open_words(data_path, args.split) as split:
+        images, labels, lengths = split.read(np.arange(split.num_samples))
+        model = build_model(config, split)
+    load_params(model, run_dir / "params.h5")
+    model.eval()
+    result = evaluate(model, images, labels, lengths, model.order,
+                      InferenceOptions.from_config(config.inference))
+    report = {"data": str(data_path), "split": args.split, "num_words": int(len(lengths)),
+              **result}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.metrics_out:
+        Path(args.metrics_out).write_text(text + "\n")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import generate_words
+
+    path = generate_words(args.out, num_train=args.train, num_val=args.val, num_test=args.test,
+                          seed=args.seed, progress=not args.no_progress)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(args.run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+    if not metrics_path.exists():
+        raise FileNotFoundError(f"{metrics_path} is missing: no training metrics to plot")
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"{metrics_path} has no epochs yet")
+    epochs = [r["epoch"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["train_loss"] for r in rows], label="train")
+    left.plot(epochs, [r["val_loss"] for r in rows], label="validation")
+    left.set(xlabel="epoch", ylabel="loss per word", title="loss")
+    right.plot(epochs, [100 * r["val_char_accuracy"] for r in rows], label="characters")
+    right.plot(epochs, [100 * r["val_word_accuracy"] for r in rows], label="words")
+    right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+    for axis in (left, right):
+        axis.legend()
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    out = Path(args.out) if args.out else run_dir / "curves.png"
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="dstrain", description="Deep structured models, sample-parallel.")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model as a YAML config says")
+    train.add_argument("--config", required=True, help="YAML file, e.g. configs/words_debug.yaml")
+    train.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
+                       help="override config values, e.g. --set train.lr=0.1 data.path=FILE")
+    train.add_argument("--run-dir", help="where config.yaml, metrics.jsonl, params.h5 go "
+                                         "(default: run.dir of the config)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="accuracy of a trained run on a data split")
+    evaluate.add_argument("--run-dir", required=True)
+    evaluate.add_argument("--data", help="HDF5 file (default: the run's data.path)")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--metrics-out", help="also write the JSON report to this file")
+    evaluate.set_defaults(run=cmd_eval)
+
+    data = commands.add_parser("data", help="generate a data set")
+    kinds = data.add_subparsers(dest="kind", required=True)
+    words = kinds.add_parser("words", help="the paper-like word-recognition set (HDF5)")
+    words.add_argument("--out", required=True)
+    words.add_argument("--train", type=int, default=10000)
+    words.add_argument("--val", type=int, default=2000)
+    words.add_argument("--test", type=int, default=2000)
+    words.add_argument("--seed", type=int, default=0)
+    words.add_argument("--no-progress", action="store_true")
+    words.set_defaults(run=cmd_data)
+
+    plot = commands.add_parser("plot", help="training curves of a run as a PNG")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
+    plot.set_defaults(run=cmd_plot)
+
+    info = commands.add_parser("info", help="versions of dstrain and the libraries it can use")
+    info.set_defaults(run=cmd_info)
+    return top
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="dstrain", description="Deep structured models, sample-parallel.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="versions of dstrain and the libraries it can use")
-    args = parser.parse_args(argv)
-    if args.command == "info":
-        return info()
-    return 2
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError, PermissionError, KeyError) as error:
+        # ConfigError and DataError are ValueErrors: bad input, not a bug in dstrain
+        if os.environ.get("DSTRAIN_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"dstrain: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -1,13 +1,90 @@
-"""The `dstrain` command."""
+"""The `dstrain` command: a short training run end to end, eval, plot, and bad input.
+
+Bad input must end with one line on stderr, exit code 2 and no traceback; these run the real
+console entry point in a subprocess, as a user would.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
 import pytest
 
 from dstrain.cli import main
+from dstrain.data import generate_words
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBUG = str(ROOT / "configs" / "words_debug.yaml")
+
+
+def dstrain(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "dstrain.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "words.h5"
+    generate_words(path, num_train=120, num_val=40, num_test=40, seed=1, progress=False)
+    return path
 
 
 def test_info_lists_versions(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dstrain ") and "numpy" in out and "mpi4py" in out
+
+
+def test_train_eval_plot_end_to_end(small_data, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", DEBUG, "--run-dir", str(run_dir), "--no-progress", "--set",
+                 f"data.path={small_data}", "train.epochs=3", "train.pretrain_epochs=1",
+                 "train.batch_size=20"]) == 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["unary", "joint", "joint"]
+    assert all(0 <= r["val_char_accuracy"] <= 1 for r in rows)
+    with h5py.File(run_dir / "params.h5") as f:
+        assert "pairwise.tables.0" in f and "pairwise.tables.1" in f
+        assert np.any(np.asarray(f["pairwise.tables.0"]) != 0)       # the pairs were trained
+    out = tmp_path / "test.json"
+    assert main(["eval", "--run-dir", str(run_dir), "--split", "test", "--metrics-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["num_words"] == 40 and 0 <= report["word_accuracy"] <= report["char_accuracy"] <= 1
+    assert main(["plot", str(run_dir)]) == 0
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _broken_file(path):
+    with h5py.File(path, "w") as f:
+        f.attrs["task"], f.attrs["num_classes"] = "words", 26
+        f.create_dataset("train/x", data=np.zeros((4, 5, 28), np.uint8))   # 3-D: not (N, L, H, W)
+        f.create_dataset("train/y", data=np.zeros((4, 5), np.int64))
+    return path
+
+
+@pytest.mark.parametrize("case", ["missing data", "broken data", "unknown key", "bad set value",
+                                  "missing config", "eval without run"])
+def test_bad_input_is_one_line_and_exit_code_2(case, tmp_path):
+    args = {
+        "missing data": ["train", "--config", DEBUG, "--set", f"data.path={tmp_path / 'no.h5'}",
+                         "data.generate=false"],
+        "broken data": ["train", "--config", DEBUG, "--set",
+                        f"data.path={_broken_file(tmp_path / 'bad.h5')}", "data.generate=false"],
+        "unknown key": ["train", "--config", DEBUG, "--set", "train.lrr=0.1"],
+        "bad set value": ["train", "--config", DEBUG, "--set", "train.lr=fast"],
+        "missing config": ["train", "--config", str(tmp_path / "none.yaml")],
+        "eval without run": ["eval", "--run-dir", str(tmp_path / "nothing")],
+    }[case]
+    expected = {"missing data": "dstrain data words", "broken data": "train/x",
+                "unknown key": "train.lrr", "bad set value": "train.lr",
+                "missing config": "none.yaml", "eval without run": "config.yaml"}[case]
+    result = dstrain(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dstrain: error:") and expected in lines[0]
 
 
 def test_unknown_command_exits_2():

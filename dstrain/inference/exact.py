@@ -196,6 +196,45 @@ def chain_viterbi(unary, pairwise, lengths):
     return labels, scores
 
 
+def chain2_viterbi(unary, pair1, pair2, lengths):
+    """Exact MAP labelling of second-order chains (pairs at distance 1 and 2), batched.
+
+    ``pair1`` is (B, L-1, C, C) for (y_t, y_{t+1}), ``pair2`` is (B, L-2, C, C) for (y_t, y_{t+2});
+    entries beyond each length are ignored.  Dynamic programming over the state pair
+    (y_{t-1}, y_t): best[b, c] = max_a best_prev[a, b] + pair2(a, c), plus the new terms.
+    Returns labels (B, L) int64, -1 beyond each length.
+    """
+    unary = np.asarray(unary, dtype=np.float64)
+    batch, length, num_labels = unary.shape
+    lengths = np.asarray(lengths, dtype=np.int64)
+    pair1 = np.asarray(pair1, dtype=np.float64).reshape(batch, max(length - 1, 0), num_labels, num_labels)
+    pair2 = np.asarray(pair2, dtype=np.float64).reshape(batch, max(length - 2, 0), num_labels, num_labels)
+    if lengths.shape != (batch,) or lengths.min(initial=1) < 1 or lengths.max(initial=1) > length:
+        raise ValueError(f"lengths must be {batch} integers in [1, {length}]")
+    # zero potentials beyond a word's end add nothing to any continuation, so running every word
+    # to length L keeps each prefix optimal
+    unary = np.where((np.arange(length) < lengths[:, None])[:, :, None], unary, 0.0)
+    pair1 = np.where((np.arange(length - 1) < lengths[:, None] - 1)[:, :, None, None], pair1, 0.0)
+    pair2 = np.where((np.arange(max(length - 2, 0)) < lengths[:, None] - 2)[:, :, None, None], pair2, 0.0)
+    labels = np.full((batch, length), -1, dtype=np.int64)
+    if length == 1:
+        labels[:, 0] = unary[:, 0].argmax(axis=1)
+        return labels
+    rows = np.arange(batch)
+    best = unary[:, 0, :, None] + unary[:, 1, None, :] + pair1[:, 0]        # (B, a, b)
+    backpointer = np.zeros((batch, length, num_labels, num_labels), dtype=np.int64)
+    for t in range(2, length):
+        candidates = best[:, :, :, None] + pair2[:, t - 2, :, None, :]      # (B, a, b, c)
+        backpointer[:, t] = candidates.argmax(axis=1)
+        best = candidates.max(axis=1) + pair1[:, t - 1] + unary[:, t, None, :]
+    last_pair = best.reshape(batch, -1).argmax(axis=1)
+    labels[:, length - 2], labels[:, length - 1] = np.divmod(last_pair, num_labels)
+    for t in range(length - 1, 1, -1):
+        labels[:, t - 2] = backpointer[rows, t, labels[:, t - 1], labels[:, t]]
+    labels[np.arange(length) >= lengths[:, None]] = -1
+    return labels
+
+
 # --------------------------------------------------------------------------- #
 # Pairwise forests
 # --------------------------------------------------------------------------- #

@@ -1,0 +1,379 @@
+"""Typed configuration: one dataclass per section, validated in ``__post_init__``, read from YAML.
+
+A config file has the sections ``data``, ``model``, ``inference``, ``train`` and ``run``; every key
+has a default, so an empty file (or ``Config()``) is a valid configuration::
+
+    config = load_config("configs/words_debug.yaml", overrides=["train.lr=0.1", "model.hidden=[64, 32]"])
+    save_config(config, "runs/words_debug/config.yaml")   # reloads to an equal Config
+
+Every problem raises :class:`ConfigError`, one line that starts with where the value came from
+(the file, or the ``--set`` override) and names the key path, e.g.
+``--set train.lr=abc: train.lr expects a number, got 'abc'``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Mapping
+
+import yaml
+
+UNARIES = ("mlp", "cnn")
+ALGORITHMS = ("exact", "converge", "blend")
+COUNTING_NUMBERS = ("convex", "bethe")
+VARIANTS = ("unary", "piecewise", "joint", "pretrain_joint")
+OPTIMIZERS = ("sgd", "adam")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration.  ``detail`` is the message without its source, ``keys`` the key
+    paths involved (used to tell which ``--set`` override caused it)."""
+
+    def __init__(self, detail: str, keys: Iterable[str] = (), source: str | None = None):
+        self.detail, self.keys, self.source = detail, tuple(keys), source
+        super().__init__(f"{source}: {detail}" if source else detail)
+
+
+# ---------------------------------------------------------------- checks used by __post_init__
+# Each takes the section object and a field name, checks (and normalises) the value in place.
+
+def _key(section, name: str) -> str:
+    return f"{section.SECTION}.{name}" if section.SECTION else name
+
+
+def _show(value) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _fail(section, name: str, expected: str, value, hint: str = "") -> typing.NoReturn:
+    raise ConfigError(f"{_key(section, name)} {expected}, got {_show(value)}{hint}", [_key(section, name)])
+
+
+def _choice(section, name: str, options: tuple[str, ...]) -> None:
+    value = getattr(section, name)
+    if not isinstance(value, str) or value not in options:
+        _fail(section, name, f"must be one of {', '.join(options)}", value)
+
+
+def _bool(section, name: str) -> None:
+    value = getattr(section, name)
+    if not isinstance(value, bool):
+        _fail(section, name, "expects true or false", value)
+
+
+def _str(section, name: str) -> None:
+    value = getattr(section, name)
+    if not isinstance(value, str) or not value:
+        _fail(section, name, "expects a non-empty string", value)
+
+
+def _range_text(low, high, low_open: bool, high_open: bool) -> str:
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low}"
+    return f"{'<' if high_open else '<='} {high}"
+
+
+def _in_range(value, low, high, low_open: bool, high_open: bool) -> bool:
+    return ((low is None or (value > low if low_open else value >= low))
+            and (high is None or (value < high if high_open else value <= high)))
+
+
+def _int(section, name: str, low=None, high=None) -> None:
+    value = getattr(section, name)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        _fail(section, name, "expects an integer", value)
+    if not _in_range(value, low, high, False, False):
+        _fail(section, name, f"must be {_range_text(low, high, False, False)}", value)
+    setattr(section, name, int(value))
+
+
+def _number(section, name: str, low=None, high=None, low_open=False, high_open=False) -> None:
+    """A float field; ints are accepted and converted."""
+    value = getattr(section, name)
+    if isinstance(value, str):
+        # YAML 1.1 reads exponents without a dot (1e-4) as strings; take them as the number meant
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        _fail(section, name, "expects a number", value)
+    if not _in_range(value, low, high, low_open, high_open):
+        _fail(section, name, f"must be {_range_text(low, high, low_open, high_open)}", value)
+    setattr(section, name, float(value))
+
+
+def _int_list(section, name: str, min_len: int = 1, max_len: int | None = None, low: int = 1) -> None:
+    value = getattr(section, name)
+    if not isinstance(value, (list, tuple)) or any(
+            isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
+        _fail(section, name, "expects a list of integers", value)
+    if len(value) < min_len or (max_len is not None and len(value) > max_len):
+        count = f"{min_len} to {max_len}" if max_len is not None else f"at least {min_len}"
+        _fail(section, name, f"expects {count} entries", list(value))
+    for i, v in enumerate(value):
+        if v < low:
+            raise ConfigError(f"{_key(section, name)}[{i}] must be >= {low}, got {v}", [_key(section, name)])
+    setattr(section, name, [int(v) for v in value])
+
+
+# ---------------------------------------------------------------- the sections
+
+@dataclass
+class DataConfig:
+    SECTION: ClassVar[str] = "data"
+    path: str = "data/words.h5"
+    generate: bool = True       # create the file (with the settings below) if it is missing
+    num_train: int = 10000
+    num_val: int = 2000
+    num_test: int = 2000
+    seed: int = 0
+
+    def __post_init__(self):
+        _str(self, "path")
+        _bool(self, "generate")
+        for name in ("num_train", "num_val", "num_test"):
+            _int(self, name, low=1)
+        _int(self, "seed", low=0)
+
+
+@dataclass
+class ModelConfig:
+    SECTION: ClassVar[str] = "model"
+    unary: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [512])        # MLP hidden layer sizes
+    cnn_channels: list[int] = field(default_factory=lambda: [16, 32])
+    order: int = 2                  # pairwise edges at distances 1..order; 0 = unary only
+    pairwise_shared: bool = True    # one table per distance, else one per edge position
+
+    def __post_init__(self):
+        _choice(self, "unary", UNARIES)
+        _int_list(self, "hidden", min_len=1, max_len=3)
+        _int_list(self, "cnn_channels", min_len=1)
+        _int(self, "order", low=0, high=3)
+        _bool(self, "pairwise_shared")
+
+
+@dataclass
+class InferenceConfig:
+    SECTION: ClassVar[str] = "inference"
+    algorithm: str = "blend"
+    counting_numbers: str = "convex"
+    eps: float = 1.0
+    sweeps: int = 1                 # blend: sweeps per step
+    max_sweeps: int = 100           # converge: sweep budget
+    tol: float = 1e-4               # converge: stop when the largest message change is below
+
+    def __post_init__(self):
+        _choice(self, "algorithm", ALGORITHMS)
+        _choice(self, "counting_numbers", COUNTING_NUMBERS)
+        _number(self, "eps", low=0, low_open=True)
+        _int(self, "sweeps", low=1)
+        _int(self, "max_sweeps", low=1)
+        _number(self, "tol", low=0)
+
+
+@dataclass
+class TrainConfig:
+    SECTION: ClassVar[str] = "train"
+    variant: str = "joint"
+    epochs: int = 20
+    pretrain_epochs: int = 5        # pretrain_joint: unary-only epochs before joint training
+    batch_size: int = 50
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    plateau_factor: float = 0.5     # lr *= factor after `patience` epochs without a better val loss
+    patience: int = 2
+    max_steps: int = 0              # stop after this many steps; 0 = no limit
+
+    def __post_init__(self):
+        _choice(self, "variant", VARIANTS)
+        _int(self, "epochs", low=1)
+        _int(self, "pretrain_epochs", low=0)
+        if self.variant == "pretrain_joint" and self.pretrain_epochs >= self.epochs:
+            raise ConfigError(
+                f"train.pretrain_epochs must be < train.epochs ({self.epochs}) when train.variant is "
+                f"pretrain_joint, got {self.pretrain_epochs}",
+                ["train.pretrain_epochs", "train.epochs", "train.variant"])
+        _int(self, "batch_size", low=1)
+        _choice(self, "optimizer", OPTIMIZERS)
+        _number(self, "lr", low=0, low_open=True)
+        _number(self, "momentum", low=0, high=1, high_open=True)
+        _number(self, "weight_decay", low=0)
+        _number(self, "plateau_factor", low=0, high=1, low_open=True, high_open=True)
+        _int(self, "patience", low=0)
+        _int(self, "max_steps", low=0)
+
+
+@dataclass
+class RunConfig:
+    SECTION: ClassVar[str] = "run"
+    dir: str = "runs/words"
+    seed: int = 0
+    # torch CPU threads; 0 = torch default.  1 by default: measured on a 2-core VM, a small MLP
+    # step with MKL on 2 OpenMP threads took 13x longer than on 1 (and MPI runs one rank per core)
+    threads: int = 1
+
+    def __post_init__(self):
+        _str(self, "dir")
+        _int(self, "seed", low=0)
+        _int(self, "threads", low=0)
+
+
+@dataclass
+class Config:
+    SECTION: ClassVar[str] = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(Config)
+        for f in dataclasses.fields(self):
+            cls = hints[f.name]
+            value = getattr(self, f.name)
+            if isinstance(value, Mapping):
+                setattr(self, f.name, _from_dict(cls, value))
+            elif not isinstance(value, cls):
+                _fail(self, f.name, f"expects a {cls.__name__}", type(value).__name__)
+        if self.inference.algorithm == "exact" and self.model.order > 1:
+            raise ConfigError(
+                f"inference.algorithm exact needs model.order <= 1, got {self.model.order}: exact "
+                "forward-backward needs a first-order chain; use converge or blend",
+                ["inference.algorithm", "model.order"])
+
+
+# ---------------------------------------------------------------- dicts and files
+
+_SECTIONS = [f.name for f in dataclasses.fields(Config)]
+
+
+def _from_dict(cls, data: Mapping):
+    """Build the dataclass ``cls`` from a mapping, recursing into nested dataclasses by their type
+    annotations.  Unknown keys are errors; missing keys take their defaults."""
+    prefix = f"{cls.SECTION}." if cls.SECTION else ""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            known = f"known keys of {cls.SECTION}" if cls.SECTION else "known keys"
+            raise ConfigError(f"unknown key '{prefix}{key}'; {known}: {', '.join(names)}", [f"{prefix}{key}"])
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for name, value in data.items():
+        if dataclasses.is_dataclass(hints[name]):
+            if value is None:
+                value = {}      # an empty section ("train:") keeps its defaults
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{name} expects a mapping of keys, got {_show(value)}",
+                                  [f"{prefix}{name}"])
+            value = _from_dict(hints[name], value)
+        values[name] = value
+    return cls(**values)
+
+
+def config_from_dict(data: Mapping | None, source: str | None = None) -> Config:
+    """A validated Config from nested dicts (as read from YAML, or stored with a checkpoint).
+    ``source`` (a file name, say) starts the message of any ConfigError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected a mapping with the sections {', '.join(_SECTIONS)}, "
+                          f"got {type(data).__name__}", source=source)
+    try:
+        return _from_dict(Config, data)
+    except ConfigError as error:
+        raise ConfigError(error.detail, error.keys, source) from None
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain dicts, keys in field order (ClassVars such as SECTION are not fields)."""
+    return dataclasses.asdict(config)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style sections with one-line lists (``hidden: [64, 32]``), as in configs/."""
+
+
+_Dumper.add_representer(list, lambda dumper, value: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", value, flow_style=True))
+
+
+def save_config(config: Config, path) -> None:
+    """Write ``config`` as YAML (creating the parent folder); load_config reads it back equal."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.dump(config_to_dict(config), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    path.write_text(text)
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    """``"section.key=value"`` -> (section, key, value parsed as YAML)."""
+    where = f"--set {item}"
+    if not isinstance(item, str) or "=" not in item:
+        raise ConfigError("expected section.key=value, e.g. train.lr=0.1", source=where)
+    path, text = (part.strip() for part in item.split("=", 1))
+    section, _, name = path.partition(".")
+    if section not in _SECTIONS:
+        raise ConfigError(f"unknown key '{section}'; known keys: {', '.join(_SECTIONS)}", source=where)
+    names = [f.name for f in dataclasses.fields(typing.get_type_hints(Config)[section])]
+    if name not in names:
+        what = f"unknown key '{path}'" if name else "expected section.key=value"
+        raise ConfigError(f"{what}; known keys of {section}: {', '.join(names)}", source=where)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"invalid YAML value {text!r} ({getattr(error, 'problem', None) or error})",
+                          [path], where) from None
+    return section, name, value
+
+
+def load_config(path, overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML config file, apply ``--set`` style overrides ("section.key=value", the value
+    read as YAML), and validate.  Any problem raises a one-line ConfigError naming the file or
+    the override and the key path."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError("no such config file", source=source) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the config file ({error.strerror or error})", source=source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        if mark is not None:
+            source = f"{source}:{mark.line + 1}:{mark.column + 1}"
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"invalid YAML: {problem}", source=source) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        return config_from_dict(data, source)    # raises: not a mapping
+
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    data = {key: dict(value) if isinstance(value, Mapping) else value for key, value in data.items()}
+    applied = {}
+    for item in overrides:
+        section, name, value = _parse_override(item)
+        if data.get(section) is None:
+            data[section] = {}
+        if isinstance(data[section], Mapping):    # otherwise the file's own error is reported
+            data[section][name] = value
+            applied[f"{section}.{name}"] = item
+    try:
+        return config_from_dict(data)
+    except ConfigError as error:
+        culprits = [applied[key] for key in error.keys if key in applied]
+        raise ConfigError(error.detail, error.keys,
+                          f"--set {culprits[0]}" if culprits else source) from None

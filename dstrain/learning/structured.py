@@ -1,0 +1,109 @@
+"""Loss and gradient of a batch of deep structured models (DESIGN.md §3).
+
+    loss_s = D(lambda, w) - F(x_s, y_s; w)        (the log-loss when inference is exact)
+    d loss / d f_r(yhat_r) = b_r(yhat_r) - 1[yhat_r == y_s restricted to r]
+
+The beliefs come from one of the paper's algorithms; nothing is differentiated through message
+passing: the caller hands the gradient to ``torch.autograd.backward``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..graph import GraphBatch
+from ..inference import ConvexBP
+from ..inference.exact import chain_marginals
+from ..models.word_model import ChainLayout, WordCRF
+from .messages import MessageStore
+
+ALGORITHMS = ("exact", "converge", "blend", "local")
+
+
+@dataclass
+class InferenceOptions:
+    algorithm: str = "blend"        # exact | converge | blend | local (no message passing)
+    counting_numbers: str = "convex"
+    eps: float = 1.0
+    sweeps: int = 1                 # blend: sweeps per step
+    max_sweeps: int = 100           # converge: budget
+    tol: float = 1e-4               # converge: largest message change to stop at
+
+    @classmethod
+    def from_config(cls, inference_config) -> "InferenceOptions":
+        return cls(**{k: getattr(inference_config, k) for k in cls.__dataclass_fields__})
+
+
+@dataclass
+class StructuredResult:
+    gradient: np.ndarray   # (N,) d loss_s / d f, summed over samples (not averaged)
+    loss: np.ndarray       # (B,) per-sample loss
+    beliefs: np.ndarray    # (N,)
+    sweeps: int            # message-passing sweeps run (0 for exact and local)
+
+
+def beliefs_and_dual(potentials: np.ndarray, layout: ChainLayout, options: InferenceOptions,
+                     store: MessageStore | None = None, sample_ids=None):
+    """Beliefs (N,) and per-sample dual (B,) by the chosen algorithm; blend updates the store."""
+    if options.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm = {options.algorithm!r}: expected one of {ALGORITHMS}")
+    if options.algorithm == "exact":
+        if layout.order > 1:
+            raise ValueError("algorithm 'exact' (forward-backward) needs a first-order chain; "
+                             "use 'converge' or 'blend' for order 2")
+        unary, pairwise = layout.chain_arrays(potentials)
+        node, pair, log_z = chain_marginals(unary, pairwise, layout.lengths, eps=options.eps)
+        return layout.flat_from_chain(node, pair), options.eps * log_z, 0
+    local = options.algorithm == "local"
+    # local = each region its own softmax (piecewise training): zero messages, all c_r = 1
+    graphs = layout.graphs("convex" if local else options.counting_numbers, options.eps)
+    engine = ConvexBP(GraphBatch(graphs))
+    if options.algorithm == "blend":
+        if store is None or sample_ids is None:
+            raise ValueError("algorithm 'blend' needs a MessageStore and the batch's sample ids")
+        result = engine.run(potentials, store.gather(sample_ids), max_sweeps=options.sweeps, tol=0.0)
+        store.scatter(sample_ids, result.messages)
+    else:
+        sweeps = 0 if local else options.max_sweeps
+        result = engine.run(potentials, None, max_sweeps=sweeps, tol=options.tol)
+    return result.beliefs, result.dual, result.sweeps
+
+
+def structured_loss(potentials: np.ndarray, layout: ChainLayout, labels: np.ndarray,
+                    options: InferenceOptions, store: MessageStore | None = None,
+                    sample_ids=None) -> StructuredResult:
+    """Per-sample loss and the gradient (beliefs minus ground-truth indicator) of a batch."""
+    beliefs, dual, sweeps = beliefs_and_dual(potentials, layout, options, store, sample_ids)
+    truth, owner = layout.truth(labels)
+    gradient = beliefs.copy()
+    gradient[truth] -= 1.0           # one truth entry per region: positions are distinct
+    score = np.bincount(owner, potentials[truth], len(layout.lengths))
+    return StructuredResult(gradient, dual - score, beliefs, sweeps)
+
+
+def message_sizes(lengths, num_classes: int, order: int) -> np.ndarray:
+    """Length of each sample's message vector in a chain of that length and order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    pairs = sum(np.maximum(lengths - d, 0) for d in range(1, order + 1))
+    return 2 * num_classes * pairs    # every pair receives one message from each of its 2 unaries
+
+
+def batch_loss(model: WordCRF, images: np.ndarray, labels: np.ndarray, lengths: np.ndarray,
+               order: int, options: InferenceOptions, store=None, sample_ids=None):
+    """Forward pass and structured loss of one batch: (source tensor, layout, result).
+
+    ``backward(source, layout, result.gradient / batch)`` then fills the parameters' gradients.
+    """
+    layout = model.layout(lengths, order)
+    source = model.source(torch.from_numpy(images), order)
+    potentials = source.detach().double().numpy()[layout.source_index]
+    result = structured_loss(potentials, layout, labels, options, store, sample_ids)
+    return source, layout, result
+
+
+def backward(source: torch.Tensor, layout: ChainLayout, gradient: np.ndarray) -> None:
+    """d loss / d potentials -> the nets: each entry's gradient summed onto its source entry."""
+    pulled = np.bincount(layout.source_index, gradient, minlength=source.numel())
+    torch.autograd.backward(source, torch.from_numpy(pulled).to(source.dtype))

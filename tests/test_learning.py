@@ -1,0 +1,163 @@
+"""The structured loss and gradient, the algorithms, persistent messages and the chain layout."""
+import numpy as np
+import pytest
+import torch
+
+from dstrain.graph import GraphBatch, chain
+from dstrain.inference import ConvexBP
+from dstrain.inference.brute_force import enumerate_map
+from dstrain.learning import InferenceOptions, MessageStore, message_sizes, structured_loss
+from dstrain.learning.decode import decode
+from dstrain.learning.structured import backward, batch_loss
+from dstrain.models import WordCRF
+
+C, L, IMAGE = 3, 5, (4, 3)
+
+
+def tiny_problem(seed=0, order=2, batch=4, shared=True):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = WordCRF(IMAGE, C, L, hidden=[5], order=order, pairwise_shared=shared).double()
+    for table in model.pairwise.tables:      # start away from zero so pairs matter
+        torch.nn.init.normal_(table, std=0.7)
+    lengths = rng.integers(1, L + 1, batch)
+    lengths[0] = L
+    images = rng.normal(size=(batch, L, *IMAGE))
+    labels = np.where(np.arange(L) < lengths[:, None], rng.integers(0, C, (batch, L)), -1)
+    return model, images, labels, lengths
+
+
+def total_loss(model, images, labels, lengths, options, order=None):
+    order = model.order if order is None else order
+    source, layout, result = batch_loss(model, images, labels, lengths, order, options)
+    return (source, layout), result
+
+
+@pytest.mark.parametrize("algorithm, order, counting", [
+    ("converge", 2, "convex"), ("converge", 1, "bethe"), ("exact", 1, "convex"),
+    ("local", 2, "convex")])
+def test_gradient_matches_finite_differences(algorithm, order, counting):
+    model, images, labels, lengths = tiny_problem(order=order)
+    options = InferenceOptions(algorithm=algorithm, counting_numbers=counting, eps=1.0,
+                               max_sweeps=20000, tol=1e-13)
+    (source, layout), result = total_loss(model, images, labels, lengths, options)
+    model.zero_grad()
+    backward(source, layout, result.gradient)
+    rng = np.random.default_rng(1)
+    for name, param in model.named_parameters():
+        flat = param.data.view(-1)
+        for k in rng.choice(flat.numel(), size=min(3, flat.numel()), replace=False):
+            saved = flat[k].item()
+            values = []
+            for delta in (1e-5, -1e-5):
+                flat[k] = saved + delta
+                values.append(total_loss(model, images, labels, lengths, options)[1].loss.sum())
+            flat[k] = saved
+            numeric = (values[0] - values[1]) / 2e-5
+            analytic = param.grad.view(-1)[k].item()
+            assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-6), (name, k)
+
+
+def test_exact_and_converge_with_bethe_give_the_same_gradient_on_chains():
+    model, images, labels, lengths = tiny_problem(order=1, batch=6)
+    exact = total_loss(model, images, labels, lengths, InferenceOptions(algorithm="exact"))[1]
+    converge = total_loss(model, images, labels, lengths, InferenceOptions(
+        algorithm="converge", counting_numbers="bethe", max_sweeps=5000, tol=1e-12))[1]
+    np.testing.assert_allclose(converge.gradient, exact.gradient, atol=1e-7)
+    np.testing.assert_allclose(converge.loss, exact.loss, atol=1e-7)
+
+
+def test_blend_keeps_each_samples_messages_across_steps():
+    model, images, labels, lengths = tiny_problem(batch=6)
+    ids = np.array([10, 11, 12, 13, 14, 15])
+    store = MessageStore(ids, message_sizes(lengths, C, model.order))
+    blend = InferenceOptions(algorithm="blend", sweeps=1)
+    first = ids[[4, 1, 2]]                  # a batch in shuffled order
+    rows = [4, 1, 2]
+    batch_loss(model, images[rows], labels[rows], lengths[rows], 2, blend, store, first)
+    assert np.all(store.gather(ids[[0, 3, 5]]) == 0)   # samples not in the batch: untouched
+    assert np.any(store.gather(first) != 0)
+    _, _, second = batch_loss(model, images[rows], labels[rows], lengths[rows], 2, blend, store, first)
+    # two blend steps with unchanged potentials = two sweeps from zero messages
+    layout = model.layout(lengths[rows])
+    f = model.potentials(torch.from_numpy(images[rows]), layout).detach().numpy()
+    twice = ConvexBP(GraphBatch(layout.graphs())).run(f, max_sweeps=2, tol=0.0)
+    np.testing.assert_allclose(store.gather(first), twice.messages, atol=1e-12)
+    np.testing.assert_allclose(second.beliefs, twice.beliefs, atol=1e-12)
+
+
+def test_layout_places_unaries_and_tables_and_scores_the_truth():
+    for shared in (True, False):
+        model, images, labels, lengths = tiny_problem(batch=5, shared=shared)
+        layout = model.layout(lengths)
+        f = model.potentials(torch.from_numpy(images), layout).detach().numpy()
+        unary = model.unary_scores(torch.from_numpy(images)).detach().numpy()
+        tables = [t.detach().numpy() for t in model.pairwise.tables]
+        truth, owner = layout.truth(labels)
+        score = np.bincount(owner, f[truth], len(lengths))
+        for s, n in enumerate(lengths):
+            g = chain(int(n), C, order=2)
+            expected = [unary[s, i] for i in range(n)]
+            expected += [tables[d - 1] if shared else tables[d - 1][i]
+                         for d in (1, 2) for i in range(n - d)]
+            chunk = f[layout.offset[s]:layout.offset[s + 1]]
+            np.testing.assert_allclose(chunk, np.concatenate([e.ravel() for e in expected]))
+            y = labels[s, :n]
+            manual = sum(p[tuple(y[list(r)])] for r, p in zip(g.regions, expected))
+            assert score[s] == pytest.approx(manual)
+
+
+@pytest.mark.parametrize("order", [0, 1, 2])
+def test_decode_is_the_exact_map(order):
+    model, images, labels, lengths = tiny_problem(order=2, batch=6)
+    predicted = decode(model, images, lengths, order)
+    layout = model.layout(lengths, order)
+    f = model.potentials(torch.from_numpy(images), layout).detach().numpy()
+    for s, n in enumerate(lengths):
+        g = chain(int(n), C, order=order)
+        pots = [p for p in _split(f[layout.offset[s]:layout.offset[s + 1]], g)]
+        best = enumerate_map(g.cardinalities, g.regions, pots)
+        score = lambda y: sum(p[tuple(y[list(r)])] for r, p in zip(g.regions, pots))  # noqa: E731
+        assert score(predicted[s, :n]) == pytest.approx(score(best), abs=1e-9)
+        assert np.all(predicted[s, n:] == -1)
+
+
+def _split(chunk, graph):
+    out, pos = [], 0
+    for shape, size in zip(graph.shapes, graph.sizes):
+        out.append(chunk[pos:pos + size].reshape(shape))
+        pos += size
+    return out
+
+
+def test_local_algorithm_is_a_softmax_per_region():
+    model, images, labels, lengths = tiny_problem(batch=3)
+    _, result = total_loss(model, images, labels, lengths, InferenceOptions(algorithm="local"))
+    layout = model.layout(lengths)
+    f = model.potentials(torch.from_numpy(images), layout).detach().numpy()
+    g = chain(int(lengths[0]), C, order=2)
+    chunk = _split(f[:layout.offset[1]], g)
+    beliefs = _split(result.beliefs[:layout.offset[1]], g)
+    for p, b in zip(chunk, beliefs):
+        np.testing.assert_allclose(b, np.exp(p - p.max()) / np.exp(p - p.max()).sum(), atol=1e-12)
+
+
+def test_exact_refuses_second_order():
+    model, images, labels, lengths = tiny_problem(order=2)
+    with pytest.raises(ValueError, match="first-order"):
+        total_loss(model, images, labels, lengths, InferenceOptions(algorithm="exact"))
+
+
+def test_pull_back_equals_autograd_through_the_gather():
+    for shared in (True, False):
+        model, images, labels, lengths = tiny_problem(batch=5, shared=shared)
+        layout = model.layout(lengths)
+        gradient = np.random.default_rng(2).normal(size=layout.num_potentials)
+        model.zero_grad()
+        torch.autograd.backward(model.potentials(torch.from_numpy(images), layout),
+                                torch.from_numpy(gradient))
+        expected = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        backward(model.source(torch.from_numpy(images), layout.order), layout, gradient)
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(param.grad, expected[name], rtol=1e-10, atol=1e-12)
