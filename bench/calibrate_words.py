@@ -4,7 +4,7 @@
     python bench/calibrate_words.py --train 3000 --hidden 128         # the debug configuration
 
 Generates a data set with ``dstrain.data.generate_words`` (timed), then trains a plain torch MLP
-(H*W -> hidden -> classes, ReLU, cross-entropy, Adam) on the individual characters of the
+(H*W -> hidden -> classes, ReLU, cross-entropy, Adam or SGD with momentum) on the individual characters of the
 training words, inputs in [0, 1]. Prints train/val/test character accuracy and word accuracy of
 the per-character argmax. The generator is calibrated so that the default run lands at about
 68-75 % test character accuracy (the paper's unary-only 1-layer MLPs: 61-67 %), which leaves
@@ -36,7 +36,9 @@ def parse_args(argv=None):
     parser.add_argument("--hidden", type=int, default=512, help="hidden units of the MLP")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128, help="characters per step")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam step size")
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                        help="Adam, or SGD with momentum 0.9 (the paper's)")
+    parser.add_argument("--lr", type=float, default=None, help="step size (default: adam 1e-3, sgd 0.05)")
     parser.add_argument("--seed", type=int, default=0, help="data and training seed")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--data", type=Path, default=None,
@@ -85,7 +87,10 @@ def main(argv=None):
     x_train, y_train, _, num_classes = splits["train"]
     model = nn.Sequential(nn.Linear(x_train.shape[1], args.hidden), nn.ReLU(),
                           nn.Linear(args.hidden, num_classes))
-    optimiser = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if args.optimizer == "adam":
+        optimiser = torch.optim.Adam(model.parameters(), lr=args.lr or 1e-3)
+    else:
+        optimiser = torch.optim.SGD(model.parameters(), lr=args.lr or 0.05, momentum=0.9)
     loss_function = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(args.seed)
     start = time.perf_counter()

@@ -91,7 +91,11 @@ CANDIDATE_FONTS = (
 
 @dataclass(frozen=True)
 class Distortion:
-    """Strengths of the random per-character distortions (calibrated, see module docstring).
+    """Strengths of the random per-character distortions.
+
+    Calibrated with ``bench/calibrate_words.py`` (seed 0, Adam, 20 epochs): a 784-512-26 MLP on
+    10k training words gets 72.1 % test character accuracy, a 784-128-26 MLP on 3k words 62.8 %.
+    Translation and rotation mostly cost the small-data setting; noise and blur cost both.
 
     Geometry is relative to the output image: ``em_fraction`` is the font's em size as a fraction
     of the image side at scale 1, ``translation`` the largest shift as a fraction of the side.
@@ -99,11 +103,11 @@ class Distortion:
     """
 
     em_fraction: float = 0.8
-    rotation_deg: float = 15.0
+    rotation_deg: float = 8.0
     scale: tuple[float, float] = (0.8, 1.15)
     aspect: float = 0.15               # log-uniform x/y stretch in [e^-a, e^a]
-    shear: float = 0.3
-    translation: float = 0.1
+    shear: float = 0.2
+    translation: float = 0.04
     stroke_probs: tuple[float, float, float, float] = (0.2, 0.4, 0.25, 0.15)  # thin, normal, bold, bolder
     line_prob: float = 0.6             # chance of 1-3 random strokes
     blob_prob: float = 0.3             # chance of 1-2 random blobs
@@ -111,8 +115,8 @@ class Distortion:
     texture: float = 0.35              # largest amplitude of the smooth gray background
     background: tuple[float, float] = (0.0, 0.25)
     foreground: tuple[float, float] = (0.55, 1.0)
-    blur_sigma: float = 1.0            # Gaussian blur std drawn from [0, blur_sigma] pixels
-    noise_sigma: float = 0.15          # pixel noise std drawn from [0, noise_sigma]
+    blur_sigma: float = 1.2            # Gaussian blur std drawn from [0, blur_sigma] pixels
+    noise_sigma: float = 0.3           # pixel noise std drawn from [0, noise_sigma]
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self).items())
@@ -225,7 +229,6 @@ class CharacterRenderer:
     """
 
     SUPERSAMPLE = 2
-    BLUR_HALF_WIDTH = 3  # Gaussian kernel taps on each side; covers 3 sigma for sigma <= 1
 
     def __init__(self, image_size: int, distortion: Distortion = DEFAULT_DISTORTION):
         self.size = image_size
@@ -326,7 +329,8 @@ class CharacterRenderer:
         background = rng.uniform(*d.background, (count, 1, 1)).astype(np.float32)
         foreground = rng.uniform(*d.foreground, (count, 1, 1)).astype(np.float32)
         image = background + (foreground - background) * image
-        image = _gaussian_blur(image, rng.uniform(0.0, d.blur_sigma, count), self.BLUR_HALF_WIDTH)
+        half_width = max(1, int(np.ceil(3 * d.blur_sigma)))  # kernel taps cover 3 sigma
+        image = _gaussian_blur(image, rng.uniform(0.0, d.blur_sigma, count), half_width)
         noise_level = rng.uniform(0.0, d.noise_sigma, (count, 1, 1))
         image += (rng.standard_normal(image.shape) * noise_level).astype(np.float32)
         return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
