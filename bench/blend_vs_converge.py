@@ -22,7 +22,7 @@ from dstrain.config import load_config  # noqa: E402
 from dstrain.learning.trainer import train  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "words_debug.yaml"
-BASE = ["train.variant=joint", "train.epochs=8", "train.optimizer=adam", "train.lr=0.002",
+BASE = ["train.variant=joint", "train.epochs=10",
         "inference.max_sweeps=100", "inference.tol=1.0e-4"]
 
 

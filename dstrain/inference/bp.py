@@ -300,9 +300,10 @@ class ConvexBP:
         f = state.potentials[g.entries[pairs]].reshape(len(pairs), *self._pair_shape(g))
         return f + lam[g.message_a[pairs]][:, :, None] + lam[g.message_b[pairs]][:, None, :]
 
-    def dual(self, state: BPState) -> np.ndarray:
+    def dual(self, state: BPState, fhat: np.ndarray | None = None) -> np.ndarray:
         """D(lambda) per sample: sum_r eps c_r log sum exp(fhat_r / (eps c_r)) (max where eps c_r = 0)."""
-        fhat = self.reparameterise(state.potentials, state.messages)
+        if fhat is None:
+            fhat = self.reparameterise(state.potentials, state.messages)
         per_region, samples = [], []
         for entries, scale, sample in self.batch.regions_by_size:
             values = fhat[entries]
@@ -325,9 +326,10 @@ class ConvexBP:
         return np.bincount(np.concatenate(samples), np.concatenate(per_region),
                            self.batch.num_samples)
 
-    def beliefs(self, state: BPState) -> np.ndarray:
+    def beliefs(self, state: BPState, fhat: np.ndarray | None = None) -> np.ndarray:
         """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent."""
-        fhat = self.reparameterise(state.potentials, state.messages)
+        if fhat is None:
+            fhat = self.reparameterise(state.potentials, state.messages)
         beliefs = np.zeros(self.batch.num_potentials)
         for entries, scale, _ in self.batch.regions_by_size:
             direct = scale > 0
@@ -359,5 +361,6 @@ class ConvexBP:
         while sweeps < max_sweeps and change >= tol:
             change = self.sweep(state)
             sweeps += 1
-        return BPResult(self.beliefs(state), self.dual(state), state.messages, sweeps, change,
-                        converged=change < tol)
+        fhat = self.reparameterise(state.potentials, state.messages)
+        return BPResult(self.beliefs(state, fhat), self.dual(state, fhat), state.messages, sweeps,
+                        change, converged=change < tol)

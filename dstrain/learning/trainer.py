@@ -101,17 +101,19 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
 
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
-    best_val, epochs_without_gain, step, last = float("inf"), 0, 0, {}
+    best_val, epochs_without_gain, step, last, previous_phase = float("inf"), 0, 0, {}, None
     t = config.train
     for epoch in range(t.epochs):
         phase = phase_of(t.variant, epoch, t.pretrain_epochs)
+        if phase != previous_phase:   # a new loss: its plateau is measured afresh
+            best_val, epochs_without_gain, previous_phase = float("inf"), 0, phase
         order = 0 if phase == "unary" else model.order
         step_options = options if phase == "joint" and order > 0 else \
             InferenceOptions(**{**options.__dict__, "algorithm": "local"})
         order_rng = np.random.default_rng([config.run.seed, epoch])
         batches = np.array_split(order_rng.permutation(len(train_ids)),
                                  max(1, -(-len(train_ids) // t.batch_size)))
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        started, loss_sum, seen, chars, hits = time.perf_counter(), 0.0, 0, 0, 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs} {phase}", disable=not progress,
                    leave=False)
         for rows in bar:
@@ -122,8 +124,10 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
             optimizer.step()
             loss_sum += float(result.loss.sum())
             seen += len(rows)
+            chars += int(train_len[rows].sum())
+            hits += layout.correct_characters(result.beliefs, train_y[rows])
             step += 1
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", char_acc=f"{100 * hits / chars:.1f}%")
             if t.max_steps and step >= t.max_steps:
                 break
         model.eval()
@@ -141,6 +145,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                 epochs_without_gain = 0
         last = {"epoch": epoch + 1, "phase": phase, "step": step,
                 "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(seen, 1),
+                "train_char_accuracy": hits / max(chars, 1),
                 "val_loss": val["loss"], "val_char_accuracy": val["char_accuracy"],
                 "val_word_accuracy": val["word_accuracy"],
                 "seconds": time.perf_counter() - started}

@@ -9,12 +9,20 @@ entries of a shared table that every word reuses.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
 
 from ..graph import RegionGraph, chain
 from .potentials import PairwiseTables, UnaryCNN, UnaryMLP
+
+
+@functools.lru_cache(maxsize=256)
+def _chain_graph(length, num_classes, order, counting_numbers, eps) -> RegionGraph:
+    # graphs are immutable: every step reuses the few (length, ...) combinations a data set has
+    return chain(length, num_classes, order, counting_numbers=counting_numbers, eps=eps)
 
 
 class ChainLayout:
@@ -52,9 +60,7 @@ class ChainLayout:
             self.groups.append((samples, int(n), unary_pos, pair_pos))
 
     def graphs(self, counting_numbers="convex", eps=1.0) -> list[RegionGraph]:
-        cache = {}
-        return [cache.setdefault(n, chain(int(n), self.num_classes, self.order,
-                                          counting_numbers=counting_numbers, eps=eps))
+        return [_chain_graph(int(n), self.num_classes, self.order, counting_numbers, float(eps))
                 for n in self.lengths]
 
     def truth(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +78,14 @@ class ChainLayout:
             positions.append(block.ravel())
             owners.append(np.repeat(samples, block.shape[1]))
         return np.concatenate(positions), np.concatenate(owners)
+
+    def correct_characters(self, beliefs: np.ndarray, labels: np.ndarray) -> int:
+        """How many characters the argmax of their unary belief gets right (a cheap running score)."""
+        C, hits = self.num_classes, 0
+        for samples, n, unary_pos, _ in self.groups:
+            guess = beliefs[unary_pos].reshape(len(samples), n, C).argmax(axis=2)
+            hits += int((guess == labels[samples, :n]).sum())
+        return hits
 
     def chain_arrays(self, flat: np.ndarray):
         """First-order view of a flat vector: unary (B, L, C), pairwise (B, L-1, C, C), zero-padded."""
