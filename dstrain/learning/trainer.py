@@ -113,7 +113,8 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         order_rng = np.random.default_rng([config.run.seed, epoch])
         batches = np.array_split(order_rng.permutation(len(train_ids)),
                                  max(1, -(-len(train_ids) // t.batch_size)))
-        started, loss_sum, seen, chars, hits = time.perf_counter(), 0.0, 0, 0, 0
+        steps_before = step
+        started, loss_sum, seen, chars, hits, sweeps = time.perf_counter(), 0.0, 0, 0, 0, 0
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs} {phase}", disable=not progress,
                    leave=False)
         for rows in bar:
@@ -126,6 +127,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
             seen += len(rows)
             chars += int(train_len[rows].sum())
             hits += layout.correct_characters(result.beliefs, train_y[rows])
+            sweeps += result.sweeps
             step += 1
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", char_acc=f"{100 * hits / chars:.1f}%")
             if t.max_steps and step >= t.max_steps:
@@ -146,6 +148,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         last = {"epoch": epoch + 1, "phase": phase, "step": step,
                 "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(seen, 1),
                 "train_char_accuracy": hits / max(chars, 1),
+                "sweeps_per_step": sweeps / max(step - steps_before, 1),
                 "val_loss": val["loss"], "val_char_accuracy": val["char_accuracy"],
                 "val_word_accuracy": val["word_accuracy"],
                 "seconds": time.perf_counter() - started}
