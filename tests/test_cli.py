@@ -91,3 +91,32 @@ def test_unknown_command_exits_2():
     with pytest.raises(SystemExit) as stop:
         main(["frobnicate"])
     assert stop.value.code == 2
+
+
+def _other_words_file(path, rng):
+    """A file of the contract that the generator does not make: 16x8 images, 10 classes,
+    words of 2..7 letters padded with -1, float32 images."""
+    with h5py.File(path, "w") as f:
+        f.attrs["task"], f.attrs["num_classes"] = "words", 10
+        for split, n in (("train", 60), ("val", 20), ("test", 20)):
+            lengths = rng.integers(2, 8, n)
+            y = np.where(np.arange(7) < lengths[:, None], rng.integers(0, 10, (n, 7)), -1)
+            x = rng.random((n, 7, 16, 8)).astype(np.float32) * (y >= 0)[:, :, None, None]
+            x[y >= 0] += np.eye(16, 8, dtype=np.float32)[None] * (y[y >= 0] / 10.0)[:, None, None]
+            f.create_dataset(f"{split}/x", data=x)
+            f.create_dataset(f"{split}/y", data=y)
+    return path
+
+
+@pytest.mark.parametrize("unary, pairwise_shared", [("cnn", "true"), ("mlp", "false")])
+def test_training_reads_any_file_of_the_contract(tmp_path, unary, pairwise_shared):
+    data = _other_words_file(tmp_path / "other.h5", np.random.default_rng(3))
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", DEBUG, "--run-dir", str(run_dir), "--no-progress", "--set",
+                 f"data.path={data}", "data.generate=false", f"model.unary={unary}",
+                 f"model.pairwise_shared={pairwise_shared}", "train.epochs=2",
+                 "train.pretrain_epochs=1", "train.batch_size=16"]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--run-dir", str(run_dir), "--metrics-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["num_words"] == 20 and 0 <= report["char_accuracy"] <= 1
