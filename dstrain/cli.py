@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import sys
+import traceback
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -31,18 +32,37 @@ def _version(module: str) -> str:
 
 def cmd_info(args) -> int:
     import dstrain
+    from .comm import init, launcher_environment
+
     print(f"dstrain {dstrain.__version__} on Python {platform.python_version()} ({platform.machine()})")
     for module in ("numpy", "torch", "h5py", "mpi4py", "cupy"):
         print(f"  {module:8s} {_version(module)}")
+    launched = launcher_environment()
+    try:
+        comm = init("mpi" if _version("mpi4py")[0].isdigit() else "none")
+    except Exception as error:   # an MPI that cannot start is a finding too
+        print(f"  MPI      cannot start: {error}")
+    else:
+        print(f"  MPI      {comm.library}")
+        print(f"  process  rank {comm.rank} of {comm.world_size} (local rank {comm.local_rank}), "
+              f"launcher: {launched[0] if launched else 'none'}")
     return 0
 
 
 def cmd_train(args) -> int:
+    from .comm import init
     from .config import load_config
     from .learning.trainer import train
 
+    # the communicator first: from here on, an error on any rank ends every rank (see main)
+    args.comm = init("auto")
     config = load_config(args.config, [kv for group in args.set or [] for kv in group])
-    train(config, run_dir=args.run_dir, progress=not args.no_progress)
+    if config.run.communicator == "none" and args.comm.world_size > 1:
+        raise ValueError(f"run.communicator = none, but the launcher started "
+                         f"{args.comm.world_size} processes")
+    if config.run.communicator == "mpi" and args.comm.world_size == 1:
+        args.comm = init("mpi")
+    train(config, run_dir=args.run_dir, progress=not args.no_progress, comm=args.comm)
     return 0
 
 
@@ -162,11 +182,20 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, PermissionError, KeyError) as error:
+    except Exception as error:
         # ConfigError and DataError are ValueErrors: bad input, not a bug in dstrain
-        if os.environ.get("DSTRAIN_DEBUG"):
-            raise
+        bad_input = isinstance(error, (ValueError, FileNotFoundError, PermissionError, KeyError))
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        comm = getattr(args, "comm", None)
+        if comm is not None and comm.world_size > 1:
+            # one failing rank must end the job, never leave the others waiting in a collective
+            if not bad_input:
+                traceback.print_exc()
+            print(f"dstrain: error on rank {comm.rank} of {comm.world_size}: {message}",
+                  file=sys.stderr, flush=True)
+            comm.abort(EXIT_BAD_INPUT if bad_input else 1)
+        if not bad_input or os.environ.get("DSTRAIN_DEBUG"):
+            raise
         print(f"dstrain: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

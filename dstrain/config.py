@@ -192,9 +192,13 @@ class TrainConfig:
     plateau_factor: float = 0.5     # lr *= factor after `patience` epochs without a better val loss
     patience: int = 2
     max_steps: int = 0              # stop after this many steps; 0 = no limit
+    # local: each rank shuffles its own shard (seed, epoch, rank); global: every step takes the
+    # same global samples whatever the number of ranks (reproducible across rank counts: tests)
+    batching: str = "local"
 
     def __post_init__(self):
         _choice(self, "variant", VARIANTS)
+        _choice(self, "batching", ("local", "global"))
         _int(self, "epochs", low=1)
         _int(self, "pretrain_epochs", low=0)
         if self.variant == "pretrain_joint" and self.pretrain_epochs >= self.epochs:
@@ -220,11 +224,19 @@ class RunConfig:
     # torch CPU threads; 0 = torch default.  1 by default: measured on a 2-core VM, a small MLP
     # step with MKL on 2 OpenMP threads took 13x longer than on 1 (and MPI runs one rank per core)
     threads: int = 1
+    dtype: str = "float32"          # parameters and activations; float64 for exact parity checks
+    communicator: str = "auto"      # auto: MPI when a launcher started several processes; mpi; none
+    bucket_mb: float = 25.0         # gradient Allreduce bucket size (MiB)
+    check_sync_every: int = 0       # debug: every N steps check that all ranks' parameters agree
 
     def __post_init__(self):
         _str(self, "dir")
         _int(self, "seed", low=0)
         _int(self, "threads", low=0)
+        _choice(self, "dtype", ("float32", "float64"))
+        _choice(self, "communicator", ("auto", "mpi", "none"))
+        _number(self, "bucket_mb", low=0, low_open=True)
+        _int(self, "check_sync_every", low=0)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Model parameters as HDF5: one dataset per parameter name, written atomically."""
+"""Run outputs as HDF5, written atomically: parameters (one dataset per name) and the persistent
+blend messages by global sample id."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+
+from .messages import _segments
 
 
 def save_params(model: torch.nn.Module, path: str | Path) -> None:
@@ -40,3 +43,30 @@ def load_params(model: torch.nn.Module, path: str | Path) -> None:
                                  f"needs {tuple(tensor.shape)}")
             state[name] = torch.from_numpy(value).to(tensor.dtype)
     model.load_state_dict(state)
+
+
+def save_messages(store, comm, path: str | Path) -> None:
+    """The persistent blend messages of all ranks, gathered on rank 0, by global sample id.
+
+    Datasets: ``sample_id`` (sorted), ``offset`` (into ``values``, one more than samples), ``values``.
+    """
+    ids, sizes, values = (comm.gather_rows(a) for a in (store.sample_ids, store.sizes, store.values))
+    if not comm.is_root:
+        return
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    order = np.argsort(ids, kind="stable")
+    ordered = values[_segments(starts[order], sizes[order])]
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("sample_id", data=ids[order])
+        f.create_dataset("offset", data=np.concatenate([[0], np.cumsum(sizes[order])]))
+        f.create_dataset("values", data=ordered)
+    os.replace(tmp, path)
+
+
+def load_messages(path: str | Path) -> dict[int, np.ndarray]:
+    """sample id -> message vector, from a messages.h5 file."""
+    with h5py.File(path, "r") as f:
+        ids, offset, values = np.asarray(f["sample_id"]), np.asarray(f["offset"]), np.asarray(f["values"])
+    return {int(i): values[offset[k]:offset[k + 1]] for k, i in enumerate(ids)}

@@ -1,25 +1,31 @@
-"""The training loop: epochs of mini-batch steps, evaluation, plateau schedule, run directory.
+"""The training loop: sharded epochs of mini-batch steps, evaluation, plateau schedule, outputs.
 
-One step, as data flows (DESIGN.md §10): a batch of this process's samples -> the potential net
-(torch) -> one flat potential vector -> inference (beliefs, dual) -> gradient = beliefs - truth ->
-``torch.autograd.backward`` -> optimiser step.  The run directory gets ``config.yaml`` first,
-``metrics.jsonl`` one line per epoch as it goes, and ``params.h5`` at the end.
+One step, as data flows (DESIGN.md §10): a batch of this rank's samples -> the potential net
+(torch) -> one flat potential vector -> inference (beliefs, dual; blend keeps each sample's
+messages) -> gradient = beliefs - truth -> ``torch.autograd.backward`` -> gradients summed over
+ranks and divided by the step's global sample count -> the same optimiser step on every rank.
+
+Each rank owns a fixed, contiguous block of the training set for the whole run (its messages live
+there) and reads only those rows.  Rank 0 writes the run directory: ``config.yaml`` first,
+``metrics.jsonl`` one line per epoch, ``params.h5`` (and ``messages.h5`` for blend) at the end.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..comm import GradientReducer, SingleProcess
 from ..config import Config, save_config
 from ..data import generate_words, open_words
 from ..models import WordCRF
 from .decode import decode
 from .messages import MessageStore
-from .params import save_params
+from .params import save_messages, save_params
 from .structured import InferenceOptions, backward, batch_loss, message_sizes
 
 
@@ -42,9 +48,29 @@ def ensure_data(config: Config, log=print) -> Path:
 
 def build_model(config: Config, data) -> WordCRF:
     m = config.model
-    return WordCRF(data.image_shape, data.num_classes, data.max_length, unary=m.unary,
-                   hidden=m.hidden, cnn_channels=m.cnn_channels, order=m.order,
-                   pairwise_shared=m.pairwise_shared)
+    model = WordCRF(data.image_shape, data.num_classes, data.max_length, unary=m.unary,
+                    hidden=m.hidden, cnn_channels=m.cnn_channels, order=m.order,
+                    pairwise_shared=m.pairwise_shared)
+    return model.to(getattr(torch, config.run.dtype))
+
+
+def shard(num_samples: int, rank: int, world_size: int) -> np.ndarray:
+    """The fixed, contiguous block of sample ids a rank owns (sizes differ by at most one)."""
+    return np.arange(num_samples * rank // world_size, num_samples * (rank + 1) // world_size)
+
+
+def epoch_batches(config: Config, epoch: int, owned: np.ndarray, num_samples: int,
+                  rank: int) -> list[np.ndarray]:
+    """This rank's batches (global sample ids) for one epoch; the same count on every rank."""
+    t = config.train
+    steps = max(1, -(-num_samples // t.batch_size))
+    if t.batching == "global":   # the global batch of a step does not depend on the rank count
+        order = np.random.default_rng([config.run.seed, epoch]).permutation(num_samples)
+        mine = np.zeros(num_samples, dtype=bool)
+        mine[owned] = True
+        return [batch[mine[batch]] for batch in np.array_split(order, steps)]
+    order = np.random.default_rng([config.run.seed, epoch, rank]).permutation(owned)
+    return np.array_split(order, steps)
 
 
 def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -55,52 +81,76 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
     return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
 
-@torch.no_grad()
 def evaluate(model: WordCRF, images, labels, lengths, order: int, options: InferenceOptions,
-             batch_size: int = 200) -> dict:
-    """Loss (inference run to convergence, or exact) and MAP accuracies on a split in memory."""
+             comm: SingleProcess = SingleProcess(), batch_size: int = 200) -> dict:
+    """Loss (inference run to convergence, or exact) and MAP accuracies, summed over ranks."""
     if options.algorithm == "blend":   # no persistent messages for held-out words
         options = InferenceOptions(**{**options.__dict__, "algorithm": "converge"})
-    total_loss, correct_chars, correct_words = 0.0, 0, 0
-    for start in range(0, len(lengths), batch_size):
-        rows = slice(start, start + batch_size)
-        _, _, result = batch_loss(model, images[rows], labels[rows], lengths[rows], order, options)
-        total_loss += float(result.loss.sum())
-        predicted = decode(model, images[rows], lengths[rows], order)
-        valid = labels[rows] >= 0
-        hits = (predicted == labels[rows]) & valid
-        correct_chars += int(hits.sum())
-        correct_words += int((hits.sum(axis=1) == valid.sum(axis=1)).sum())
-    return {"loss": total_loss / len(lengths), "char_accuracy": correct_chars / int(lengths.sum()),
-            "word_accuracy": correct_words / len(lengths)}
+    dtype = next(model.parameters()).dtype
+    totals = np.zeros(5)   # loss, correct characters, characters, correct words, words
+    with torch.no_grad():
+        for start in range(0, len(lengths), batch_size):
+            rows = slice(start, start + batch_size)
+            x = images[rows].astype(torch.empty(0, dtype=dtype).numpy().dtype, copy=False)
+            _, _, result = batch_loss(model, x, labels[rows], lengths[rows], order, options)
+            predicted = decode(model, x, lengths[rows], order)
+            valid = labels[rows] >= 0
+            hits = (predicted == labels[rows]) & valid
+            totals += [result.loss.sum(), hits.sum(), valid.sum(),
+                       (hits.sum(axis=1) == valid.sum(axis=1)).sum(), len(valid)]
+    comm.allreduce_(totals)
+    return {"loss": totals[0] / max(totals[4], 1), "char_accuracy": totals[1] / max(totals[2], 1),
+            "word_accuracy": totals[3] / max(totals[4], 1)}
+
+
+def _injected_fault(step: int, rank: int) -> None:
+    """Test-only fault switch: DSTRAIN_FAULT_STEP=k DSTRAIN_FAULT_RANK=r raise at step k on rank r."""
+    if os.environ.get("DSTRAIN_FAULT_STEP") == str(step) and \
+            os.environ.get("DSTRAIN_FAULT_RANK", "0") == str(rank):
+        raise RuntimeError(f"injected fault at step {step} (DSTRAIN_FAULT_STEP)")
 
 
 def train(config: Config, run_dir: str | Path | None = None, progress: bool = True,
-          log=print) -> dict:
-    """Train as the config says; returns the last epoch's metrics."""
+          log=print, comm: SingleProcess = SingleProcess()) -> dict:
+    """Train as the config says (this rank's part of it); returns the last epoch's metrics."""
     from tqdm import tqdm
 
+    root = comm.is_root
+    say = log if root else (lambda *_: None)
     run_dir = Path(run_dir or config.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.run.seed)
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
-    path = ensure_data(config, log)
+    if root:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ensure_data(config, say)
+    comm.barrier()   # the data exists before any rank opens it
+    path = Path(config.data.path)
     with open_words(path, "train") as train_split, open_words(path, "val") as val_split:
-        # this process's rows, in memory: a step must not decompress chunks of the whole file
-        train_ids = np.arange(train_split.num_samples)
-        train_x, train_y, train_len = train_split.read(train_ids)
-        val_x, val_y, val_len = val_split.read(np.arange(val_split.num_samples))
+        # this rank's rows, read once into memory (a step must not decompress chunks from disk)
+        owned = shard(train_split.num_samples, comm.rank, comm.world_size)
+        num_train = train_split.num_samples
+        train_x, train_y, train_len = train_split.read(owned)
+        val_rows = shard(val_split.num_samples, comm.rank, comm.world_size)
+        val_x, val_y, val_len = val_split.read(val_rows)
         model = build_model(config, train_split)
-    save_config(config, run_dir / "config.yaml")
+    numpy_dtype = torch.empty(0, dtype=getattr(torch, config.run.dtype)).numpy().dtype
+    train_x, val_x = train_x.astype(numpy_dtype, copy=False), val_x.astype(numpy_dtype, copy=False)
+    position = np.full(num_train, -1)
+    position[owned] = np.arange(len(owned))   # global sample id -> row in this rank's arrays
+    reducer = GradientReducer(model.parameters(), comm, int(config.run.bucket_mb * 2**20))
+    reducer.broadcast_parameters()
+    if root:
+        save_config(config, run_dir / "config.yaml")
     optimizer = build_optimizer(config, model)
     options = InferenceOptions.from_config(config.inference)
     store = None
     if options.algorithm == "blend" and config.model.order > 0:
-        store = MessageStore(train_ids, message_sizes(train_len, model.num_classes, model.order))
+        store = MessageStore(owned, message_sizes(train_len, model.num_classes, model.order))
 
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("")
+    if root:
+        metrics_path.write_text("")
     best_val, epochs_without_gain, step, last, previous_phase = float("inf"), 0, 0, {}, None
     t = config.train
     for epoch in range(t.epochs):
@@ -110,32 +160,41 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         order = 0 if phase == "unary" else model.order
         step_options = options if phase == "joint" and order > 0 else \
             InferenceOptions(**{**options.__dict__, "algorithm": "local"})
-        order_rng = np.random.default_rng([config.run.seed, epoch])
-        batches = np.array_split(order_rng.permutation(len(train_ids)),
-                                 max(1, -(-len(train_ids) // t.batch_size)))
-        steps_before = step
-        started, loss_sum, seen, chars, hits, sweeps = time.perf_counter(), 0.0, 0, 0, 0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{t.epochs} {phase}", disable=not progress,
+        started, steps_before = time.perf_counter(), step
+        totals = np.zeros(4)   # loss, words, correct characters (belief argmax), characters
+        sweeps, reduce_seconds = 0, 0.0
+        bar = tqdm(epoch_batches(config, epoch, owned, num_train, comm.rank),
+                   desc=f"epoch {epoch + 1}/{t.epochs} {phase}", disable=not (progress and root),
                    leave=False)
-        for rows in bar:
-            source, layout, result = batch_loss(model, train_x[rows], train_y[rows], train_len[rows],
-                                                order, step_options, store, train_ids[rows])
+        for ids in bar:
+            _injected_fault(step + 1, comm.rank)
+            rows = position[ids]
             optimizer.zero_grad()
-            backward(source, layout, result.gradient / len(rows))
+            if len(rows):
+                source, layout, result = batch_loss(model, train_x[rows], train_y[rows],
+                                                    train_len[rows], order, step_options, store, ids)
+                backward(source, layout, result.gradient)    # summed over this rank's samples
+                totals += [result.loss.sum(), len(rows),
+                           layout.correct_characters(result.beliefs, train_y[rows]),
+                           train_len[rows].sum()]
+                sweeps += result.sweeps
+            reduce_started = time.perf_counter()
+            reducer.reduce(len(rows))                        # sum over ranks / global count
+            reduce_seconds += time.perf_counter() - reduce_started
             optimizer.step()
-            loss_sum += float(result.loss.sum())
-            seen += len(rows)
-            chars += int(train_len[rows].sum())
-            hits += layout.correct_characters(result.beliefs, train_y[rows])
-            sweeps += result.sweeps
             step += 1
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", char_acc=f"{100 * hits / chars:.1f}%")
+            if config.run.check_sync_every and step % config.run.check_sync_every == 0 \
+                    and not reducer.parameters_identical():
+                raise RuntimeError(f"parameters differ between ranks after step {step}")
+            bar.set_postfix(loss=f"{totals[0] / max(totals[1], 1):.3f}",
+                            char_acc=f"{100 * totals[2] / max(totals[3], 1):.1f}%")
             if t.max_steps and step >= t.max_steps:
                 break
+        train_seconds = time.perf_counter() - started
+        comm.allreduce_(totals)
         model.eval()
-        decode_order = 0 if phase == "unary" else model.order
-        val = evaluate(model, val_x, val_y, val_len, decode_order, step_options
-                       if phase != "joint" else options)
+        val = evaluate(model, val_x, val_y, val_len, 0 if phase == "unary" else model.order,
+                       step_options if phase != "joint" else options, comm)
         model.train()
         if val["loss"] < best_val - 1e-9:
             best_val, epochs_without_gain = val["loss"], 0
@@ -146,18 +205,23 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                     group["lr"] *= t.plateau_factor
                 epochs_without_gain = 0
         last = {"epoch": epoch + 1, "phase": phase, "step": step,
-                "lr": optimizer.param_groups[0]["lr"], "train_loss": loss_sum / max(seen, 1),
-                "train_char_accuracy": hits / max(chars, 1),
+                "lr": optimizer.param_groups[0]["lr"], "train_loss": totals[0] / max(totals[1], 1),
+                "train_char_accuracy": totals[2] / max(totals[3], 1),
                 "sweeps_per_step": sweeps / max(step - steps_before, 1),
                 "val_loss": val["loss"], "val_char_accuracy": val["char_accuracy"],
-                "val_word_accuracy": val["word_accuracy"],
-                "seconds": time.perf_counter() - started}
-        with metrics_path.open("a") as out:
-            out.write(json.dumps(last) + "\n")
-        log(f"epoch {epoch + 1:3d} {phase:9s} train loss {last['train_loss']:.4f}  val loss "
+                "val_word_accuracy": val["word_accuracy"], "seconds": train_seconds,
+                "allreduce_seconds": reduce_seconds,
+                "ranks": comm.world_size}
+        if root:
+            with metrics_path.open("a") as out:
+                out.write(json.dumps(last) + "\n")
+        say(f"epoch {epoch + 1:3d} {phase:9s} train loss {last['train_loss']:.4f}  val loss "
             f"{val['loss']:.4f}  char {100 * val['char_accuracy']:.2f}%  word "
-            f"{100 * val['word_accuracy']:.2f}%  ({last['seconds']:.1f}s)")
+            f"{100 * val['word_accuracy']:.2f}%  ({train_seconds:.1f}s)")
         if t.max_steps and step >= t.max_steps:
             break
-    save_params(model, run_dir / "params.h5")
+    if root:
+        save_params(model, run_dir / "params.h5")
+    if store is not None:
+        save_messages(store, comm, run_dir / "messages.h5")
     return last

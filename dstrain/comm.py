@@ -1,0 +1,187 @@
+"""All communication between processes: the only module that imports mpi4py.
+
+    comm = init()               # MPI when launched with several processes, else a single process
+    comm.rank, comm.world_size, comm.local_rank, comm.is_root
+    comm.allreduce_(array)      # in-place sum over ranks (numpy buffers: capitalised MPI calls)
+    comm.broadcast_(array)      # rank 0's values everywhere
+    reducer = GradientReducer(model.parameters(), comm)
+    reducer.reduce(local_count) # bucketed Allreduce of the gradients, divided by the global count
+
+The single-process communicator has the same interface, so debug mode needs no MPI installed.
+mpi4py is imported only when the environment says a launcher started several processes (or
+when asked for), so a plain `python` never initialises MPI.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+# launcher -> (rank, local rank, world size) environment variables, checked in this order
+LAUNCHER_ENV = (
+    ("Open MPI", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE"),
+    ("MPICH/Hydra", "PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE"),
+    ("Slurm", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),
+)
+DEFAULT_BUCKET_BYTES = 25 * 2**20   # DDP's default bucket size
+
+
+def launcher_environment(environ=os.environ) -> tuple[str, int, int, int] | None:
+    """(launcher, rank, local rank, world size) from the environment, or None if not launched."""
+    for name, rank, local_rank, size in LAUNCHER_ENV:
+        if size in environ:
+            return name, int(environ.get(rank, 0)), int(environ.get(local_rank, 0)), int(environ[size])
+    return None
+
+
+class SingleProcess:
+    """The communicator of a run without MPI: every collective is the identity."""
+
+    rank, world_size, local_rank = 0, 1, 0
+    library = "none (single process)"
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def allreduce_(self, array: np.ndarray, op: str = "sum") -> np.ndarray:
+        return array
+
+    def broadcast_(self, array: np.ndarray, root: int = 0) -> np.ndarray:
+        return array
+
+    def gather_rows(self, array: np.ndarray) -> np.ndarray | None:
+        """Concatenate every rank's 1-D array on rank 0 (None elsewhere)."""
+        return array
+
+    def barrier(self) -> None:
+        pass
+
+    def abort(self, code: int) -> None:
+        sys.exit(code)
+
+
+class MPIComm(SingleProcess):
+    """MPI.COMM_WORLD behind the SingleProcess interface."""
+
+    def __init__(self):
+        from mpi4py import MPI
+        self._mpi = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
+        # ranks on this node, whatever the launcher: a shared-memory split
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank = node.Get_rank()
+        node.Free()
+        self.library = MPI.Get_library_version().splitlines()[0].strip()
+
+    def allreduce_(self, array: np.ndarray, op: str = "sum") -> np.ndarray:
+        ops = {"sum": self._mpi.SUM, "max": self._mpi.MAX, "min": self._mpi.MIN}
+        self.comm.Allreduce(self._mpi.IN_PLACE, array, op=ops[op])
+        return array
+
+    def broadcast_(self, array: np.ndarray, root: int = 0) -> np.ndarray:
+        self.comm.Bcast(array, root=root)
+        return array
+
+    def gather_rows(self, array: np.ndarray) -> np.ndarray | None:
+        array = np.ascontiguousarray(array)
+        counts = np.zeros(self.world_size, dtype=np.int64)
+        counts[self.rank] = len(array)
+        self.allreduce_(counts)
+        out = np.empty(int(counts.sum()), dtype=array.dtype) if self.is_root else None
+        self.comm.Gatherv(array, [out, counts] if self.is_root else None, root=0)
+        return out
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int) -> None:
+        # ends every rank, as `python -m mpi4py` does on an uncaught exception: never a hang
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+
+def init(kind: str = "auto") -> SingleProcess:
+    """`auto`: MPI if a launcher started more than one process; `mpi`: always; `none`: never."""
+    if kind not in ("auto", "mpi", "none"):
+        raise ValueError(f"communicator {kind!r}: expected auto, mpi or none")
+    launched = launcher_environment()
+    if kind == "mpi" or (kind == "auto" and launched is not None and launched[3] > 1):
+        try:
+            return MPIComm()
+        except ImportError:
+            raise RuntimeError(f"{launched[0] if launched else 'a launcher'} started several "
+                               "processes but mpi4py is not installed: pip install 'dstrain[mpi]'") from None
+    return SingleProcess()
+
+
+class GradientReducer:
+    """Sum the parameters' gradients over ranks in a few large buckets, then divide by the
+    global number of samples of the step (reduced in the same call, so uneven batches are exact).
+
+    Gradients are copied into contiguous host buffers (one per bucket and dtype), reduced with one
+    Allreduce each, and copied back.  Under one process the reduction is only the division.
+    """
+
+    def __init__(self, parameters, comm: SingleProcess, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
+        self.comm = comm
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.buckets: list[list[torch.nn.Parameter]] = []
+        size, current = 0, []
+        for p in self.parameters:
+            nbytes = p.numel() * p.element_size()
+            if current and (size + nbytes > bucket_bytes or p.dtype != current[0].dtype):
+                self.buckets.append(current)
+                size, current = 0, []
+            current.append(p)
+            size += nbytes
+        if current:
+            self.buckets.append(current)
+        # one extra slot at the end of the last bucket carries the sample count
+        self.buffers = [np.zeros(sum(p.numel() for p in bucket) + (k == len(self.buckets) - 1),
+                                 dtype=torch.empty(0, dtype=bucket[0].dtype).numpy().dtype)
+                        for k, bucket in enumerate(self.buckets)]
+
+    def reduce(self, local_count: int) -> int:
+        """Reduce gradients in place; return the global number of samples of the step."""
+        for bucket, buffer in zip(self.buckets, self.buffers):
+            position = 0
+            for p in bucket:
+                n = p.numel()
+                buffer[position:position + n] = 0 if p.grad is None else p.grad.reshape(-1).numpy()
+                position += n
+        self.buffers[-1][-1] = local_count
+        for buffer in self.buffers:
+            self.comm.allreduce_(buffer)
+        global_count = int(round(float(self.buffers[-1][-1])))
+        for bucket, buffer in zip(self.buckets, self.buffers):
+            position = 0
+            for p in bucket:
+                n = p.numel()
+                values = torch.from_numpy(buffer[position:position + n] / max(global_count, 1))
+                if p.grad is None:
+                    p.grad = values.reshape(p.shape).to(p.dtype)
+                else:
+                    p.grad.copy_(values.reshape(p.shape))
+                position += n
+        return global_count
+
+    def broadcast_parameters(self) -> None:
+        """Rank 0's parameters on every rank (at start: identical models everywhere)."""
+        for p in self.parameters:
+            with torch.no_grad():
+                values = p.detach().reshape(-1).numpy().copy()
+                self.comm.broadcast_(values)
+                p.copy_(torch.from_numpy(values).reshape(p.shape))
+
+    def parameters_identical(self) -> bool:
+        """Whether every rank holds bit-identical parameters (the debug check)."""
+        flat = np.concatenate([p.detach().reshape(-1).double().numpy() for p in self.parameters])
+        high, low = flat.copy(), flat.copy()
+        self.comm.allreduce_(high, op="max")
+        self.comm.allreduce_(low, op="min")
+        return bool(np.array_equal(high, low))
