@@ -123,8 +123,10 @@ class GradientReducer:
     """Sum the parameters' gradients over ranks in a few large buckets, then divide by the
     global number of samples of the step (reduced in the same call, so uneven batches are exact).
 
-    Gradients are copied into contiguous host buffers (one per bucket and dtype), reduced with one
-    Allreduce each, and copied back.  Under one process the reduction is only the division.
+    Each bucket is one contiguous host buffer, and the parameters' ``.grad`` tensors are views
+    into it (as DDP's gradient_as_bucket_view), so backward writes straight into what MPI sends:
+    no copies.  Zero the gradients with ``zero_grad(set_to_none=False)`` to keep the views; a
+    gradient that was replaced anyway is copied in and the view restored.
     """
 
     def __init__(self, parameters, comm: SingleProcess, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
@@ -145,29 +147,32 @@ class GradientReducer:
         self.buffers = [np.zeros(sum(p.numel() for p in bucket) + (k == len(self.buckets) - 1),
                                  dtype=torch.empty(0, dtype=bucket[0].dtype).numpy().dtype)
                         for k, bucket in enumerate(self.buckets)]
-
-    def reduce(self, local_count: int) -> int:
-        """Reduce gradients in place; return the global number of samples of the step."""
+        self.views = {}
         for bucket, buffer in zip(self.buckets, self.buffers):
             position = 0
             for p in bucket:
-                n = p.numel()
-                buffer[position:position + n] = 0 if p.grad is None else p.grad.reshape(-1).numpy()
-                position += n
+                self.views[p] = torch.from_numpy(buffer[position:position + p.numel()]).view(p.shape)
+                position += p.numel()
+        self._attach()
+
+    def _attach(self) -> None:
+        for p, view in self.views.items():
+            if p.grad is not view:
+                if p.grad is None:
+                    view.zero_()
+                else:
+                    view.copy_(p.grad)
+                p.grad = view
+
+    def reduce(self, local_count: int) -> int:
+        """Reduce gradients in place; return the global number of samples of the step."""
+        self._attach()
         self.buffers[-1][-1] = local_count
         for buffer in self.buffers:
             self.comm.allreduce_(buffer)
         global_count = int(round(float(self.buffers[-1][-1])))
-        for bucket, buffer in zip(self.buckets, self.buffers):
-            position = 0
-            for p in bucket:
-                n = p.numel()
-                values = torch.from_numpy(buffer[position:position + n] / max(global_count, 1))
-                if p.grad is None:
-                    p.grad = values.reshape(p.shape).to(p.dtype)
-                else:
-                    p.grad.copy_(values.reshape(p.shape))
-                position += n
+        for buffer in self.buffers:
+            buffer *= 1.0 / max(global_count, 1)
         return global_count
 
     def broadcast_parameters(self) -> None:

@@ -169,7 +169,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         for ids in bar:
             _injected_fault(step + 1, comm.rank)
             rows = position[ids]
-            optimizer.zero_grad()
+            optimizer.zero_grad(set_to_none=False)   # keeps the gradients as bucket views
             if len(rows):
                 source, layout, result = batch_loss(model, train_x[rows], train_y[rows],
                                                     train_len[rows], order, step_options, store, ids)
