@@ -32,14 +32,15 @@ def _version(module: str) -> str:
 
 def cmd_info(args) -> int:
     import dstrain
-    from .comm import init, launcher_environment
+    from .comm import init, launcher_environment, mpi4py_version
 
     print(f"dstrain {dstrain.__version__} on Python {platform.python_version()} ({platform.machine()})")
-    for module in ("numpy", "torch", "h5py", "mpi4py", "cupy"):
+    for module in ("numpy", "torch", "h5py", "cupy"):
         print(f"  {module:8s} {_version(module)}")
+    print(f"  mpi4py   {mpi4py_version() or 'not available'}")
     launched = launcher_environment()
     try:
-        comm = init("mpi" if _version("mpi4py")[0].isdigit() else "none")
+        comm = init("mpi" if mpi4py_version() else "none")
     except Exception as error:   # an MPI that cannot start is a finding too
         print(f"  MPI      cannot start: {error}")
     else:

@@ -105,6 +105,15 @@ class MPIComm(SingleProcess):
         self.comm.Abort(code)
 
 
+def mpi4py_version() -> str | None:
+    """mpi4py's version if it is installed (without initialising MPI), else None."""
+    try:
+        import mpi4py
+    except ImportError:
+        return None
+    return mpi4py.__version__
+
+
 def init(kind: str = "auto") -> SingleProcess:
     """`auto`: MPI if a launcher started more than one process; `mpi`: always; `none`: never."""
     if kind not in ("auto", "mpi", "none"):

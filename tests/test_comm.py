@@ -34,3 +34,11 @@ def test_reducer_divides_by_the_count_in_small_buckets_and_keeps_views():
     first.grad = torch.ones_like(first)
     reducer.reduce(2)
     assert np.allclose(first.grad.numpy(), 0.5) and first.grad is reducer.views[first]
+
+
+def test_only_the_comm_module_imports_mpi4py():
+    from pathlib import Path
+    package = Path(__file__).resolve().parents[1] / "dstrain"
+    importers = [str(path.relative_to(package)) for path in package.rglob("*.py")
+                 if "import mpi4py" in path.read_text() or "from mpi4py" in path.read_text()]
+    assert importers == ["comm.py"]
