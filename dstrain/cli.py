@@ -4,6 +4,7 @@
     dstrain eval --run-dir DIR [--data FILE] [--split test] [--metrics-out FILE]
     dstrain data words --out data/words.h5 [--train 10000 --val 2000 --test 2000 --seed 0]
     dstrain plot DIR
+    dstrain submit --config configs/words.yaml --nodes 2 --ntasks-per-node 4 [--dry-run]
     dstrain info
 
 Bad input (a config key, a data file, a run directory) ends with one line on stderr and exit
@@ -63,6 +64,9 @@ def cmd_train(args) -> int:
                          f"{args.comm.world_size} processes")
     if config.run.communicator == "mpi" and args.comm.world_size == 1:
         args.comm = init("mpi")
+    if args.comm.world_size > 1:   # one line per rank, so a launch can be checked at a glance
+        print(f"dstrain: rank {args.comm.rank} of {args.comm.world_size} (local rank "
+              f"{args.comm.local_rank}) on {platform.node()}", file=sys.stderr, flush=True)
     train(config, run_dir=args.run_dir, progress=not args.no_progress, comm=args.comm)
     return 0
 
@@ -106,6 +110,28 @@ def cmd_data(args) -> int:
                           seed=args.seed, progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
+
+
+def cmd_submit(args) -> int:
+    from .config import load_config
+    from .submit import SubmitOptions, render, submit
+
+    overrides = tuple(kv for group in args.set or [] for kv in group)
+    config = load_config(args.config, overrides)   # fail here, not in the queue, on a bad config
+    options = SubmitOptions(config=args.config, nodes=args.nodes,
+                            ntasks_per_node=args.ntasks_per_node, gpus_per_node=args.gpus_per_node,
+                            time=args.time, partition=args.partition, launcher=args.launcher,
+                            overrides=overrides, run_dir=args.run_dir or config.run.dir,
+                            job_name=Path(args.run_dir or config.run.dir).name)
+    if args.dry_run:
+        print(render(options), end="")
+        return 0
+    job, code = submit(options, wait=args.wait)
+    print(f"submitted job {job}; logs: {options.run_dir}/slurm-{job}.out and .err; "
+          f"run directory: {options.run_dir}")
+    if args.wait:
+        print(f"job {job} ended with exit code {code}")
+    return code
 
 
 def cmd_plot(args) -> int:
@@ -168,6 +194,21 @@ def parser() -> argparse.ArgumentParser:
     words.add_argument("--seed", type=int, default=0)
     words.add_argument("--no-progress", action="store_true")
     words.set_defaults(run=cmd_data)
+
+    sub = commands.add_parser("submit", help="render the Slurm template for a config and sbatch it")
+    sub.add_argument("--config", required=True)
+    sub.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE")
+    sub.add_argument("--nodes", type=int, default=1)
+    sub.add_argument("--ntasks-per-node", type=int, default=2, help="ranks per node (1 per GPU)")
+    sub.add_argument("--gpus-per-node", type=int, default=0)
+    sub.add_argument("--time", default="01:00:00", help="wall-time limit, Slurm's format")
+    sub.add_argument("--partition")
+    sub.add_argument("--launcher", default="srun", choices=("srun", "mpirun"),
+                     help="srun (PMIx/PMI2) or mpirun inside the allocation")
+    sub.add_argument("--run-dir", help="default: run.dir of the config")
+    sub.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
+    sub.add_argument("--wait", action="store_true", help="wait for the job; exit with its code")
+    sub.set_defaults(run=cmd_submit)
 
     plot = commands.add_parser("plot", help="training curves of a run as a PNG")
     plot.add_argument("run_dir")

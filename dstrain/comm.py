@@ -29,9 +29,13 @@ DEFAULT_BUCKET_BYTES = 25 * 2**20   # DDP's default bucket size
 
 
 def launcher_environment(environ=os.environ) -> tuple[str, int, int, int] | None:
-    """(launcher, rank, local rank, world size) from the environment, or None if not launched."""
+    """(launcher, rank, local rank, world size) from the environment, or None if not launched.
+
+    Slurm counts only inside an `srun` step (SLURM_STEP_ID set): the batch script itself also
+    sees SLURM_NTASKS, but it is one process.
+    """
     for name, rank, local_rank, size in LAUNCHER_ENV:
-        if size in environ:
+        if size in environ and (name != "Slurm" or "SLURM_STEP_ID" in environ):
             return name, int(environ.get(rank, 0)), int(environ.get(local_rank, 0)), int(environ[size])
     return None
 
@@ -121,10 +125,19 @@ def init(kind: str = "auto") -> SingleProcess:
     launched = launcher_environment()
     if kind == "mpi" or (kind == "auto" and launched is not None and launched[3] > 1):
         try:
-            return MPIComm()
+            comm = MPIComm()
         except ImportError:
             raise RuntimeError(f"{launched[0] if launched else 'a launcher'} started several "
                                "processes but mpi4py is not installed: pip install 'dstrain[mpi]'") from None
+        if launched is not None and launched[3] > 1 and comm.world_size == 1:
+            # the known Open MPI 5 + `srun --mpi=pmi2` (or a PMI mismatch) pitfall: N processes,
+            # each believing it is alone, would all train and all write as rank 0
+            raise RuntimeError(
+                f"{launched[0]} started {launched[3]} processes but MPI sees each as a singleton "
+                f"(rank {launched[1]} here): the MPI library and the launcher's PMI do not match. "
+                "Use `srun --mpi=pmix` with a PMIx-enabled Slurm, or mpirun inside the allocation "
+                "(launch/slurm/train.sbatch: DSTRAIN_LAUNCHER=mpirun)")
+        return comm
     return SingleProcess()
 
 

@@ -10,8 +10,10 @@ def test_launcher_table():
     assert launcher_environment({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
                                  "OMPI_COMM_WORLD_SIZE": "8"}) == ("Open MPI", 3, 1, 8)
     assert launcher_environment({"PMI_RANK": "2", "PMI_SIZE": "4"}) == ("MPICH/Hydra", 2, 0, 4)
-    assert launcher_environment({"SLURM_PROCID": "5", "SLURM_LOCALID": "1",
-                                 "SLURM_NTASKS": "6"}) == ("Slurm", 5, 1, 6)
+    assert launcher_environment({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "6",
+                                 "SLURM_STEP_ID": "0"}) == ("Slurm", 5, 1, 6)
+    # the batch script of a 6-task job is one process, not a launched rank
+    assert launcher_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "6"}) is None
 
 
 def test_plain_python_gets_a_single_process_communicator():

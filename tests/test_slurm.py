@@ -1,0 +1,145 @@
+"""Slurm: the rendered template against a golden file, and real jobs on a one-node Slurm cluster.
+
+The `slurm` tests start munged, slurmctld and slurmd (Debian's slurm-wlm and munge; `.ci/run`
+installs them) in the foreground as child processes, submit the project's template with
+`dstrain submit --wait`, and stop exactly the processes they started.  Without the Slurm
+binaries they skip, saying why.
+"""
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dstrain.data import generate_words
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden" / "submit_dry_run.sbatch"
+BIN = str(Path(sys.executable).parent)
+
+
+def dstrain(*args, env=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "dstrain.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+def test_dry_run_matches_the_golden_file():
+    done = dstrain("submit", "--config", "configs/words_debug.yaml", "--nodes", "2",
+                   "--ntasks-per-node", "4", "--gpus-per-node", "4", "--partition", "gpu",
+                   "--time", "02:00:00", "--launcher", "mpirun", "--run-dir", "runs/cluster",
+                   "--set", "train.epochs=20", "model.hidden=[64]", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == GOLDEN.read_text()
+
+
+def test_submit_rejects_bad_options_before_anything_is_queued():
+    done = dstrain("submit", "--config", "configs/words_debug.yaml", "--time", "soon", "--dry-run")
+    assert done.returncode == 2 and "--time 'soon'" in done.stderr
+    done = dstrain("submit", "--config", "configs/words_debug.yaml", "--set", "train.lr=-1",
+                   "--dry-run")
+    assert done.returncode == 2 and "train.lr" in done.stderr
+
+
+SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
+MISSING = [b for b in SLURM_BINARIES if shutil.which(b) is None and
+           not Path("/usr/sbin", b).exists()]
+
+
+def _which(binary):
+    return shutil.which(binary) or str(Path("/usr/sbin", binary))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if MISSING:
+        pytest.skip(f"Slurm is not installed ({', '.join(MISSING)} missing): "
+                    "apt-get install slurm-wlm munge")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs its daemons as root (SlurmUser=root)")
+    work = tmp_path_factory.mktemp("slurm")
+    for folder in ("state", "spool", "log"):
+        (work / folder).mkdir()
+    host = platform.node()
+    conf = work / "slurm.conf"
+    conf.write_text("\n".join([
+        "ClusterName=dstrain-test", f"SlurmctldHost={host}", "AuthType=auth/munge",
+        "CredType=cred/munge", "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
+        "SelectType=select/cons_tres", "SlurmUser=root", "SlurmdUser=root", "MpiDefault=none",
+        f"StateSaveLocation={work}/state", f"SlurmdSpoolDir={work}/spool",
+        f"SlurmctldPidFile={work}/slurmctld.pid", f"SlurmdPidFile={work}/slurmd.pid",
+        f"SlurmctldLogFile={work}/log/slurmctld.log", f"SlurmdLogFile={work}/log/slurmd.log",
+        "ReturnToService=2",
+        f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN",
+        "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES",
+        ""]))
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    Path("/run/munge").mkdir(parents=True, exist_ok=True)
+    started = []
+    try:
+        if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
+            started.append(subprocess.Popen([_which("munged"), "--foreground", "--force"],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            time.sleep(1)
+        for daemon in ("slurmctld", "slurmd"):
+            started.append(subprocess.Popen([_which(daemon), "-D", "-f", str(conf)], env=env,
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            state = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True,
+                                   text=True).stdout.strip()
+            if state in ("idle", "mix", "alloc"):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"the test Slurm cluster did not come up: sinfo says {state!r}; "
+                        f"logs in {work}/log")
+        yield env
+    finally:
+        for process in reversed(started):   # exactly the daemons this fixture started
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("slurm-data") / "words.h5"
+    generate_words(path, num_train=60, num_val=20, num_test=10, seed=4, progress=False)
+    return path
+
+
+def submit(cluster, run_dir, *sets):
+    env = {**cluster, "PYTHON": sys.executable, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return dstrain("submit", "--config", "configs/words_debug.yaml", "--nodes", "1",
+                   "--ntasks-per-node", "2", "--launcher", "mpirun", "--time", "10",
+                   "--run-dir", str(run_dir), "--wait", "--set", *sets, env=env, timeout=300)
+
+
+@pytest.mark.slurm
+def test_two_task_training_job_succeeds_with_distinct_ranks(cluster, small_data, tmp_path):
+    run_dir = tmp_path / "run"
+    done = submit(cluster, run_dir, f"data.path={small_data}", "data.generate=false",
+                  "train.epochs=2", "train.pretrain_epochs=1", "model.hidden=[16]")
+    logs = "".join(p.read_text() for p in run_dir.glob("slurm-*"))
+    assert done.returncode == 0, done.stdout + done.stderr + logs
+    assert "ended with exit code 0" in done.stdout
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["ranks"] == 2 for r in rows)   # written once, by rank 0
+    assert "rank 0 of 2" in logs and "rank 1 of 2" in logs
+    assert sum(line.startswith("epoch") for line in logs.splitlines()) == 2
+
+
+@pytest.mark.slurm
+def test_a_failing_job_returns_non_zero_through_sbatch_wait(cluster, tmp_path):
+    done = submit(cluster, tmp_path / "run", f"data.path={tmp_path / 'missing.h5'}",
+                  "data.generate=false")
+    assert done.returncode != 0
+    logs = "".join(p.read_text() for p in (tmp_path / "run").glob("slurm-*"))
+    assert "dstrain data words" in logs        # the job's own error, one line per rank
