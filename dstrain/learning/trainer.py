@@ -163,9 +163,10 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         started, steps_before = time.perf_counter(), step
         totals = np.zeros(4)   # loss, words, correct characters (belief argmax), characters
         sweeps, reduce_seconds = 0, 0.0
+        # disable=None: a bar only on a terminal, not in log files (Slurm output, pipes)
         bar = tqdm(epoch_batches(config, epoch, owned, num_train, comm.rank),
-                   desc=f"epoch {epoch + 1}/{t.epochs} {phase}", disable=not (progress and root),
-                   leave=False)
+                   desc=f"epoch {epoch + 1}/{t.epochs} {phase}",
+                   disable=None if progress and root else True, leave=False)
         for ids in bar:
             _injected_fault(step + 1, comm.rank)
             rows = position[ids]
