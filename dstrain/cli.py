@@ -1,6 +1,7 @@
 """The `dstrain` command.
 
     dstrain train --config configs/words_debug.yaml [--set train.lr=0.1 ...] [--run-dir DIR]
+                  [--resume PATH|auto]
     dstrain eval --run-dir DIR [--data FILE] [--split test] [--metrics-out FILE]
     dstrain data words --out data/words.h5 [--train 10000 --val 2000 --test 2000 --seed 0]
     dstrain plot DIR
@@ -67,7 +68,8 @@ def cmd_train(args) -> int:
     if args.comm.world_size > 1:   # one line per rank, so a launch can be checked at a glance
         print(f"dstrain: rank {args.comm.rank} of {args.comm.world_size} (local rank "
               f"{args.comm.local_rank}) on {platform.node()}", file=sys.stderr, flush=True)
-    train(config, run_dir=args.run_dir, progress=not args.no_progress, comm=args.comm)
+    train(config, run_dir=args.run_dir, progress=not args.no_progress, comm=args.comm,
+          resume=args.resume)
     return 0
 
 
@@ -175,6 +177,8 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", help="where config.yaml, metrics.jsonl, params.h5 go "
                                          "(default: run.dir of the config)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.add_argument("--resume", metavar="PATH|auto",
+                       help="continue from a checkpoint (auto: the newest in RUN_DIR/checkpoints)")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("eval", help="accuracy of a trained run on a data split")

@@ -228,6 +228,7 @@ class RunConfig:
     communicator: str = "auto"      # auto: MPI when a launcher started several processes; mpi; none
     bucket_mb: float = 25.0         # gradient Allreduce bucket size (MiB)
     check_sync_every: int = 0       # debug: every N steps check that all ranks' parameters agree
+    checkpoint_every: int = 0       # write RUN_DIR/checkpoints/step-*.h5 every N steps and at the end
 
     def __post_init__(self):
         _str(self, "dir")
@@ -237,6 +238,7 @@ class RunConfig:
         _choice(self, "communicator", ("auto", "mpi", "none"))
         _number(self, "bucket_mb", low=0, low_open=True)
         _int(self, "check_sync_every", low=0)
+        _int(self, "checkpoint_every", low=0)
 
 
 @dataclass

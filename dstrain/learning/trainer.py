@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..comm import GradientReducer, SingleProcess
-from ..config import Config, save_config
+from ..config import Config, config_to_dict, save_config
 from ..data import generate_words, open_words
 from ..models import WordCRF
 from .decode import decode
@@ -111,8 +112,11 @@ def _injected_fault(step: int, rank: int) -> None:
 
 
 def train(config: Config, run_dir: str | Path | None = None, progress: bool = True,
-          log=print, comm: SingleProcess = SingleProcess()) -> dict:
-    """Train as the config says (this rank's part of it); returns the last epoch's metrics."""
+          log=print, comm: SingleProcess = SingleProcess(), resume: str | None = None) -> dict:
+    """Train as the config says (this rank's part of it); returns the last epoch's metrics.
+
+    `resume`: a checkpoint path, or "auto" for the newest complete one in the run directory.
+    """
     from tqdm import tqdm
 
     root = comm.is_root
@@ -148,12 +152,34 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     if options.algorithm == "blend" and config.model.order > 0:
         store = MessageStore(owned, message_sizes(train_len, model.num_classes, model.order))
 
+    # the loop's position and state: all a checkpoint needs besides parameters and messages
+    loop = {"epoch": 0, "batch": 0, "step": 0, "best_val": float("inf"), "epochs_without_gain": 0,
+            "previous_phase": None, "totals": [0.0] * 4, "sweeps": 0}
+    if resume:
+        where = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
+        if where is None:
+            raise FileNotFoundError(f"--resume auto: no complete checkpoint in {checkpoint_dir(run_dir)}")
+        loop = load_checkpoint(where, model, optimizer, store)
+        say(f"resumed from {where}: epoch {loop['epoch'] + 1}, step {loop['step']}")
+    import yaml
+    config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+    def checkpoint(batch_in_epoch: int) -> None:
+        loop.update(epoch=epoch, batch=batch_in_epoch, step=step, best_val=best_val,
+                    epochs_without_gain=epochs_without_gain, previous_phase=previous_phase,
+                    totals=[float(v) for v in totals], sweeps=int(sweeps))
+        save_checkpoint(checkpoint_dir(run_dir) / f"step-{step:09d}.h5", model, optimizer, loop,
+                        config_yaml, store, comm)
+
     metrics_path = run_dir / "metrics.jsonl"
-    if root:
+    if root and not resume:
         metrics_path.write_text("")
-    best_val, epochs_without_gain, step, last, previous_phase = float("inf"), 0, 0, {}, None
+    best_val, epochs_without_gain, previous_phase = \
+        loop["best_val"], loop["epochs_without_gain"], loop["previous_phase"]
+    step, last, stopped = loop["step"], {}, False
+    epoch, totals, sweeps = loop["epoch"] - 1, np.zeros(4), 0   # as they stand if no epoch runs
     t = config.train
-    for epoch in range(t.epochs):
+    for epoch in range(loop["epoch"], t.epochs):
         phase = phase_of(t.variant, epoch, t.pretrain_epochs)
         if phase != previous_phase:   # a new loss: its plateau is measured afresh
             best_val, epochs_without_gain, previous_phase = float("inf"), 0, phase
@@ -161,13 +187,17 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         step_options = options if phase == "joint" and order > 0 else \
             InferenceOptions(**{**options.__dict__, "algorithm": "local"})
         started, steps_before = time.perf_counter(), step
-        totals = np.zeros(4)   # loss, words, correct characters (belief argmax), characters
-        sweeps, reduce_seconds = 0, 0.0
+        continuing = epoch == loop["epoch"] and loop["batch"] > 0
+        first_batch = loop["batch"] if continuing else 0
+        # loss, words, correct characters (belief argmax), characters
+        totals = np.array(loop["totals"] if continuing else [0.0] * 4)
+        sweeps, reduce_seconds = (loop["sweeps"] if continuing else 0), 0.0
+        batches = epoch_batches(config, epoch, owned, num_train, comm.rank)
         # disable=None: a bar only on a terminal, not in log files (Slurm output, pipes)
-        bar = tqdm(epoch_batches(config, epoch, owned, num_train, comm.rank),
-                   desc=f"epoch {epoch + 1}/{t.epochs} {phase}",
+        bar = tqdm(batches[first_batch:], desc=f"epoch {epoch + 1}/{t.epochs} {phase}",
+                   initial=first_batch, total=len(batches),
                    disable=None if progress and root else True, leave=False)
-        for ids in bar:
+        for batch_in_epoch, ids in enumerate(bar, start=first_batch + 1):
             _injected_fault(step + 1, comm.rank)
             rows = position[ids]
             optimizer.zero_grad(set_to_none=False)   # keeps the gradients as bucket views
@@ -189,8 +219,15 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                 raise RuntimeError(f"parameters differ between ranks after step {step}")
             bar.set_postfix(loss=f"{totals[0] / max(totals[1], 1):.3f}",
                             char_acc=f"{100 * totals[2] / max(totals[3], 1):.1f}%")
+            if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
+                checkpoint(batch_in_epoch)
             if t.max_steps and step >= t.max_steps:
+                stopped = batch_in_epoch < len(batches)
                 break
+        if stopped:   # mid-epoch: no evaluation; the checkpoint holds the place to go on from
+            if config.run.checkpoint_every and step % config.run.checkpoint_every:
+                checkpoint(batch_in_epoch)
+            break
         train_seconds = time.perf_counter() - started
         comm.allreduce_(totals)
         model.eval()
@@ -221,6 +258,9 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
             f"{100 * val['word_accuracy']:.2f}%  ({train_seconds:.1f}s)")
         if t.max_steps and step >= t.max_steps:
             break
+    if config.run.checkpoint_every and not stopped:
+        epoch += 1   # the run is complete: a resume has nothing left to do
+        checkpoint(0)
     if root:
         save_params(model, run_dir / "params.h5")
     if store is not None:
