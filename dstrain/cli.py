@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import platform
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -68,8 +69,13 @@ def cmd_train(args) -> int:
     if args.comm.world_size > 1:   # one line per rank, so a launch can be checked at a glance
         print(f"dstrain: rank {args.comm.rank} of {args.comm.world_size} (local rank "
               f"{args.comm.local_rank}) on {platform.node()}", file=sys.stderr, flush=True)
+    # Slurm sends SIGTERM (or SIGUSR1 with --signal) before preemption and at the time limit:
+    # the trainer then checkpoints at the end of the step and returns; exit 0 so a requeue resumes
+    stop_signals: list[int] = []
+    for number in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(number, lambda received, _frame: stop_signals.append(received))
     train(config, run_dir=args.run_dir, progress=not args.no_progress, comm=args.comm,
-          resume=args.resume)
+          resume=args.resume, stop_signals=stop_signals)
     return 0
 
 

@@ -26,6 +26,7 @@ LAUNCHER_ENV = (
     ("Slurm", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS"),
 )
 DEFAULT_BUCKET_BYTES = 25 * 2**20   # DDP's default bucket size
+NUM_FLAGS = 2                       # per-step flags reduced with the gradients
 
 
 def launcher_environment(environ=os.environ) -> tuple[str, int, int, int] | None:
@@ -165,8 +166,9 @@ class GradientReducer:
             size += nbytes
         if current:
             self.buckets.append(current)
-        # one extra slot at the end of the last bucket carries the sample count
-        self.buffers = [np.zeros(sum(p.numel() for p in bucket) + (k == len(self.buckets) - 1),
+        # extra slots at the end of the last bucket carry the sample count and the step's flags
+        self.buffers = [np.zeros(sum(p.numel() for p in bucket)
+                                 + (1 + NUM_FLAGS) * (k == len(self.buckets) - 1),
                                  dtype=torch.empty(0, dtype=bucket[0].dtype).numpy().dtype)
                         for k, bucket in enumerate(self.buckets)]
         self.views = {}
@@ -186,16 +188,26 @@ class GradientReducer:
                     view.copy_(p.grad)
                 p.grad = view
 
-    def reduce(self, local_count: int) -> int:
-        """Reduce gradients in place; return the global number of samples of the step."""
+    def reduce(self, local_count: int, flags=(0,) * 2) -> tuple[int, np.ndarray]:
+        """Reduce gradients in place; return the step's global sample count and the flags summed
+        over ranks (e.g. "a stop signal arrived", "a non-finite value appeared"): every rank
+        learns them in the same Allreduce, so all decide alike."""
         self._attach()
-        self.buffers[-1][-1] = local_count
+        tail = self.buffers[-1][-(1 + NUM_FLAGS):]
+        tail[0], tail[1:] = local_count, flags
         for buffer in self.buffers:
             self.comm.allreduce_(buffer)
-        global_count = int(round(float(self.buffers[-1][-1])))
+        global_count = int(round(float(tail[0])))
+        summed = tail[1:].astype(np.float64)
         for buffer in self.buffers:
             buffer *= 1.0 / max(global_count, 1)
-        return global_count
+        return global_count, summed
+
+    def gradients_finite(self) -> bool:
+        """Whether this rank's gradients are all finite (checked before they are summed)."""
+        last = self.buffers[-1]
+        return all(bool(np.isfinite(b[:-(1 + NUM_FLAGS)] if b is last else b).all())
+                   for b in self.buffers)
 
     def broadcast_parameters(self) -> None:
         """Rank 0's parameters on every rank (at start: identical models everywhere)."""

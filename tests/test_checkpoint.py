@@ -2,8 +2,10 @@
 and checkpoints that do not fit the run."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -123,3 +125,74 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_line(data, tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "checkpoint" in done.stderr
     assert "step-000000002.h5" in done.stderr
+
+
+def _wait_for(path_or_check, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path_or_check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data, tmp_path):
+    command = [sys.executable, "-m", "dstrain.cli", "train", "--no-progress", "--config",
+               str(ROOT / "configs" / "words_debug.yaml"), "--run-dir", str(tmp_path / "run"),
+               *sets(data, "train.epochs=200", "run.checkpoint_every=0")]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=ROOT, env=ENV)
+    assert _wait_for(lambda: (tmp_path / "run" / "metrics.jsonl").exists()
+                     and (tmp_path / "run" / "metrics.jsonl").read_text())   # training is under way
+    job.send_signal(signal.SIGTERM)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err
+    assert "stopped by signal" in out
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    assert checkpoint is not None
+    done = train(tmp_path / "run", data, "train.epochs=4", resume="auto")   # and it resumes
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(MPIRUN is None, reason="no mpirun")
+def test_kill_9_of_one_rank_ends_the_job_and_the_last_checkpoint_resumes(data, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [MPIRUN, "-n", "2", "--oversubscribe", sys.executable, "-m", "dstrain.cli", "train",
+               "--no-progress", "--config", str(ROOT / "configs" / "words_debug.yaml"),
+               "--run-dir", str(run_dir), *sets(data, "train.epochs=200")]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           cwd=ROOT, env=ENV)
+    assert _wait_for(lambda: latest_checkpoint(run_dir) is not None)
+    found = subprocess.run(["pgrep", "-f", f"dstrain.cli train.*{run_dir}"], capture_output=True,
+                           text=True).stdout.split()
+    # the ranks, not mpirun (whose command line names the run directory too)
+    ranks = [pid for pid in found
+             if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == sys.executable.encode()]
+    assert len(ranks) == 2
+    os.kill(int(ranks[1]), signal.SIGKILL)
+    started = time.monotonic()
+    job.communicate(timeout=90)
+    assert job.returncode != 0 and time.monotonic() - started < 60
+    assert subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True).stdout == b""
+    done = train(run_dir, data, "train.epochs=4", ranks=2, resume="auto")
+    assert done.returncode == 0, done.stderr
+    assert "resumed from" in done.stdout
+
+
+def test_a_non_finite_loss_stops_the_run_naming_step_and_rank(data, tmp_path):
+    broken = tmp_path / "nan.h5"
+    shutil.copy(data, broken)
+    with h5py.File(broken, "r+") as f:     # one word of float images with a NaN pixel
+        x = np.asarray(f["train/x"]).astype(np.float32) / 255
+        x[50, 0, 3, 3] = np.nan
+        del f["train/x"]
+        f.create_dataset("train/x", data=x)
+    done = train(tmp_path / "run", broken, "run.checkpoint_every=1", "train.epochs=1")
+    assert done.returncode == 1
+    assert "non-finite loss or gradient at step" in done.stderr and "on rank 0" in done.stderr
+    failed_at = int(done.stderr.split("at step ")[1].split(",")[0])
+    kept = latest_checkpoint(tmp_path / "run")
+    assert kept is not None and int(kept.stem.split("-")[1]) == failed_at - 1
+    with h5py.File(kept) as f:
+        assert all(np.isfinite(np.asarray(f[f"params/{name}"])).all() for name in f["params"])

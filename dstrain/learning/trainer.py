@@ -112,11 +112,16 @@ def _injected_fault(step: int, rank: int) -> None:
 
 
 def train(config: Config, run_dir: str | Path | None = None, progress: bool = True,
-          log=print, comm: SingleProcess = SingleProcess(), resume: str | None = None) -> dict:
+          log=print, comm: SingleProcess = SingleProcess(), resume: str | None = None,
+          stop_signals: list | None = None) -> dict:
     """Train as the config says (this rank's part of it); returns the last epoch's metrics.
 
     `resume`: a checkpoint path, or "auto" for the newest complete one in the run directory.
+    `stop_signals`: a list the process's signal handlers append to (the CLI installs them for
+    SIGTERM and SIGUSR1); once any rank's is non-empty, all ranks finish the step, write a
+    checkpoint and return.
     """
+    stop_signals = [] if stop_signals is None else stop_signals
     from tqdm import tqdm
 
     root = comm.is_root
@@ -209,9 +214,15 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                            layout.correct_characters(result.beliefs, train_y[rows]),
                            train_len[rows].sum()]
                 sweeps += result.sweeps
+            finite = reducer.gradients_finite() and (not len(rows) or np.isfinite(result.loss).all())
             reduce_started = time.perf_counter()
-            reducer.reduce(len(rows))                        # sum over ranks / global count
+            _, (signalled, broken) = reducer.reduce(len(rows), (len(stop_signals), not finite))
             reduce_seconds += time.perf_counter() - reduce_started
+            if broken:   # before the update: the parameters and the last checkpoint stay good
+                raise FloatingPointError(
+                    f"non-finite loss or gradient at step {step + 1}, "
+                    + (f"on rank {comm.rank}" if not finite else f"on {int(broken)} other rank(s)")
+                    + "; the last checkpoint (if any) is from before it")
             optimizer.step()
             step += 1
             if config.run.check_sync_every and step % config.run.check_sync_every == 0 \
@@ -219,6 +230,11 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                 raise RuntimeError(f"parameters differ between ranks after step {step}")
             bar.set_postfix(loss=f"{totals[0] / max(totals[1], 1):.3f}",
                             char_acc=f"{100 * totals[2] / max(totals[3], 1):.1f}%")
+            if signalled:   # Slurm's warning before preemption: save, then end cleanly
+                checkpoint(batch_in_epoch)
+                say(f"stopped by signal {stop_signals[0]} after step {step}: checkpoint written; "
+                    f"continue with --resume auto")
+                return last
             if config.run.checkpoint_every and step % config.run.checkpoint_every == 0:
                 checkpoint(batch_in_epoch)
             if t.max_steps and step >= t.max_steps:
