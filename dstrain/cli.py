@@ -236,8 +236,13 @@ def main(argv=None) -> int:
         return args.run(args)
     except Exception as error:
         # ConfigError and DataError are ValueErrors: bad input, not a bug in dstrain
-        bad_input = isinstance(error, (ValueError, FileNotFoundError, PermissionError, KeyError))
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # ... and so is a path the system refuses (a file where a folder should be, and so on)
+        bad_input = isinstance(error, (ValueError, FileNotFoundError, PermissionError, KeyError)) \
+            or (isinstance(error, OSError) and error.filename is not None)
+        if isinstance(error, OSError) and error.filename is not None and error.strerror:
+            message = f"{error.filename}: {error.strerror}"
+        else:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         comm = getattr(args, "comm", None)
         if comm is not None and comm.world_size > 1:
             # one failing rank must end the job, never leave the others waiting in a collective
