@@ -21,7 +21,8 @@ import h5py
 import numpy as np
 import torch
 
-from .learning.messages import _segments
+from .learning.messages import concatenated_ranges
+from .learning.params import gather_messages, write_messages
 
 FORMAT = "dstrain-checkpoint-1"
 KEEP = 2   # complete checkpoints kept in a run directory
@@ -33,9 +34,7 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 def save_checkpoint(path: Path, model, optimizer, loop: dict, config_yaml: str, store, comm) -> None:
     """Collective: every rank calls it (the messages are gathered); rank 0 writes `path`."""
-    gathered = None
-    if store is not None:
-        gathered = [comm.gather_rows(a) for a in (store.sample_ids, store.sizes, store.values)]
+    gathered = gather_messages(store, comm) if store is not None else None
     if not comm.is_root:
         return
     path = Path(path)
@@ -54,12 +53,7 @@ def save_checkpoint(path: Path, model, optimizer, loop: dict, config_yaml: str, 
                 f.create_dataset(f"optimizer/{index}/{key}",
                                  data=torch.as_tensor(value).detach().cpu().numpy())
         if gathered is not None:
-            ids, sizes, values = gathered
-            order = np.argsort(ids, kind="stable")
-            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-            f.create_dataset("messages/sample_id", data=ids[order])
-            f.create_dataset("messages/offset", data=np.concatenate([[0], np.cumsum(sizes[order])]))
-            f.create_dataset("messages/values", data=values[_segments(starts[order], sizes[order])])
+            write_messages(f.create_group("messages"), gathered)
         f.flush()
         os.fsync(f.id.get_vfd_handle())
     os.replace(tmp, path)
@@ -130,4 +124,4 @@ def _restore_messages(group, store, path) -> None:
     sizes = offset[where + 1] - offset[where]
     if np.any(sizes != store.sizes):
         raise ValueError(f"{path}: saved messages do not fit this model's graphs")
-    store.scatter(store.sample_ids, block[_segments(offset[where] - offset[low], sizes)])
+    store.scatter(store.sample_ids, block[concatenated_ranges(offset[where] - offset[low], sizes)])

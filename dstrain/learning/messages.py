@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def _segments(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+def concatenated_ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     """Concatenated ranges [start, start + size) as one index array, without a Python loop."""
     total = int(sizes.sum())
     shift = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
@@ -39,7 +39,7 @@ class MessageStore:
             missing = ids[self._sorted_ids[where] != ids][:5].tolist()
             raise KeyError(f"MessageStore: sample ids {missing} are not held here")
         pos = self._sorted_pos[where]
-        return _segments(self.offset[pos], self.sizes[pos])
+        return concatenated_ranges(self.offset[pos], self.sizes[pos])
 
     def gather(self, ids) -> np.ndarray:
         """The messages of samples `ids`, concatenated in that order."""

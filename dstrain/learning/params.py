@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import torch
 
-from .messages import _segments
+from .messages import concatenated_ranges
 
 
 def save_params(model: torch.nn.Module, path: str | Path) -> None:
@@ -45,23 +45,32 @@ def load_params(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
-def save_messages(store, comm, path: str | Path) -> None:
-    """The persistent blend messages of all ranks, gathered on rank 0, by global sample id.
-
-    Datasets: ``sample_id`` (sorted), ``offset`` (into ``values``, one more than samples), ``values``.
-    """
+def gather_messages(store, comm):
+    """Every rank's blend messages on rank 0, ordered by global sample id:
+    (sample_id, offset (one more than samples), values); None on the other ranks (collective)."""
     ids, sizes, values = (comm.gather_rows(a) for a in (store.sample_ids, store.sizes, store.values))
     if not comm.is_root:
-        return
+        return None
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     order = np.argsort(ids, kind="stable")
-    ordered = values[_segments(starts[order], sizes[order])]
+    return (ids[order], np.concatenate([[0], np.cumsum(sizes[order])]),
+            values[concatenated_ranges(starts[order], sizes[order])])
+
+
+def write_messages(group: h5py.Group, gathered) -> None:
+    for name, data in zip(("sample_id", "offset", "values"), gathered):
+        group.create_dataset(name, data=data)
+
+
+def save_messages(store, comm, path: str | Path) -> None:
+    """The persistent blend messages of all ranks in one file by global sample id (rank 0 writes)."""
+    gathered = gather_messages(store, comm)
+    if gathered is None:
+        return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("sample_id", data=ids[order])
-        f.create_dataset("offset", data=np.concatenate([[0], np.cumsum(sizes[order])]))
-        f.create_dataset("values", data=ordered)
+        write_messages(f, gathered)
     os.replace(tmp, path)
 
 
