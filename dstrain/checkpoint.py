@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .learning.messages import concatenated_ranges
-from .learning.params import gather_messages, write_messages
+from .learning.params import gather_messages, read_params, write_messages, write_params
 
 FORMAT = "dstrain-checkpoint-1"
 KEEP = 2   # complete checkpoints kept in a run directory
@@ -44,8 +44,7 @@ def save_checkpoint(path: Path, model, optimizer, loop: dict, config_yaml: str, 
         f.attrs["format"] = FORMAT
         f.attrs["loop"] = json.dumps(loop)
         f.attrs["config"] = config_yaml
-        for name, tensor in model.state_dict().items():
-            f.create_dataset(f"params/{name}", data=tensor.detach().cpu().numpy())
+        write_params(f.create_group("params"), model)
         state = optimizer.state_dict()
         f.attrs["optimizer_groups"] = json.dumps(state["param_groups"])
         for index, values in state["state"].items():
@@ -85,19 +84,7 @@ def load_checkpoint(path: Path, model, optimizer, store) -> dict:
     with f:
         if f.attrs.get("format") != FORMAT:
             raise ValueError(f"{path}: not a dstrain checkpoint (attribute format != {FORMAT!r})")
-        expected = model.state_dict()
-        saved = set(f["params"].keys()) if "params" in f else set()
-        if saved != set(expected):
-            raise ValueError(f"{path}: checkpoint of another model (parameters "
-                             f"{sorted(saved ^ set(expected))[:3]} differ)")
-        state = {}
-        for name, tensor in expected.items():
-            value = np.asarray(f[f"params/{name}"])
-            if value.shape != tuple(tensor.shape):
-                raise ValueError(f"{path}: parameter {name} has shape {value.shape}, the model "
-                                 f"needs {tuple(tensor.shape)}")
-            state[name] = torch.from_numpy(value).to(tensor.dtype)
-        model.load_state_dict(state)
+        read_params(f["params"] if "params" in f else {}, model, path, "checkpoint")
         groups = json.loads(f.attrs["optimizer_groups"])
         optimizer_state = {}
         if "optimizer" in f:

@@ -321,12 +321,16 @@ _Dumper.add_representer(list, lambda dumper, value: dumper.represent_sequence(
     "tag:yaml.org,2002:seq", value, flow_style=True))
 
 
+def config_to_yaml(config: Config) -> str:
+    """The YAML text of ``config`` (keys in field order); load_config reads it back equal."""
+    return yaml.dump(config_to_dict(config), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+
+
 def save_config(config: Config, path) -> None:
-    """Write ``config`` as YAML (creating the parent folder); load_config reads it back equal."""
+    """Write ``config`` as YAML (creating the parent folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.dump(config_to_dict(config), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
-    path.write_text(text)
+    path.write_text(config_to_yaml(config))
 
 
 def _parse_override(item: str) -> tuple[str, str, Any]:

@@ -9,10 +9,15 @@ from ..models import WordCRF
 
 
 @torch.no_grad()
-def decode(model: WordCRF, images: np.ndarray, lengths: np.ndarray, order: int | None = None) -> np.ndarray:
-    """Most likely labels (B, L), -1 beyond each length, using pairs up to `order`."""
+def decode(model: WordCRF, images: np.ndarray, lengths: np.ndarray, order: int | None = None,
+           unary: np.ndarray | None = None) -> np.ndarray:
+    """Most likely labels (B, L), -1 beyond each length, using pairs up to `order`.
+
+    `unary`: the (B, L, C) unary scores if the caller has them already (saves a forward pass).
+    """
     order = model.order if order is None else order
-    unary = model.unary_scores(torch.from_numpy(images)).double().numpy()
+    if unary is None:
+        unary = model.unary_scores(torch.from_numpy(images)).double().numpy()
     pairs = pair_arrays(model, len(lengths), order)
     if order == 0:
         labels = unary.argmax(axis=2)

@@ -21,7 +21,7 @@ import torch
 
 from ..checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..comm import GradientReducer, SingleProcess
-from ..config import Config, config_to_dict, save_config
+from ..config import Config, config_to_yaml, save_config
 from ..data import generate_words, open_words
 from ..models import WordCRF
 from .decode import decode
@@ -93,8 +93,11 @@ def evaluate(model: WordCRF, images, labels, lengths, order: int, options: Infer
         for start in range(0, len(lengths), batch_size):
             rows = slice(start, start + batch_size)
             x = images[rows].astype(torch.empty(0, dtype=dtype).numpy().dtype, copy=False)
-            _, _, result = batch_loss(model, x, labels[rows], lengths[rows], order, options)
-            predicted = decode(model, x, lengths[rows], order)
+            source, _, result = batch_loss(model, x, labels[rows], lengths[rows], order, options)
+            # the unary scores open the source vector: decode without a second forward pass
+            unary = source[:x.shape[0] * x.shape[1] * model.num_classes].double().numpy()
+            predicted = decode(model, x, lengths[rows], order,
+                               unary.reshape(x.shape[0], x.shape[1], model.num_classes))
             valid = labels[rows] >= 0
             hits = (predicted == labels[rows]) & valid
             totals += [result.loss.sum(), hits.sum(), valid.sum(),
@@ -166,8 +169,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
             raise FileNotFoundError(f"--resume auto: no complete checkpoint in {checkpoint_dir(run_dir)}")
         loop = load_checkpoint(where, model, optimizer, store)
         say(f"resumed from {where}: epoch {loop['epoch'] + 1}, step {loop['step']}")
-    import yaml
-    config_yaml = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    config_yaml = config_to_yaml(config)
 
     def checkpoint(batch_in_epoch: int) -> None:
         loop.update(epoch=epoch, batch=batch_in_epoch, step=step, best_val=best_val,
