@@ -36,20 +36,25 @@ def _version(module: str) -> str:
 def cmd_info(args) -> int:
     import dstrain
     from .comm import init, launcher_environment, mpi4py_version
+    from .gpu.device import describe
 
     print(f"dstrain {dstrain.__version__} on Python {platform.python_version()} ({platform.machine()})")
     for module in ("numpy", "torch", "h5py", "cupy"):
         print(f"  {module:8s} {_version(module)}")
     print(f"  mpi4py   {mpi4py_version() or 'not available'}")
     launched = launcher_environment()
+    library = None
     try:
         comm = init("mpi" if mpi4py_version() else "none")
     except Exception as error:   # an MPI that cannot start is a finding too
         print(f"  MPI      cannot start: {error}")
     else:
+        library = comm.library
         print(f"  MPI      {comm.library}")
         print(f"  process  rank {comm.rank} of {comm.world_size} (local rank {comm.local_rank}), "
               f"launcher: {launched[0] if launched else 'none'}")
+    for line in describe(library):
+        print(line)
     return 0
 
 

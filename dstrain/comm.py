@@ -4,7 +4,7 @@
     comm.rank, comm.world_size, comm.local_rank, comm.is_root
     comm.allreduce_(array)      # in-place sum over ranks (numpy buffers: capitalised MPI calls)
     comm.broadcast_(array)      # rank 0's values everywhere
-    reducer = GradientReducer(model.parameters(), comm)
+    reducer = GradientReducer(model.parameters(), comm)     # CPU or CUDA parameters
     reducer.reduce(local_count) # bucketed Allreduce of the gradients, divided by the global count
 
 The single-process communicator has the same interface, so debug mode needs no MPI installed.
@@ -46,6 +46,7 @@ class SingleProcess:
 
     rank, world_size, local_rank = 0, 1, 0
     library = "none (single process)"
+    uses_mpi = False            # collectives never touch the buffers: any kind of memory will do
 
     @property
     def is_root(self) -> bool:
@@ -69,7 +70,13 @@ class SingleProcess:
 
 
 class MPIComm(SingleProcess):
-    """MPI.COMM_WORLD behind the SingleProcess interface."""
+    """MPI.COMM_WORLD behind the SingleProcess interface.
+
+    Buffers are numpy arrays, or anything mpi4py reads through DLPack / __cuda_array_interface__
+    (torch tensors); device memory only for a CUDA-aware MPI (see dstrain.gpu.device).
+    """
+
+    uses_mpi = True
 
     def __init__(self):
         from mpi4py import MPI
@@ -119,6 +126,21 @@ def mpi4py_version() -> str | None:
     return mpi4py.__version__
 
 
+def mpi_cuda_query() -> tuple[str | None, bool | None]:
+    """(MPI_Get_library_version's first line, MPIX_Query_cuda_support's answer) of the MPI this
+    process has already initialised; (None, None) if it has not, so asking never starts MPI.
+    The answer is None where mpi4py does not wrap the query (mpi4py 4.1 does not)."""
+    MPI = sys.modules.get("mpi4py.MPI")
+    if MPI is None or not MPI.Is_initialized() or MPI.Is_finalized():
+        return None, None
+    version = MPI.Get_library_version().splitlines()[0].strip()
+    query = getattr(MPI, "Query_cuda_support", None) or getattr(MPI, "MPIX_Query_cuda_support", None)
+    try:
+        return version, (bool(query()) if query is not None else None)
+    except Exception:   # an extension that exists but fails is no answer
+        return version, None
+
+
 def init(kind: str = "auto") -> SingleProcess:
     """`auto`: MPI if a launcher started more than one process; `mpi`: always; `none`: never."""
     if kind not in ("auto", "mpi", "none"):
@@ -146,36 +168,70 @@ class GradientReducer:
     """Sum the parameters' gradients over ranks in a few large buckets, then divide by the
     global number of samples of the step (reduced in the same call, so uneven batches are exact).
 
-    Each bucket is one contiguous host buffer, and the parameters' ``.grad`` tensors are views
-    into it (as DDP's gradient_as_bucket_view), so backward writes straight into what MPI sends:
-    no copies.  Zero the gradients with ``zero_grad(set_to_none=False)`` to keep the views; a
+    Each bucket is one contiguous tensor on its parameters' device, and the parameters' ``.grad``
+    tensors are views into it (as DDP's gradient_as_bucket_view), so backward writes straight into
+    what is reduced.  Zero the gradients with ``zero_grad(set_to_none=False)`` to keep the views; a
     gradient that was replaced anyway is copied in and the view restored.
+
+    How a bucket reaches MPI (its route):
+
+    - ``host``: a CPU bucket, handed to MPI as a numpy view: no copies.
+    - ``stage``: a CUDA bucket, the default.  It is copied into a pinned host buffer (allocated
+      once), the stream synchronised (MPI must not read before the copy is complete), summed and
+      divided on the host, and copied back asynchronously (ordered before later work on the
+      stream).  Works with any MPI.
+    - ``device``: a CUDA bucket with ``device_buffers=True`` (a CUDA-aware MPI), or whenever the
+      communicator does not use MPI: the stream is synchronised and the tensor itself handed over.
+      Only for an MPI that says it supports CUDA: Debian's Open MPI 4.1.6 segfaults on device memory.
+
+    ``_route`` forces one route for every bucket, so tests run the CUDA routes on CPU tensors.
     """
 
-    def __init__(self, parameters, comm: SingleProcess, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
+    ROUTES = ("host", "stage", "device")
+
+    def __init__(self, parameters, comm: SingleProcess, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 device_buffers: bool = False, _route: str | None = None):
+        if _route is not None and _route not in self.ROUTES:
+            raise ValueError(f"route {_route!r}: expected one of {', '.join(self.ROUTES)}")
         self.comm = comm
         self.parameters = [p for p in parameters if p.requires_grad]
         self.buckets: list[list[torch.nn.Parameter]] = []
         size, current = 0, []
         for p in self.parameters:
             nbytes = p.numel() * p.element_size()
-            if current and (size + nbytes > bucket_bytes or p.dtype != current[0].dtype):
+            if current and (size + nbytes > bucket_bytes or p.dtype != current[0].dtype
+                            or p.device != current[0].device):
                 self.buckets.append(current)
                 size, current = 0, []
             current.append(p)
             size += nbytes
         if current:
             self.buckets.append(current)
-        # extra slots at the end of the last bucket carry the sample count and the step's flags
-        self.buffers = [np.zeros(sum(p.numel() for p in bucket)
-                                 + (1 + NUM_FLAGS) * (k == len(self.buckets) - 1),
-                                 dtype=torch.empty(0, dtype=bucket[0].dtype).numpy().dtype)
-                        for k, bucket in enumerate(self.buckets)]
+        # without MPI nothing reads the buckets, so device memory needs no staging
+        direct = device_buffers or not getattr(comm, "uses_mpi", True)
+        self.tensors: list[torch.Tensor] = []
+        self.routes: list[str] = []
+        self.staging: list[tuple[torch.Tensor, np.ndarray] | None] = []
+        for k, bucket in enumerate(self.buckets):
+            # extra slots at the end of the last bucket carry the sample count and the step's flags
+            length = sum(p.numel() for p in bucket) + (1 + NUM_FLAGS) * (k == len(self.buckets) - 1)
+            tensor = torch.zeros(length, dtype=bucket[0].dtype, device=bucket[0].device)
+            route = _route or ("host" if not tensor.is_cuda else "device" if direct else "stage")
+            if route == "host" and tensor.is_cuda:
+                raise ValueError("route 'host' needs CPU parameters")
+            host = torch.empty(length, dtype=tensor.dtype, pin_memory=tensor.is_cuda) if route == "stage" else None
+            self.tensors.append(tensor)
+            self.routes.append(route)
+            self.staging.append((host, host.numpy()) if host is not None else None)
+        # what the bucket is, as the rest of the code sees it: numpy on the host, else the tensor
+        self.buffers = [t.numpy() if not t.is_cuda else t for t in self.tensors]
+        self._synchronise = sorted({t.device for t, r in zip(self.tensors, self.routes)
+                                    if t.is_cuda and r != "host"}, key=str)
         self.views = {}
-        for bucket, buffer in zip(self.buckets, self.buffers):
+        for bucket, tensor in zip(self.buckets, self.tensors):
             position = 0
             for p in bucket:
-                self.views[p] = torch.from_numpy(buffer[position:position + p.numel()]).view(p.shape)
+                self.views[p] = tensor[position:position + p.numel()].view(p.shape)
                 position += p.numel()
         self._attach()
 
@@ -188,38 +244,64 @@ class GradientReducer:
                     view.copy_(p.grad)
                 p.grad = view
 
+    def _outgoing(self, k: int):
+        """What MPI reads for bucket k (its staging copy is queued here, not yet complete)."""
+        if self.routes[k] == "host":
+            return self.buffers[k]
+        if self.routes[k] == "device":
+            return self.tensors[k]
+        host, view = self.staging[k]
+        host.copy_(self.tensors[k], non_blocking=True)
+        return view
+
     def reduce(self, local_count: int, flags=(0,) * 2) -> tuple[int, np.ndarray]:
         """Reduce gradients in place; return the step's global sample count and the flags summed
         over ranks (e.g. "a stop signal arrived", "a non-finite value appeared"): every rank
         learns them in the same Allreduce, so all decide alike."""
         self._attach()
-        tail = self.buffers[-1][-(1 + NUM_FLAGS):]
-        tail[0], tail[1:] = local_count, flags
-        for buffer in self.buffers:
+        if self.routes[-1] == "host":
+            tail = self.buffers[-1][-(1 + NUM_FLAGS):]
+            tail[0], tail[1:] = local_count, flags
+        else:   # written on the device, before the staging copy that takes it along
+            values = [float(local_count), *(float(flag) for flag in flags)]
+            self.tensors[-1][-(1 + NUM_FLAGS):].copy_(torch.tensor(values, dtype=self.tensors[-1].dtype))
+        outgoing = [self._outgoing(k) for k in range(len(self.tensors))]
+        for device in self._synchronise:
+            torch.cuda.current_stream(device).synchronize()
+        for buffer in outgoing:
             self.comm.allreduce_(buffer)
+        tail = outgoing[-1][-(1 + NUM_FLAGS):]
+        if isinstance(tail, torch.Tensor):
+            tail = tail.cpu().numpy()
         global_count = int(round(float(tail[0])))
         summed = tail[1:].astype(np.float64)
-        for buffer in self.buffers:
+        for k, buffer in enumerate(outgoing):
             buffer *= 1.0 / max(global_count, 1)
+            if self.staging[k] is not None:
+                self.tensors[k].copy_(self.staging[k][0], non_blocking=True)
         return global_count, summed
 
     def gradients_finite(self) -> bool:
         """Whether this rank's gradients are all finite (checked before they are summed)."""
         last = self.buffers[-1]
-        return all(bool(np.isfinite(b[:-(1 + NUM_FLAGS)] if b is last else b).all())
-                   for b in self.buffers)
+        for b in self.buffers:
+            values = b[:-(1 + NUM_FLAGS)] if b is last else b
+            if not (bool(torch.isfinite(values).all()) if isinstance(values, torch.Tensor)
+                    else bool(np.isfinite(values).all())):
+                return False
+        return True
 
     def broadcast_parameters(self) -> None:
         """Rank 0's parameters on every rank (at start: identical models everywhere)."""
         for p in self.parameters:
             with torch.no_grad():
-                values = p.detach().reshape(-1).numpy().copy()
+                values = p.detach().reshape(-1).cpu().numpy().copy()
                 self.comm.broadcast_(values)
                 p.copy_(torch.from_numpy(values).reshape(p.shape))
 
     def parameters_identical(self) -> bool:
         """Whether every rank holds bit-identical parameters (the debug check)."""
-        flat = np.concatenate([p.detach().reshape(-1).double().numpy() for p in self.parameters])
+        flat = np.concatenate([p.detach().reshape(-1).double().cpu().numpy() for p in self.parameters])
         high, low = flat.copy(), flat.copy()
         self.comm.allreduce_(high, op="max")
         self.comm.allreduce_(low, op="min")

@@ -229,6 +229,9 @@ class RunConfig:
     bucket_mb: float = 25.0         # gradient Allreduce bucket size (MiB)
     check_sync_every: int = 0       # debug: every N steps check that all ranks' parameters agree
     checkpoint_every: int = 0       # write RUN_DIR/checkpoints/step-*.h5 every N steps and at the end
+    device: str = "auto"            # auto | cpu | cuda: one GPU per rank, by local rank (auto: if CuPy sees one)
+    # auto | yes | no: hand device buffers to MPI (auto: when the MPI says it supports CUDA)
+    cuda_aware_mpi: str = "auto"
 
     def __post_init__(self):
         _str(self, "dir")
@@ -239,6 +242,10 @@ class RunConfig:
         _number(self, "bucket_mb", low=0, low_open=True)
         _int(self, "check_sync_every", low=0)
         _int(self, "checkpoint_every", low=0)
+        _choice(self, "device", ("auto", "cpu", "cuda"))
+        if isinstance(self.cuda_aware_mpi, bool):   # YAML 1.1 reads a bare yes / no as a boolean
+            self.cuda_aware_mpi = "yes" if self.cuda_aware_mpi else "no"
+        _choice(self, "cuda_aware_mpi", ("auto", "yes", "no"))
 
 
 @dataclass

@@ -231,3 +231,15 @@ def test_map_assignment_on_loopy_graphs_finds_a_clear_optimum(rng):
 
 def _score(graph, pots, y):
     return sum(p[tuple(y[list(r)])] for r, p in zip(graph.regions, pots))
+
+
+def test_warm_start_with_a_graph_without_edges_last_in_the_batch():
+    # a one-letter word has no messages; last in a batch it once made the warm start index past
+    # the end of the message vector
+    rng = np.random.default_rng(3)
+    batch = GraphBatch([chain(3, 2, order=1), chain(1, 2, order=1)])
+    engine = ConvexBP(batch)
+    potentials = rng.normal(size=batch.num_potentials)
+    cold = engine.run(potentials, max_sweeps=50, tol=1e-10)
+    warm = engine.run(potentials, rng.normal(size=batch.num_messages), max_sweeps=50, tol=1e-10)
+    np.testing.assert_allclose(warm.beliefs, cold.beliefs, atol=1e-8)

@@ -102,7 +102,8 @@ class _Template:
         c = graph.counting_numbers
         self.scale = graph.eps * c
         edge_sizes = np.array([sizes[r] for r, _ in graph.edges], dtype=INDEX)
-        self.edge_offset = np.concatenate([[0], np.cumsum(edge_sizes)[:-1]]).astype(INDEX)
+        # (a graph without edges has none: no start may point past its messages)
+        self.edge_offset = np.cumsum(np.concatenate([[0], edge_sizes]))[:-1].astype(INDEX)
         self.num_messages = int(edge_sizes.sum())
         edge_of = {edge: e for e, edge in enumerate(graph.edges)}
         state = graph.structure.child_state

@@ -17,7 +17,8 @@ def decode(model: WordCRF, images: np.ndarray, lengths: np.ndarray, order: int |
     """
     order = model.order if order is None else order
     if unary is None:
-        unary = model.unary_scores(torch.from_numpy(images)).double().numpy()
+        device = next(model.parameters()).device
+        unary = model.unary_scores(torch.from_numpy(images).to(device)).double().cpu().numpy()
     pairs = pair_arrays(model, len(lengths), order)
     if order == 0:
         labels = unary.argmax(axis=2)
@@ -34,7 +35,7 @@ def pair_arrays(model: WordCRF, batch_size: int, order: int) -> list[np.ndarray]
     """The pair tables as (B, L - d, C, C) arrays, d = 1..order."""
     out = []
     for d, table in enumerate(list(model.pairwise.tables)[:order], start=1):
-        table = table.detach().double().numpy()
+        table = table.detach().double().cpu().numpy()
         positions = max(model.max_length - d, 0)
         per_position = np.broadcast_to(table, (positions, *table.shape[-2:])) if model.pairwise_shared \
             else table

@@ -19,7 +19,7 @@ def concatenated_ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 class MessageStore:
     """Message vectors of a fixed set of samples (zeros until first written)."""
 
-    def __init__(self, sample_ids, sizes):
+    def __init__(self, sample_ids, sizes, xp=np, dtype=np.float64):
         self.sample_ids = np.asarray(sample_ids, dtype=np.int64)
         self.sizes = np.asarray(sizes, dtype=np.int64)
         if self.sample_ids.shape != self.sizes.shape:
@@ -29,9 +29,10 @@ class MessageStore:
         if len(self._sorted_ids) > 1 and np.any(np.diff(self._sorted_ids) == 0):
             raise ValueError("MessageStore: duplicate sample ids")
         self.offset = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
-        self.values = np.zeros(int(self.offset[-1]))
+        self.xp = xp
+        self.values = xp.zeros(int(self.offset[-1]), dtype=dtype)
 
-    def _index(self, ids) -> np.ndarray:
+    def _index(self, ids):
         ids = np.asarray(ids, dtype=np.int64)
         where = np.searchsorted(self._sorted_ids, ids)
         where = np.minimum(where, len(self._sorted_ids) - 1)
@@ -39,14 +40,24 @@ class MessageStore:
             missing = ids[self._sorted_ids[where] != ids][:5].tolist()
             raise KeyError(f"MessageStore: sample ids {missing} are not held here")
         pos = self._sorted_pos[where]
-        return concatenated_ranges(self.offset[pos], self.sizes[pos])
+        index = concatenated_ranges(self.offset[pos], self.sizes[pos])
+        return index if self.xp is np else self.xp.asarray(index)
 
     def gather(self, ids) -> np.ndarray:
         """The messages of samples `ids`, concatenated in that order."""
         return self.values[self._index(ids)]
 
-    def scatter(self, ids, messages: np.ndarray) -> None:
-        self.values[self._index(ids)] = messages
+    def scatter(self, ids, messages) -> None:
+        self.values[self._index(ids)] = self.xp.asarray(messages, dtype=self.values.dtype)
 
     def of(self, sample_id: int) -> np.ndarray:
-        return self.gather([sample_id])
+        return to_host(self.gather([sample_id]))
+
+    def host_values(self) -> np.ndarray:
+        """All values as a float64 numpy array (a copy from the device on a GPU)."""
+        return to_host(self.values).astype(np.float64, copy=False)
+
+
+def to_host(array) -> np.ndarray:
+    """A numpy array from a numpy or CuPy one."""
+    return array.get() if hasattr(array, "get") and not isinstance(array, np.ndarray) else np.asarray(array)

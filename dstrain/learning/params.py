@@ -58,7 +58,8 @@ def load_params(model: torch.nn.Module, path: str | Path) -> None:
 def gather_messages(store, comm):
     """Every rank's blend messages on rank 0, ordered by global sample id:
     (sample_id, offset (one more than samples), values); None on the other ranks (collective)."""
-    ids, sizes, values = (comm.gather_rows(a) for a in (store.sample_ids, store.sizes, store.values))
+    ids, sizes, values = (comm.gather_rows(a) for a in (store.sample_ids, store.sizes,
+                                                         store.host_values()))
     if not comm.is_root:
         return None
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])

@@ -98,20 +98,39 @@ def message_sizes(lengths, num_classes: int, order: int) -> np.ndarray:
     return 2 * num_classes * pairs    # every pair receives one message from each of its 2 unaries
 
 
-def batch_loss(model: WordCRF, images: np.ndarray, labels: np.ndarray, lengths: np.ndarray,
-               order: int, options: InferenceOptions, store=None, sample_ids=None):
+def batch_loss(model: WordCRF, images, labels: np.ndarray, lengths: np.ndarray,
+               order: int, options: InferenceOptions, store=None, sample_ids=None, kernels=None):
     """Forward pass and structured loss of one batch: (source tensor, layout, result).
 
-    ``backward(source, layout, result.gradient / batch)`` then fills the parameters' gradients.
+    ``backward(source, layout, result.gradient)`` then fills the parameters' gradients.
+    `images`: numpy or a torch tensor (moved to the model's device).  `kernels`: a kernel set
+    (``dstrain.gpu``) runs inference on the model's device; None: the CPU engine (float64).
     """
     layout = model.layout(lengths, order)
-    source = model.source(torch.from_numpy(images), order)
+    device = next(model.parameters()).device
+    if kernels is None and device.type == "cuda":
+        from ..gpu import cuda_kernels
+        kernels = cuda_kernels(str(next(model.parameters()).dtype).removeprefix("torch."), device.index)
+    images = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
+    source = model.source(images.to(device, non_blocking=True), order)
+    if kernels is not None:
+        from .on_device import device_structured_loss
+        potentials = source.detach()[layout.on(device).source_index]
+        result = device_structured_loss(potentials, layout, labels, options, kernels, store, sample_ids)
+        return source, layout, result
     potentials = source.detach().double().numpy()[layout.source_index]
     result = structured_loss(potentials, layout, labels, options, store, sample_ids)
     return source, layout, result
 
 
-def backward(source: torch.Tensor, layout: ChainLayout, gradient: np.ndarray) -> None:
-    """d loss / d potentials -> the nets: each entry's gradient summed onto its source entry."""
+def backward(source: torch.Tensor, layout: ChainLayout, gradient) -> None:
+    """d loss / d potentials -> the nets: each entry's gradient summed onto its source entry.
+
+    `gradient`: numpy (the CPU engine's) or a torch tensor on the source's device."""
+    if isinstance(gradient, torch.Tensor):
+        pulled = torch.zeros(source.numel(), dtype=source.dtype, device=source.device)
+        pulled.index_add_(0, layout.on(source.device).source_index, gradient.to(source.dtype))
+        torch.autograd.backward(source, pulled)
+        return
     pulled = np.bincount(layout.source_index, gradient, minlength=source.numel())
     torch.autograd.backward(source, torch.from_numpy(pulled).to(source.dtype))

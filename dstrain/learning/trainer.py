@@ -23,6 +23,8 @@ from ..checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, sav
 from ..comm import GradientReducer, SingleProcess
 from ..config import Config, config_to_yaml, save_config
 from ..data import generate_words, open_words
+from ..gpu.device import cuda_aware_mpi, resolve_device, use_device_buffers
+from ..gpu.kernels import kernel_set
 from ..models import WordCRF
 from .decode import decode
 from .messages import MessageStore
@@ -47,12 +49,12 @@ def ensure_data(config: Config, log=print) -> Path:
     return path
 
 
-def build_model(config: Config, data) -> WordCRF:
+def build_model(config: Config, data, device: torch.device = torch.device("cpu")) -> WordCRF:
     m = config.model
     model = WordCRF(data.image_shape, data.num_classes, data.max_length, unary=m.unary,
                     hidden=m.hidden, cnn_channels=m.cnn_channels, order=m.order,
                     pairwise_shared=m.pairwise_shared)
-    return model.to(getattr(torch, config.run.dtype))
+    return model.to(device=device, dtype=getattr(torch, config.run.dtype))
 
 
 def shard(num_samples: int, rank: int, world_size: int) -> np.ndarray:
@@ -83,7 +85,7 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
 
 
 def evaluate(model: WordCRF, images, labels, lengths, order: int, options: InferenceOptions,
-             comm: SingleProcess = SingleProcess(), batch_size: int = 200) -> dict:
+             comm: SingleProcess = SingleProcess(), batch_size: int = 200, kernels=None) -> dict:
     """Loss (inference run to convergence, or exact) and MAP accuracies, summed over ranks."""
     if options.algorithm == "blend":   # no persistent messages for held-out words
         options = InferenceOptions(**{**options.__dict__, "algorithm": "converge"})
@@ -93,9 +95,10 @@ def evaluate(model: WordCRF, images, labels, lengths, order: int, options: Infer
         for start in range(0, len(lengths), batch_size):
             rows = slice(start, start + batch_size)
             x = images[rows].astype(torch.empty(0, dtype=dtype).numpy().dtype, copy=False)
-            source, _, result = batch_loss(model, x, labels[rows], lengths[rows], order, options)
+            source, _, result = batch_loss(model, x, labels[rows], lengths[rows], order, options,
+                                           kernels=kernels)
             # the unary scores open the source vector: decode without a second forward pass
-            unary = source[:x.shape[0] * x.shape[1] * model.num_classes].double().numpy()
+            unary = source[:x.shape[0] * x.shape[1] * model.num_classes].double().cpu().numpy()
             predicted = decode(model, x, lengths[rows], order,
                                unary.reshape(x.shape[0], x.shape[1], model.num_classes))
             valid = labels[rows] >= 0
@@ -145,12 +148,20 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         train_x, train_y, train_len = train_split.read(owned)
         val_rows = shard(val_split.num_samples, comm.rank, comm.world_size)
         val_x, val_y, val_len = val_split.read(val_rows)
-        model = build_model(config, train_split)
+        device = resolve_device(config.run.device, comm.local_rank)
+        model = build_model(config, train_split, device)
+    kernels = kernel_set(device, config.run.dtype)   # None: the CPU engine
     numpy_dtype = torch.empty(0, dtype=getattr(torch, config.run.dtype)).numpy().dtype
     train_x, val_x = train_x.astype(numpy_dtype, copy=False), val_x.astype(numpy_dtype, copy=False)
+    if kernels is not None:   # the shard's images live on the device: no copy per step
+        train_x = torch.from_numpy(train_x).to(device)
     position = np.full(num_train, -1)
     position[owned] = np.arange(len(owned))   # global sample id -> row in this rank's arrays
-    reducer = GradientReducer(model.parameters(), comm, int(config.run.bucket_mb * 2**20))
+    # gradients on a GPU go to MPI through pinned host memory unless the MPI handles device memory
+    device_buffers = device.type == "cuda" and comm.uses_mpi and use_device_buffers(
+        config.run.cuda_aware_mpi, cuda_aware_mpi(comm.library)[0])
+    reducer = GradientReducer(model.parameters(), comm, int(config.run.bucket_mb * 2**20),
+                              device_buffers=device_buffers)
     reducer.broadcast_parameters()
     if root:
         save_config(config, run_dir / "config.yaml")
@@ -158,7 +169,9 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     options = InferenceOptions.from_config(config.inference)
     store = None
     if options.algorithm == "blend" and config.model.order > 0:
-        store = MessageStore(owned, message_sizes(train_len, model.num_classes, model.order))
+        sizes = message_sizes(train_len, model.num_classes, model.order)
+        store = MessageStore(owned, sizes) if kernels is None else \
+            MessageStore(owned, sizes, xp=kernels.xp, dtype=kernels.dtype)
 
     # the loop's position and state: all a checkpoint needs besides parameters and messages
     loop = {"epoch": 0, "batch": 0, "step": 0, "best_val": float("inf"), "epochs_without_gain": 0,
@@ -209,8 +222,10 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
             rows = position[ids]
             optimizer.zero_grad(set_to_none=False)   # keeps the gradients as bucket views
             if len(rows):
-                source, layout, result = batch_loss(model, train_x[rows], train_y[rows],
-                                                    train_len[rows], order, step_options, store, ids)
+                images = train_x[rows] if kernels is None else \
+                    train_x[torch.as_tensor(rows, device=device)]
+                source, layout, result = batch_loss(model, images, train_y[rows], train_len[rows],
+                                                    order, step_options, store, ids, kernels)
                 backward(source, layout, result.gradient)    # summed over this rank's samples
                 totals += [result.loss.sum(), len(rows),
                            layout.correct_characters(result.beliefs, train_y[rows]),
@@ -250,7 +265,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         comm.allreduce_(totals)
         model.eval()
         val = evaluate(model, val_x, val_y, val_len, 0 if phase == "unary" else model.order,
-                       step_options if phase != "joint" else options, comm)
+                       step_options if phase != "joint" else options, comm, kernels=kernels)
         model.train()
         if val["loss"] < best_val - 1e-9:
             best_val, epochs_without_gain = val["loss"], 0
@@ -266,6 +281,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                 "sweeps_per_step": sweeps / max(step - steps_before, 1),
                 "val_loss": val["loss"], "val_char_accuracy": val["char_accuracy"],
                 "val_word_accuracy": val["word_accuracy"], "seconds": train_seconds,
+                "samples_per_second": totals[1] / max(train_seconds, 1e-9),
                 "allreduce_seconds": reduce_seconds,
                 "ranks": comm.world_size}
         if root:

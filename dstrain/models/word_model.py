@@ -58,6 +58,14 @@ class ChainLayout:
                 self.source_index[pair_pos[d]] = table_start[d - 1] + within
                 base += count
             self.groups.append((samples, int(n), unary_pos, pair_pos))
+        self._on: dict = {}
+
+    def on(self, device: torch.device) -> "DeviceLayout":
+        """This layout's fixed index arrays as tensors on `device` (made once, then cached)."""
+        cached = self._on.get(device)
+        if cached is None:
+            cached = self._on[device] = DeviceLayout(self, device)
+        return cached
 
     def graphs(self, counting_numbers="convex", eps=1.0) -> list[RegionGraph]:
         return [_chain_graph(int(n), self.num_classes, self.order, counting_numbers, float(eps))
@@ -79,11 +87,17 @@ class ChainLayout:
             owners.append(np.repeat(samples, block.shape[1]))
         return np.concatenate(positions), np.concatenate(owners)
 
-    def correct_characters(self, beliefs: np.ndarray, labels: np.ndarray) -> int:
-        """How many characters the argmax of their unary belief gets right (a cheap running score)."""
+    def correct_characters(self, beliefs, labels: np.ndarray) -> int:
+        """How many characters the argmax of their unary belief gets right (a cheap running score).
+
+        `beliefs`: numpy, or a torch tensor on any device (only the argmax comes to the host)."""
         C, hits = self.num_classes, 0
-        for samples, n, unary_pos, _ in self.groups:
-            guess = beliefs[unary_pos].reshape(len(samples), n, C).argmax(axis=2)
+        for k, (samples, n, unary_pos, _) in enumerate(self.groups):
+            if isinstance(beliefs, torch.Tensor):
+                picked = beliefs[self.on(beliefs.device).unary_positions[k]]
+                guess = picked.reshape(len(samples), n, C).argmax(dim=2).cpu().numpy()
+            else:
+                guess = beliefs[unary_pos].reshape(len(samples), n, C).argmax(axis=2)
             hits += int((guess == labels[samples, :n]).sum())
         return hits
 
@@ -110,6 +124,21 @@ class ChainLayout:
         return flat
 
 
+class DeviceLayout:
+    """A ChainLayout's index arrays as tensors on one device (for the GPU path)."""
+
+    def __init__(self, layout: ChainLayout, device: torch.device):
+        self.source_index = torch.as_tensor(layout.source_index, device=device)
+        self.unary_positions = [torch.as_tensor(u.ravel(), device=device)
+                                for _, _, u, _ in layout.groups]
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_layout(lengths: bytes, max_length, num_classes, order, shared) -> ChainLayout:
+    # fixed-length words give one layout for every batch: its device index arrays are made once
+    return ChainLayout(np.frombuffer(lengths, dtype=np.int64), max_length, num_classes, order, shared)
+
+
 class WordCRF(nn.Module):
     """Unary net + pair tables; ``potentials`` fills a batch's flat potential vector."""
 
@@ -128,7 +157,9 @@ class WordCRF(nn.Module):
 
     def layout(self, lengths, order: int | None = None) -> ChainLayout:
         order = self.order if order is None else order
-        return ChainLayout(lengths, self.max_length, self.num_classes, order, self.pairwise_shared)
+        lengths = np.ascontiguousarray(lengths, dtype=np.int64)
+        return _cached_layout(lengths.tobytes(), self.max_length, self.num_classes, order,
+                              self.pairwise_shared)
 
     def unary_scores(self, images: torch.Tensor) -> torch.Tensor:
         """(B, L, H, W) -> (B, L, C)."""
@@ -143,4 +174,5 @@ class WordCRF(nn.Module):
 
     def potentials(self, images: torch.Tensor, layout: ChainLayout) -> torch.Tensor:
         """The flat potential vector of the batch, differentiable (tests; training pulls back)."""
-        return self.source(images, layout.order)[torch.from_numpy(layout.source_index)]
+        source = self.source(images, layout.order)
+        return source[layout.on(source.device).source_index]
