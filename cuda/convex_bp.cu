@@ -83,19 +83,36 @@ __device__ __forceinline__ real soft_max_of(const real* values, int n, real scal
 
 __device__ __forceinline__ int thread_index() { return blockIdx.x * blockDim.x + threadIdx.x; }
 
-// fhat[n] = f[n] + sum of the signed messages listed for entry n (count = entries).
-// entry_message[j] >= 0: + messages[j] (a child's message into this parent entry);
-// < 0: - messages[~j] (the entry's own region sends it to a parent).
+// fhat[n] = f[n] + the signed messages listed for n, for each listed entry n = entry_index[j]
+// (count = listed entries; the others hold f already, and pair_reparameterise does fast pairs).
+// entry_message[k] >= 0: + messages[k] (a child's message into this parent entry);
+// < 0: - messages[~k] (the entry's own region sends it to a parent).
 extern "C" __global__ void reparameterise(const real* potentials, const real* messages, real* fhat,
-                                          int count, const int* entry_ptr, const int* entry_message) {
-    int n = thread_index();
-    if (n >= count) return;
+                                          int count, const int* entry_index, const int* entry_ptr,
+                                          const int* entry_message) {
+    int j = thread_index();
+    if (j >= count) return;
+    const int n = entry_index[j];
     real value = potentials[n];
-    for (int j = entry_ptr[n]; j < entry_ptr[n + 1]; ++j) {
-        int m = entry_message[j];
+    for (int k = entry_ptr[j]; k < entry_ptr[j + 1]; ++k) {
+        int m = entry_message[k];
         value += m >= 0 ? messages[m] : -messages[~m];
     }
     fhat[n] = value;
+}
+
+// fhat of fast pairs (count = entries of `pairs` pairs of shape (n_a, n_b)):
+// fhat_p(a, b) = f_p(a, b) + lambda_{(a)->p}(a) + lambda_{(b)->p}(b); pair_info rows are
+// (potential index of f_p(0, 0), message index of lambda_a(0), message index of lambda_b(0)).
+extern "C" __global__ void pair_reparameterise(const real* potentials, const real* messages,
+                                               real* fhat, int count, int n_a, int n_b,
+                                               const int* pair_info) {
+    int t = thread_index();
+    if (t >= count) return;
+    const int size = n_a * n_b, within = t % size;
+    const int* pair = pair_info + (long long)(t / size) * 3;
+    const int entry = pair[0] + within;
+    fhat[entry] = potentials[entry] + messages[pair[1] + within / n_b] + messages[pair[2] + within % n_b];
 }
 
 // mu of every edge entry (edge e, child state i) of one colour (count = entries).
@@ -227,5 +244,5 @@ extern "C" __global__ void segment_sum(const real* values, real* out, int count,
 }
 
 // every kernel of this file, for loaders that need the list (the CPU emulator)
-#define DSTRAIN_KERNELS(X) X(reparameterise) X(edge_mu) X(region_update) X(region_beliefs) \
+#define DSTRAIN_KERNELS(X) X(reparameterise) X(pair_reparameterise) X(edge_mu) X(region_update) X(region_beliefs) \
     X(region_dual) X(segment_sum)

@@ -56,7 +56,7 @@ def mixed_graphs(rng):
     ]
 
 
-def compare(batch, kernels, rng, sweeps=4, scale=2.0, rtol=None):
+def compare(batch, kernels, rng, sweeps=4, scale=2.0):
     """DeviceBP on `kernels` against ConvexBP (float64) on fresh random inputs."""
     dtype = kernels.dtype
     potentials = rng.normal(scale=scale, size=batch.num_potentials)
@@ -73,7 +73,10 @@ def compare(batch, kernels, rng, sweeps=4, scale=2.0, rtol=None):
             np.testing.assert_allclose(mine, expected, rtol=1e-9, atol=1e-9, err_msg=name)
         else:   # float32: relative to each quantity's magnitude
             error = np.abs(mine - expected).max() / max(np.abs(expected).max(), 1.0)
-            assert error <= (rtol or 1e-4), (name, error)
+            limit = 1e-4
+            if name == "beliefs":   # float32 spacing at |f| = 1e4 is 1e-3: exp of differences of
+                limit *= max(1.0, scale / 200)   # such numbers carries that error (measured 6e-4)
+            assert error <= limit, (name, error)
     assert device.sweeps == sweeps
     assert device.max_change == pytest.approx(cpu.max_change, rel=1e-4, abs=1e-4 * scale)
 
@@ -87,8 +90,8 @@ def test_kernels_equal_the_cpu_engine_on_a_mixed_batch(dtype, reverse, seed):
 
 
 @pytest.mark.parametrize("make", [lambda rng: [random_loopy(rng)] * 2,
-                                  lambda rng: [fully_connected(6)] * 3,
-                                  lambda rng: [chain(5, 26, order=2)] * 2])
+                                  lambda rng: [fully_connected(6)] * 30,
+                                  lambda rng: [chain(5, 26, order=2)] * 40])
 def test_potentials_of_magnitude_1e4_stay_finite_and_accurate_in_float32(make, rng):
     compare(GraphBatch(make(rng)), EmulatedKernels(np.float32), rng, sweeps=6, scale=1e4)
 
@@ -101,6 +104,18 @@ def test_converge_stops_after_the_same_sweeps_as_the_cpu_engine(rng):
                                                                        tol=1e-7)
     assert cpu.converged and device.converged and 3 < device.sweeps == cpu.sweeps < 200
     np.testing.assert_allclose(device.beliefs, cpu.beliefs, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fully_connected_binary_batches_take_the_cpu_gap_path_and_agree(dtype, rng):
+    # all-binary batches use the CPU engine's gap-form update: same messages and same change
+    compare(GraphBatch([fully_connected(7, 2)] * 6), EmulatedKernels(dtype), rng, sweeps=5)
+    batch = GraphBatch([fully_connected(6, 2)] * 4)
+    potentials = rng.normal(size=batch.num_potentials)
+    cpu = ConvexBP(batch).run(potentials, max_sweeps=500, tol=1e-9)
+    device = engine.DeviceBP(batch, EmulatedKernels(np.float64)).run(potentials, max_sweeps=500,
+                                                                       tol=1e-9)
+    assert cpu.converged and device.sweeps == cpu.sweeps
 
 
 def test_batch_without_messages_gives_softmax_beliefs(rng):

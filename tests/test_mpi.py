@@ -95,6 +95,18 @@ def test_parameters_and_messages_equal_the_single_process_run(ranks, data, singl
         np.testing.assert_allclose(mine[sample], theirs[sample], atol=1e-10, rtol=0)
 
 
+def test_two_ranks_on_the_gpu_code_path_equal_one_cpu_process(data, single, tmp_path):
+    # the kernels emulated on the CPU: device-resident messages and torch-tensor gradients per rank
+    done = mpirun(2, *settings(data, tmp_path, "run.dtype=float64"),
+                  env={"DSTRAIN_EMULATE_KERNELS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected, got = params(single["float64"]), params(tmp_path)
+    for name in expected:
+        assert np.abs(got[name] - expected[name]).max() <= 1e-10, name
+    mine, theirs = load_messages(tmp_path / "messages.h5"), load_messages(single["float64"] / "messages.h5")
+    assert max(np.abs(mine[s] - theirs[s]).max() for s in theirs) <= 1e-10
+
+
 def test_float32_parity_within_1e_5_relative(data, single, tmp_path):
     done = mpirun(2, *settings(data, tmp_path, "run.dtype=float32"))
     assert done.returncode == 0, done.stderr[-2000:]

@@ -79,8 +79,14 @@ class DeviceBP:
         self.change_offset = np.concatenate([[0], np.cumsum([c.num_regions for c in self.colours])])
         self.scratch_size = max([c.num_total for c in self.colours], default=0)
 
-        ptr, signed = self._reparameterise_lists(batch)
-        self.entry_ptr, self.entry_message = (xp.asarray(a, dtype=np.int32) for a in (ptr, signed))
+        self.entry_index, self.entry_ptr, self.entry_message = (
+            xp.asarray(a, dtype=np.int32) for a in self._reparameterise_lists(batch))
+        self.num_listed = np.int32(len(self.entry_index))
+        self.pairs = [(np.int32(pg.entries.size), np.int32(pg.message_a.shape[1]),
+                       np.int32(pg.message_b.shape[1]),
+                       xp.asarray(np.column_stack([pg.entries[:, 0], pg.message_a[:, 0],
+                                                   pg.message_b[:, 0]]), dtype=np.int32))
+                      for pg in batch.pair_groups]
         self._regions(batch)
 
     # --- host-side construction -------------------------------------------------------------
@@ -137,19 +143,14 @@ class DeviceBP:
 
     @staticmethod
     def _reparameterise_lists(b: GraphBatch):
-        """CSR over potential entries of the signed messages that make fhat (see the kernel)."""
-        entries = [b.parent_entry, b.message_child_entry]
-        signed = [b.parent_entry_message, ~np.arange(b.num_messages)]
-        for pg in b.pair_groups:
-            n_a, n_b = pg.message_a.shape[1], pg.message_b.shape[1]
-            table = pg.entries.reshape(-1, n_a, n_b)
-            entries += [table.ravel(), table.ravel()]
-            signed += [np.broadcast_to(pg.message_a[:, :, None], table.shape).ravel(),
-                       np.broadcast_to(pg.message_b[:, None, :], table.shape).ravel()]
-        entries, signed = np.concatenate(entries), np.concatenate(signed)
+        """The signed messages that make fhat, per potential entry that has any (see the kernel):
+        (entries, ptr, signed).  Fast pairs are left out: pair_reparameterise adds theirs."""
+        entries = np.concatenate([b.parent_entry, b.message_child_entry])
+        signed = np.concatenate([b.parent_entry_message, ~np.arange(b.num_messages)])
         order = np.argsort(entries, kind="stable")
-        ptr = np.concatenate([[0], np.cumsum(np.bincount(entries, minlength=b.num_potentials))])
-        return ptr, signed[order]
+        entries, signed = entries[order], signed[order]
+        first = np.flatnonzero(np.diff(entries, prepend=-1))   # where each listed entry starts
+        return entries[first], np.append(first, len(entries)), signed
 
     def _regions(self, b: GraphBatch) -> None:
         """Every region (for beliefs and the dual), the per-sample sums and the belief levels."""
@@ -184,6 +185,15 @@ class DeviceBP:
                 xp.asarray(ptr, dtype=np.int32), xp.asarray(np.asarray(source)[order], dtype=np.int32))
 
     # --- running ---------------------------------------------------------------------------------
+    def _reparameterise(self, f, lam, fhat, pairs: bool) -> None:
+        """fhat from scratch: f, then the listed entries' messages, then (if asked) fast pairs'."""
+        launch = self.kernels.launch
+        self.xp.copyto(fhat, f)
+        launch("reparameterise", self.num_listed, (f, lam, fhat, self.num_listed, self.entry_index,
+                                                   self.entry_ptr, self.entry_message))
+        for count, n_a, n_b, info in self.pairs if pairs else ():
+            launch("pair_reparameterise", count, (f, lam, fhat, count, n_a, n_b, info))
+
     def run(self, potentials, messages=None, max_sweeps: int = 1000, tol: float = 1e-6) -> DeviceResult:
         """Sweep until the largest message change is below tol, or max_sweeps (tol = 0: exactly
         max_sweeps, with no host synchronisation).  `potentials` and `messages` are device arrays
@@ -203,9 +213,8 @@ class DeviceBP:
                 raise ValueError(f"messages: expected {b.num_messages} entries for this batch, "
                                  f"got shape {lam.shape}")
         fhat = xp.empty(b.num_potentials, dtype=dtype)
-        n = np.int32(b.num_potentials)
         if self.track_fhat:
-            launch("reparameterise", n, (f, lam, fhat, n, self.entry_ptr, self.entry_message))
+            self._reparameterise(f, lam, fhat, pairs=False)   # fast pairs' fhat is never read
         change = xp.zeros(int(self.change_offset[-1]), dtype=dtype) if self.colours else None
         mu = xp.empty(max([c.num_entries for c in self.colours], default=0), dtype=dtype)
         total = xp.empty(self.scratch_size, dtype=dtype)
@@ -221,7 +230,7 @@ class DeviceBP:
             sweeps += 1
             if tol > 0 and float(change.max()) < tol:
                 break
-        launch("reparameterise", n, (f, lam, fhat, n, self.entry_ptr, self.entry_message))
+        self._reparameterise(f, lam, fhat, pairs=True)
         beliefs = xp.empty(b.num_potentials, dtype=dtype)
         regions = np.int32(self.num_regions)
         launch("region_beliefs", regions, (fhat, beliefs, regions, self.region_entry,

@@ -230,8 +230,8 @@ class ConvexBP:
             mu_{p->r}(1) - mu_{p->r}(0) = eps c_p log((t_10 + t_11 e) / (t_00 + t_01 e)),
             e = exp(g_{o->p} / (eps c_p)),  t = exp((f_p - max f_p) / (eps c_p)) >= 1e-250
 
-        (the start checked the bound on t).  Returns the largest gap change (an upper bound of the
-        largest entry change), or None, touching nothing, when some |g / (eps c_p)| > 600: the
+        (the start checked the bound on t).  Returns the largest message entry change, or None,
+        touching nothing, when some |g / (eps c_p)| > 600: the
         general path then handles the extreme values.
         """
         own, other, region, ratio, scale = self._binary[k]
@@ -242,7 +242,11 @@ class ConvexBP:
         e = np.exp(x)
         mu_gap = scale * np.log((t_10 + t_11 * e) / (t_00 + t_01 * e))
         new_gap = ratio * (inner_gap + np.bincount(region, mu_gap, len(inner_gap)))[region] - mu_gap
-        change = float(np.abs(new_gap - state.gaps[own]).max())
+        # a max-0 message with gap g is (min(0, -g), min(0, g)): its entries change by
+        # |d min(0, g)| and |d g - d min(0, g)| (the same largest change the general path reports)
+        old_gap = state.gaps[own]
+        low = np.minimum(new_gap, 0.0) - np.minimum(old_gap, 0.0)
+        change = float(max(np.abs(low).max(), np.abs(new_gap - old_gap - low).max()))
         state.gaps[own] = new_gap
         state._stale = True
         return change

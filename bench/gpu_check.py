@@ -1,0 +1,493 @@
+"""Issue #5's GPU check: one prepared run on a GPU machine (DESIGN.md §9).  Run it through
+bench/gpu_check.sh (sets PYTHONPATH, OUT, copies the table):
+
+    bash bench/gpu_check.sh                       # on the GPU machine; results in $OUT
+    bash bench/gpu_check.sh --emulate             # the same flow on a CPU machine, tiny sizes
+    python3 bench/gpu_check.py --out DIR [--steps ab] [--words-batch 65536] ...
+
+a. correctness: DeviceBP on CudaKernels (float32, float64) against ConvexBP (float64), outputs
+   poisoned with NaN so an element no kernel wrote fails; before any timing.
+b. ms per sweep (CUDA events, after warm-up) of DeviceBP on 2nd-order words and on fully connected
+   binary graphs; effective bandwidth against a device-to-device copy (target >= 50 %), and speed
+   against the plain-torch sweep of bench/torch_sweep.py (target >= 5x), side by side.
+c. training throughput, `dstrain train` with run.device=cuda against run.device=cpu (>= 20x).
+d. `mpirun -n 2` on the one GPU (host-staged gradients) against one process: params.h5 equal.
+
+Every result goes to OUT/gpu_check.json and OUT/gpu_check.md, rewritten after each step so a run
+cut short keeps what it measured.  Exit code 1 when a check failed or a step crashed; a missed
+performance target is reported (FAIL in the table), not an error.
+--emulate: step a on EmulatedKernels (the same .cu compiled by g++), step b with torch on the CPU
+(numpy copy bandwidth, perf_counter), steps c and d with run.device=cpu, the "GPU" side and the
+mpirun runs taking the GPU code path with emulated kernels (DSTRAIN_EMULATE_KERNELS=1).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+from dstrain.graph import GraphBatch, RegionGraph, chain, fully_connected, grid  # noqa: E402
+from dstrain.gpu.engine import DeviceBP  # noqa: E402
+from dstrain.inference import ConvexBP  # noqa: E402
+from helpers import random_loopy, random_tree  # noqa: E402  (tests/helpers.py)
+from torch_sweep import TorchSweep, check_against_cpu  # noqa: E402
+
+# Open MPI refuses root without these; the vader setting avoids CMA failures in containers
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+       "OMPI_MCA_btl_vader_single_copy_mechanism": "none", "OMP_NUM_THREADS": "1"}
+TOLERANCE = {np.float32: 1e-4, np.float64: 1e-9}
+
+
+class Report:
+    """Rows of (step, check, value, target, status), saved as JSON and Markdown after each step."""
+
+    def __init__(self, out: Path, meta: dict):
+        self.out, self.meta, self.rows, self.failed = out, meta, [], False
+
+    def add(self, step, check, value, target="", ok=None, error=False):
+        status = "ERROR" if error else "INFO" if ok is None else "PASS" if ok else "FAIL"
+        self.failed |= error
+        self.rows.append({"step": step, "check": check, "value": value, "target": target,
+                          "status": status})
+        print(f"  [{status}] {step} {check}: {value}" + (f"  (target {target})" if target else ""),
+              flush=True)
+
+    def save(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "gpu_check.json").write_text(json.dumps(
+            {"meta": self.meta, "rows": self.rows, "failed": self.failed}, indent=2) + "\n")
+        lines = ["# GPU check (issue #5)", ""] + [f"- {k}: {v}" for k, v in self.meta.items()]
+        lines += ["", "| step | check | value | target | result |", "|---|---|---|---|---|"]
+        lines += [f"| {r['step']} | {r['check']} | {r['value']} | {r['target']} | {r['status']} |"
+                  for r in self.rows]
+        (self.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+
+
+class Device:
+    """What differs between the GPU run and --emulate: kernels, arrays, clocks, streams."""
+
+    def __init__(self, emulate: bool):
+        self.emulate = emulate
+        self.torch_device = torch.device("cpu" if emulate else "cuda")
+        if emulate:   # on a shared small CPU, torch's thread pool turns 1 ms ops into 10 ms waits
+            torch.set_num_threads(1)
+        else:
+            import cupy
+            self.cupy = cupy
+
+    def kernels(self, dtype):
+        """A kernel set whose xp.empty is NaN-filled: an element no kernel wrote shows as NaN."""
+        if self.emulate:
+            from dstrain.gpu.emulator import EmulatedKernels
+            return EmulatedKernels(dtype, poison=True)
+        from dstrain.gpu.kernels import CudaKernels
+        kernels = CudaKernels(dtype)
+        kernels.xp = _PoisonedCupy(self.cupy)   # launch() never reads xp: only DeviceBP does
+        return kernels
+
+    def stream(self):   # DeviceBP launches on torch's stream, so torch's CUDA events time them
+        if self.emulate:
+            return contextlib.nullcontext()
+        from dstrain.gpu.kernels import on_torch_stream
+        return on_torch_stream()
+
+    def to_xp(self, tensor):   # zero-copy: the kernels read torch's buffer
+        return tensor.numpy() if self.emulate else self.cupy.from_dlpack(tensor)
+
+    def to_numpy(self, array):
+        return np.asarray(array) if self.emulate else self.cupy.asnumpy(array)
+
+    def time_ms(self, fn, repeats: int, warmup: int = 2) -> float:
+        """Median wall time of fn() in ms: CUDA events on torch's stream, or perf_counter."""
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            if self.emulate:
+                start = time.perf_counter()
+                fn()
+                times.append(1e3 * (time.perf_counter() - start))
+                continue
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return float(np.median(times))
+
+    def free(self):
+        gc.collect()
+        if not self.emulate:
+            torch.cuda.empty_cache()
+            self.cupy.get_default_memory_pool().free_all_blocks()
+
+
+class _PoisonedCupy:
+    """cupy, except that ``empty`` fills with NaN (as EmulatedKernels' poison=True on the CPU)."""
+
+    def __init__(self, cupy):
+        self._cupy = cupy
+
+    def __getattr__(self, name):
+        return getattr(self._cupy, name)
+
+    def empty(self, shape, dtype=float):
+        return self._cupy.full(shape, np.nan, dtype=dtype)
+
+
+# --- a. correctness -------------------------------------------------------------------------------
+def correctness_cases(rng, n: int):
+    """(name, graphs, potential scale): every kernel path, n samples or so per case."""
+    def lengths():
+        return [int(k) for k in rng.integers(1, 15, n)]
+
+    hierarchy = random_loopy(rng)
+    zero = np.where([len(r) == 2 and bool(hierarchy.parents[k]) for k, r in
+                     enumerate(hierarchy.regions)], 0.0, 1.0)
+    cases = [
+        ("chains order 1, C=26, lengths 1-14", [chain(k, 26) for k in lengths()]),
+        ("chains order 2, C=26, lengths 1-14", [chain(k, 26, order=2) for k in lengths()]),
+        ("chains order 1 and 2, C=3 and 4", [chain(k, 3 + k % 2, order=1 + k % 2) for k in lengths()]),
+        ("pairs: random trees, grids", [random_tree(rng, 2 + k) for k in lengths()] + [grid(3, 4, 3)]),
+        ("triples: random loopy", [random_loopy(rng) for _ in range(n)]),
+        ("fully connected binary, 2-12", [fully_connected(int(k), 2) for k in rng.integers(2, 13, n)]),
+        ("bethe counting numbers", [random_loopy(rng, counting_numbers="bethe") for _ in range(n)]
+         + [random_tree(rng, 6, counting_numbers="bethe"), chain(6, 5, order=2, counting_numbers="bethe")]),
+        ("max parents (eps c_p = 0)", [RegionGraph(hierarchy.cardinalities, hierarchy.regions,
+                                                   counting_numbers=zero)] * n),
+    ]
+    cases = [(name, graphs, 2.0) for name, graphs in cases]
+    cases.append(("mixed batch of all the above", [g for _, gs, _ in cases for g in gs[::4]], 2.0))
+    cases.append(("magnitude 1e4: 2nd-order words", [chain(5, 26, order=2)] * n, 1e4))
+    cases.append(("magnitude 1e4: fully connected 6", [fully_connected(6)] * n, 1e4))
+    return cases
+
+
+def compare(device, kernels, batch, rng, scale, sweeps=4):
+    """(worst relative error of beliefs / dual / messages, what failed or None, M) on fresh
+    random inputs."""
+    dtype = kernels.dtype.type
+    # rounded to the kernels' dtype first: the reference then sees the kernels' very inputs, and
+    # the error measures their arithmetic, not the float32 rounding of inputs of magnitude 1e4
+    potentials = rng.normal(scale=scale, size=batch.num_potentials).astype(dtype).astype(np.float64)
+    messages = rng.normal(size=batch.num_messages).astype(dtype).astype(np.float64)
+    cpu = ConvexBP(batch).run(potentials, messages, max_sweeps=sweeps, tol=0.0)
+    # the largest message change of the last sweep, from the messages before and after it: on
+    # binary batches ConvexBP reports the change of lambda(1) - lambda(0), an upper bound of it
+    before = ConvexBP(batch).run(potentials, messages, max_sweeps=sweeps - 1, tol=0.0).messages
+    change = float(np.abs(cpu.messages - before).max()) if len(before) else 0.0
+    result = DeviceBP(batch, kernels).run(potentials.astype(dtype), messages.astype(dtype),
+                                          max_sweeps=sweeps, tol=0.0)
+    # beliefs are exp(fhat / (eps c)), fhat a sum of potentials and messages: its rounding is a
+    # few ulps of their largest magnitude M (float32: 1e-3 at 1e4; bethe's diverging messages
+    # reach 1e5 in 4 sweeps), which is an error relative to the beliefs.  So beliefs may be off by
+    # tolerance * max(1, M / 200): about 4 float32 ulps of M.
+    magnitude = max(np.abs(potentials).max(initial=0), np.abs(cpu.messages).max(initial=0))
+    worst = 0.0
+    for name in ("beliefs", "dual", "messages"):
+        mine, expected = device.to_numpy(getattr(result, name)), getattr(cpu, name)
+        if mine.dtype != dtype or not np.isfinite(mine).all():
+            bad = np.size(mine) - np.isfinite(mine).sum()
+            return np.inf, f"{name}: {bad} unwritten or non-finite ({mine.dtype})", magnitude
+        if not np.isfinite(expected).all():   # else the NaN error below would pass
+            return np.inf, f"{name}: the CPU reference is not finite", magnitude
+        error = float(np.abs(mine - expected).max() / max(np.abs(expected).max(), 1.0))
+        worst = max(worst, error)
+        tolerance = TOLERANCE[dtype] * (max(1.0, magnitude / 200) if name == "beliefs" else 1.0)
+        if error > tolerance:
+            return worst, f"{name}: relative error {error:.2e} > {tolerance:.0e}", magnitude
+    if result.sweeps != sweeps or abs(result.max_change - change) > 1e-4 * max(change, scale):
+        return worst, f"max_change {result.max_change} vs {change} after {result.sweeps} sweeps", magnitude
+    return worst, None, magnitude
+
+
+def step_correctness(args, device, report):
+    rng = np.random.default_rng(args.seed)
+    report.add("a", "torch sweep == ConvexBP (float64, CPU)", f"{check_against_cpu(args.seed):.1e}",
+               "<= 1e-10", True)
+    for dtype in (np.float32, np.float64):
+        kernels = device.kernels(dtype)
+        for name, graphs, scale in correctness_cases(rng, args.check_samples):
+            started = time.perf_counter()
+            try:
+                error, problem, magnitude = compare(device, kernels, GraphBatch(graphs), rng, scale)
+            except Exception as exc:   # a crash is a failed check too: record it, go on
+                error, problem, magnitude = np.inf, f"{type(exc).__name__}: {exc}", np.nan
+            report.add("a", f"{np.dtype(dtype).name} {name} ({len(graphs)} graphs)",
+                       f"{error:.1e}, M = {magnitude:.0e}" + (f" -- {problem}" if problem else "")
+                       + f" [{time.perf_counter() - started:.1f}s]",
+                       f"<= {TOLERANCE[dtype]:.0e} (beliefs: x max(1, M / 200))",
+                       problem is None, error=problem is not None)
+
+
+# --- b. timing -------------------------------------------------------------------------------------
+def sweep_bytes(batch: GraphBatch, itemsize: int) -> int:
+    """Memory traffic one sweep cannot avoid, in bytes: for every edge r -> p (each fast pair is
+    read once per direction, twice per sweep) its pair's table, n_r * n_o potentials, the other
+    child's message (n_o) and its own new message (n_r); per region its unary potentials (n_r).
+    Index tables and the mu scratch are not counted: a lower bound of what the kernels move."""
+    entries = 0
+    for colour in batch.colours:
+        entries += len(colour.region_entries)
+        for g in colour.fast:
+            n_r, n_o = g.own.shape[1], g.other.shape[1]
+            entries += len(g.own) * (n_r * n_o + n_o + n_r)
+    return entries * itemsize
+
+
+def copy_bandwidth(device, args) -> float:
+    """Device-to-device copy (read + write) in bytes/s: the best a streaming kernel can do."""
+    n = (2**26 if args.emulate else 2**28)   # float32: 256 MiB on the CPU, 1 GiB on the GPU
+    if args.emulate:
+        src, dst = np.ones(n, np.float32), np.empty(n, np.float32)
+        ms = device.time_ms(lambda: np.copyto(dst, src), args.repeats)
+    else:
+        src = torch.ones(n, device=device.torch_device)
+        dst = torch.empty_like(src)
+        ms = device.time_ms(lambda: dst.copy_(src), args.repeats)
+    return 2 * n * 4 / (ms * 1e-3)
+
+
+def time_workload(args, device, report, name, graphs, copy_bw):
+    started = time.perf_counter()
+    batch = GraphBatch(graphs)
+    bp = DeviceBP(batch, device.kernels(np.float32))
+    baseline = TorchSweep(batch, device.torch_device, torch.float32)
+    print(f"  {name}: {batch.num_potentials:,} potentials, {batch.num_messages:,} messages, "
+          f"{len(batch.colours)} colours; built in {time.perf_counter() - started:.1f}s", flush=True)
+    generator = torch.Generator(device.torch_device).manual_seed(args.seed)
+    f = 2 * torch.randn(batch.num_potentials, generator=generator, device=device.torch_device)
+    lam0 = torch.randn(batch.num_messages, generator=generator, device=device.torch_device)
+    f_x, lam_x, k = device.to_xp(f), device.to_xp(lam0), args.sweeps
+    with device.stream():
+        # a run also allocates, reparameterises and computes beliefs and the dual: the difference
+        # of runs of 1 + k and 1 sweeps leaves the k sweeps alone
+        short = device.time_ms(lambda: bp.run(f_x, lam_x, max_sweeps=1, tol=0.0), args.repeats)
+        long = device.time_ms(lambda: bp.run(f_x, lam_x, max_sweeps=1 + k, tol=0.0), args.repeats)
+        kernel_ms = max(long - short, 1e-9) / k
+        mine = device.to_numpy(bp.run(f_x, lam_x, max_sweeps=2, tol=0.0).messages)
+    tables, lam = baseline.start(f), lam0.clone()
+    torch_ms = device.time_ms(lambda: [baseline.sweep(tables, lam) for _ in range(k)], args.repeats) / k
+    lam = lam0.clone()
+    for _ in range(2):
+        baseline.sweep(tables, lam)
+    expected = lam.cpu().numpy()
+    agree = float(np.abs(mine - expected).max() / max(np.abs(expected).max(), 1.0))
+    traffic = sweep_bytes(batch, 4)
+    bandwidth = traffic / (kernel_ms * 1e-3)
+    report.add("b", f"{name}: kernels == torch sweep after 2 sweeps (float32)", f"{agree:.1e}",
+               "<= 1e-3", agree <= 1e-3, error=not agree <= 1e-3)
+    report.add("b", f"{name}: DeviceBP ms/sweep (float32)", f"{kernel_ms:.4f}")
+    report.add("b", f"{name}: plain torch ms/sweep (float32)", f"{torch_ms:.4f}")
+    report.add("b", f"{name}: bytes/sweep, effective bandwidth",
+               f"{traffic / 1e6:.1f} MB, {bandwidth / 1e9:.1f} GB/s")
+    report.add("b", f"{name}: bandwidth / copy bandwidth", f"{bandwidth / copy_bw:.1%}", ">= 50%",
+               bandwidth / copy_bw >= 0.5)
+    report.add("b", f"{name}: speed-up over plain torch", f"{torch_ms / kernel_ms:.1f}x", ">= 5x",
+               torch_ms / kernel_ms >= 5)
+
+
+def step_timing(args, device, report):
+    copy_bw = copy_bandwidth(device, args)
+    device.free()   # each measurement's buffers go when its function returns
+    report.add("b", "copy bandwidth (read + write)", f"{copy_bw / 1e9:.1f} GB/s")
+    workloads = [(f"2nd-order words 5x26, batch {args.words_batch}",
+                  [chain(5, 26, order=2)] * args.words_batch),
+                 (f"fully connected {args.fc_vars} binary, batch {args.fc_batch}",
+                  [fully_connected(args.fc_vars, 2)] * args.fc_batch)]
+    for name, graphs in workloads:
+        try:
+            time_workload(args, device, report, name, graphs, copy_bw)
+        except Exception as exc:   # e.g. out of memory at a large batch: record, go on
+            report.add("b", name, f"{type(exc).__name__}: {exc}", error=True)
+        device.free()
+
+
+# --- c, d. training ---------------------------------------------------------------------------------
+def train(args, run_dir: Path, device: str, settings, ranks: int = 0, gpu_path: bool = False):
+    """`dstrain train` on configs/words_debug.yaml (under `mpirun -n ranks` if ranks); the CLI's
+    completed process.  Raises on a non-zero exit, with the end of its stderr."""
+    command = [sys.executable, "-m", "dstrain.cli", "train", "--config", "configs/words_debug.yaml",
+               "--run-dir", str(run_dir), "--no-progress", "--set", f"run.device={device}",
+               f"data.path={args.out / 'words.h5'}", "train.variant=joint", *settings]
+    if ranks:
+        command = [args.mpirun, "-n", str(ranks), "--oversubscribe", "--bind-to", "none",
+                   "-x", "PYTHONPATH", "-x", "PATH", *command]
+    # --emulate: the "GPU" side still takes the GPU code path, with the kernels emulated
+    env = {**ENV, "DSTRAIN_EMULATE_KERNELS": "1" if gpu_path and args.emulate else "0"}
+    if ranks and gpu_path and args.emulate:
+        command[1:1] = ["-x", "DSTRAIN_EMULATE_KERNELS"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=args.train_timeout)
+    if done.returncode:
+        raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-1500:]}")
+    print(f"    {run_dir.name}: {time.perf_counter() - started:.1f}s", flush=True)
+    return done
+
+
+def throughput(run_dir: Path, batch_size: int) -> float:
+    """samples/s of the last epoch in metrics.jsonl (the first one warms up: compiles, allocates)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    last = rows[-1]
+    if "samples_per_second" in last:
+        return float(last["samples_per_second"])
+    steps = last["step"] - (rows[-2]["step"] if len(rows) > 1 else 0)
+    return steps * batch_size / last["seconds"]
+
+
+def ensure_data(args) -> None:
+    """OUT/words.h5, generated once for steps c and d."""
+    if (args.out / "words.h5").exists():
+        return
+    done = subprocess.run([sys.executable, "-m", "dstrain.cli", "data", "words", "--out",
+                           str(args.out / "words.h5"), "--train", str(args.train_words), "--val",
+                           "500", "--test", "100", "--no-progress"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"dstrain data words: exit {done.returncode}: {done.stderr.strip()[-1500:]}")
+
+
+def step_training(args, device, report):
+    ensure_data(args)
+    gpu = "cpu" if args.emulate else "cuda"
+    # metrics.jsonl gets a line (with samples_per_second) at the end of each epoch, none when
+    # max_steps stops a run mid-epoch: so two whole epochs, and the second one is read (the
+    # first compiles kernels and fills caches).  The CPU side keeps the config's run.threads.
+    settings = ["train.epochs=2", "train.max_steps=0", f"train.batch_size={args.train_batch}"]
+    speed = {}
+    for label, side in (("gpu", gpu), ("cpu", "cpu")):   # --emulate: cpu on both sides
+        run_dir = args.out / f"train_{label}"
+        try:
+            train(args, run_dir, side, settings, gpu_path=label == "gpu")
+            speed[label] = throughput(run_dir, args.train_batch)
+            report.add("c", f"{label} side: training samples/s, run.device={side}, batch "
+                       f"{args.train_batch}, {args.train_words} words", f"{speed[label]:.0f}")
+        except Exception as exc:
+            report.add("c", f"{label} side: training, run.device={side}",
+                       f"{type(exc).__name__}: {exc}", error=True)
+    if len(speed) == 2:
+        ratio = speed["gpu"] / speed["cpu"]
+        report.add("c", f"training throughput, {gpu} / cpu", f"{ratio:.1f}x", ">= 20x", ratio >= 20)
+
+
+def read_params(path: Path) -> dict:
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.__setitem__(name, np.asarray(item))
+                     if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def step_mpi(args, device, report):
+    if args.mpirun is None:
+        report.add("d", "mpirun -n 2 vs 1 process", "skipped: no mpirun")
+        return
+    ensure_data(args)
+    side = "cpu" if args.emulate else "cuda"
+    settings = ["train.batching=global", "run.dtype=float64", "train.epochs=1",
+                f"train.max_steps={args.mpi_steps}", f"train.batch_size={args.mpi_batch}"]
+    try:
+        train(args, args.out / "mpi_1", side, settings, gpu_path=True)
+        train(args, args.out / "mpi_2", side, settings, ranks=2, gpu_path=True)
+        one, two = (read_params(args.out / run / "params.h5") for run in ("mpi_1", "mpi_2"))
+        if sorted(one) != sorted(two):
+            raise ValueError(f"params.h5 hold different arrays: {sorted(one)} vs {sorted(two)}")
+        diff = max(float(np.abs(one[k] - two[k]).max()) for k in one)
+        size = max(float(np.abs(one[k]).max()) for k in one)
+        report.add("d", f"params.h5, mpirun -n 2 vs 1 process ({side}, float64, global batching)",
+                   f"max abs diff {diff:.1e}, relative {diff / size:.1e}", "<= 1e-6 relative",
+                   diff <= 1e-6 * size)
+    except Exception as exc:
+        report.add("d", "mpirun -n 2 vs 1 process", f"{type(exc).__name__}: {exc}", error=True)
+
+
+def describe(args) -> dict:
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "mode": "emulated on the CPU (EmulatedKernels, torch CPU)" if args.emulate else "GPU",
+            "torch": torch.__version__, "python": platform.python_version()}
+    if args.emulate:
+        meta["device"] = f"none: CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        return meta
+    try:   # a broken CUDA install must still leave a table saying so
+        import cupy
+        meta.update(device=torch.cuda.get_device_name(), torch_cuda=torch.version.cuda,
+                    cupy=cupy.__version__, cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
+                    cuda_driver=cupy.cuda.runtime.driverGetVersion())
+    except Exception as exc:
+        meta.setdefault("device", f"unknown ({type(exc).__name__}: {exc})")
+    return meta
+
+
+# option: (GPU default, --emulate default, meaning)
+SIZES = {
+    "check-samples": (200, 4, "graphs per correctness case"),
+    # the scale of issue #5's plain-torch figure (242 ns per sample at 65536); the host-side
+    # build (GraphBatch, DeviceBP) takes ~20 s and ~10 GB of host memory there
+    "words-batch": (65536, 32, "2nd-order word graphs in the timed batch"),
+    "fc-vars": (38, 12, "variables of the fully connected graphs"),
+    "fc-batch": (8192, 4, "fully connected graphs in the timed batch"),
+    "sweeps": (20, 2, "sweeps per timed run"),
+    "repeats": (5, 2, "timed runs (median)"),
+    "train-words": (10000, 300, "training words in the generated data"),
+    "train-batch": (1000, 50, "batch size of the throughput runs"),
+    "mpi-steps": (4, 2, "steps of the mpirun parity runs"),
+    "mpi-batch": (200, 20, "global batch of the mpirun parity runs"),
+    "train-timeout": (300, 300, "seconds before a training run counts as hung"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--emulate", action="store_true", help="CPU only, tiny sizes")
+    parser.add_argument("--steps", default="abcd", help="which steps to run, e.g. ab")
+    parser.add_argument("--seed", type=int, default=0)
+    for name, (gpu, cpu, what) in SIZES.items():
+        parser.add_argument(f"--{name}", type=int, help=f"{what} [GPU {gpu}, --emulate {cpu}]")
+    args = parser.parse_args()
+    for name, (gpu, cpu, _) in SIZES.items():
+        key = name.replace("-", "_")
+        if getattr(args, key) is None:
+            setattr(args, key, cpu if args.emulate else gpu)
+    args.out = args.out.resolve()
+    args.mpirun = shutil.which("mpirun")
+    report = Report(args.out, describe(args))
+    print(f"GPU check: {report.meta['device']}; results in {args.out}", flush=True)
+    steps = {"a": ("correctness", step_correctness), "b": ("timing", step_timing),
+             "c": ("training throughput", step_training), "d": ("mpirun -n 2", step_mpi)}
+    device = None
+    for key in args.steps:
+        title, step = steps[key]
+        print(f"{key}. {title}", flush=True)
+        started = time.perf_counter()
+        try:
+            device = device or Device(args.emulate)
+            step(args, device, report)
+        except Exception as exc:   # a step that crashes outside its own checks
+            report.add(key, title, f"{type(exc).__name__}: {exc}", error=True)
+        print(f"{key}. {title}: {time.perf_counter() - started:.1f}s", flush=True)
+        report.save()
+    print(("FAILED: see " if report.failed else "done: ") + str(args.out / "gpu_check.md"))
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
