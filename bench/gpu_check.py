@@ -12,6 +12,7 @@ b. ms per sweep (CUDA events, after warm-up) of DeviceBP on 2nd-order words and 
    against the plain-torch sweep of bench/torch_sweep.py (target >= 5x), side by side.
 c. training throughput, `dstrain train` with run.device=cuda against run.device=cpu (>= 20x).
 d. `mpirun -n 2` on the one GPU (host-staged gradients) against one process: params.h5 equal.
+e. bench/blend_vs_converge.py with run.device=cuda (issue #3's blend-vs-converge target).
 
 Every result goes to OUT/gpu_check.json and OUT/gpu_check.md, rewritten after each step so a run
 cut short keeps what it measured.  Exit code 1 when a check failed or a step crashed; a missed
@@ -419,6 +420,31 @@ def step_mpi(args, device, report):
         report.add("d", "mpirun -n 2 vs 1 process", f"{type(exc).__name__}: {exc}", error=True)
 
 
+def step_blend(args, device, report):
+    """bench/blend_vs_converge.py on the device (issue #3's target: blend reaches converge's final
+    validation word accuracy >= 3x sooner); on the CPU it missed (bench/results/blend_vs_converge.md)."""
+    out = args.out / "blend_vs_converge.md"
+    if args.emulate:   # the flow only: one tiny epoch on step c's data, the GPU code path emulated
+        ensure_data(args)
+        sets = ["run.device=cpu", f"data.path={args.out / 'words.h5'}", "data.generate=false"]
+        command = ["--epochs", "1", "--tols", "1e-4"]
+    else:
+        sets = ["run.device=cuda"]
+        command = ["--epochs", str(args.blend_epochs), "--tols", "1e-4", "1e-6"]
+    env = {**ENV, "DSTRAIN_EMULATE_KERNELS": "1" if args.emulate else "0"}
+    done = subprocess.run([sys.executable, "bench/blend_vs_converge.py", *command, "--out", str(out),
+                           "--set", *sets], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=args.train_timeout * 2)
+    if done.returncode:
+        raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-1500:]}")
+    for line in out.read_text().splitlines():
+        if line.startswith("converge ends at"):
+            sooner = line.split("**")[1] if "**" in line else "not reached"
+            report.add("e", f"blend vs converge ({'emulated' if args.emulate else 'GPU'}): "
+                       + line.split(";")[0].removeprefix("converge ends at "), sooner, ">= 3x",
+                       sooner != "not reached" and float(sooner.split("x")[0]) >= 3)
+
+
 def describe(args) -> dict:
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "mode": "emulated on the CPU (EmulatedKernels, torch CPU)" if args.emulate else "GPU",
@@ -451,6 +477,7 @@ SIZES = {
     "mpi-steps": (4, 2, "steps of the mpirun parity runs"),
     "mpi-batch": (200, 20, "global batch of the mpirun parity runs"),
     "train-timeout": (300, 300, "seconds before a training run counts as hung"),
+    "blend-epochs": (8, 1, "converge's epochs in step e (blend: up to twice as many)"),
 }
 
 
@@ -458,7 +485,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--emulate", action="store_true", help="CPU only, tiny sizes")
-    parser.add_argument("--steps", default="abcd", help="which steps to run, e.g. ab")
+    parser.add_argument("--steps", default="abcde", help="which steps to run, e.g. ab")
     parser.add_argument("--seed", type=int, default=0)
     for name, (gpu, cpu, what) in SIZES.items():
         parser.add_argument(f"--{name}", type=int, help=f"{what} [GPU {gpu}, --emulate {cpu}]")
@@ -472,7 +499,8 @@ def main() -> int:
     report = Report(args.out, describe(args))
     print(f"GPU check: {report.meta['device']}; results in {args.out}", flush=True)
     steps = {"a": ("correctness", step_correctness), "b": ("timing", step_timing),
-             "c": ("training throughput", step_training), "d": ("mpirun -n 2", step_mpi)}
+             "c": ("training throughput", step_training), "d": ("mpirun -n 2", step_mpi),
+             "e": ("blend vs converge", step_blend)}
     device = None
     for key in args.steps:
         title, step = steps[key]

@@ -29,10 +29,11 @@ typedef DSTRAIN_REAL real;
 #define EDGE_OWN 1      // message index of lambda_{r->p}(0)
 #define EDGE_KIND 2     // one of the KIND_ values below
 #define EDGE_PARENT 3   // potential index of the parent's first entry
-#define EDGE_PATTERN 4  // start in `patterns` of the (n_r, width) offsets of the parent's entries
-                        // grouped by the child's state, relative to EDGE_PARENT
+#define EDGE_PATTERN 4  // KIND_SUM, KIND_MAX: start in `patterns` of the (n_r, width) offsets of
+                        // the parent's entries grouped by the child's state, relative to
+                        // EDGE_PARENT; KIND_FAST_T: n_r (the table's row length)
 #define EDGE_WIDTH 5    // parent entries per child state
-#define EDGE_OTHER 6    // KIND_FAST: message index of lambda_{o->p}(0); unused otherwise
+#define EDGE_OTHER 6    // fast pairs: message index of lambda_{o->p}(0); unused otherwise
 #define EDGE_FIELDS 7
 // columns of edge_real
 #define EDGE_SCALE 0    // eps * c_p
@@ -48,7 +49,9 @@ typedef DSTRAIN_REAL real;
 
 #define KIND_SUM 0      // log-sum-exp over fhat_p
 #define KIND_MAX 1      // max over fhat_p (eps c_p = 0)
-#define KIND_FAST 2     // fast pair: log-sum-exp over f_p + lambda_{o->p}
+#define KIND_FAST 2     // fast pair, r its first variable: log-sum-exp over the row f_p(y_r, .)
+                        // + lambda_{o->p}
+#define KIND_FAST_T 3   // fast pair, r its second variable: over the column f_p(., y_r)
 
 __device__ __forceinline__ float real_exp(float x) { return expf(x); }
 __device__ __forceinline__ double real_exp(double x) { return exp(x); }
@@ -124,16 +127,21 @@ extern "C" __global__ void edge_mu(const real* potentials, const real* fhat, con
     const int* edge = edge_info + (long long)entry_edge[t] * EDGE_FIELDS;
     const real scale = edge_real[(long long)entry_edge[t] * EDGE_REALS + EDGE_SCALE];
     const int i = t - edge[EDGE_ENTRY], width = edge[EDGE_WIDTH], kind = edge[EDGE_KIND];
-    const int* offsets = patterns + edge[EDGE_PATTERN] + i * width;
-    if (kind == KIND_FAST) {
-        const real* f = potentials + edge[EDGE_PARENT];
+    if (kind >= KIND_FAST) {
+        // a row (stride 1) or a column (stride n_r: coalesced over the edge's threads) of the
+        // pair's own table: no pattern lookup, and the pair's fhat is never materialised
+        const bool row = kind == KIND_FAST;
+        const real* f = potentials + edge[EDGE_PARENT] + (row ? i * width : i);
+        const int stride = row ? 1 : edge[EDGE_PATTERN];
         const real* other = messages + edge[EDGE_OTHER];
+        const real inverse = 1 / scale;
         LogSumExp acc;
-        acc.first((f[offsets[0]] + other[0]) / scale);
-        for (int k = 1; k < width; ++k) acc.add((f[offsets[k]] + other[k]) / scale);
+        acc.first((f[0] + other[0]) * inverse);
+        for (int k = 1; k < width; ++k) acc.add((f[k * stride] + other[k]) * inverse);
         mu[t] = scale * acc.value();
         return;
     }
+    const int* offsets = patterns + edge[EDGE_PATTERN] + i * width;
     const real* parent = fhat + edge[EDGE_PARENT];
     const real own = messages[edge[EDGE_OWN] + i];
     real best = parent[offsets[0]];
@@ -183,7 +191,7 @@ extern "C" __global__ void region_update(real* messages, real* fhat, const real*
             peak = value > peak ? value : peak;
         }
         real* own = messages + edge[EDGE_OWN];
-        const bool generic = track_fhat && edge[EDGE_KIND] != KIND_FAST;
+        const bool generic = track_fhat && edge[EDGE_KIND] < KIND_FAST;
         const int width = edge[EDGE_WIDTH];
         const int* offsets = patterns + edge[EDGE_PATTERN];
         real* parent = fhat + edge[EDGE_PARENT];
@@ -201,26 +209,18 @@ extern "C" __global__ void region_update(real* messages, real* fhat, const real*
     change[r] = largest;
 }
 
-// b_r = softmax(fhat_r / (eps c_r)) where eps c_r > 0; zeros elsewhere (segment_sum then fills
-// them from a parent's belief).  count = regions.
-extern "C" __global__ void region_beliefs(const real* fhat, real* beliefs, int count,
-                                          const int* region_entry, const int* region_size,
-                                          const real* region_scale) {
-    int r = thread_index();
-    if (r >= count) return;
-    const real* values = fhat + region_entry[r];
-    real* out = beliefs + region_entry[r];
-    const int n = region_size[r];
+// b_r(y) = exp((fhat_r(y) - term_r) / (eps c_r)) where eps c_r > 0, term_r being region_dual's
+// eps c_r log sum exp(fhat_r / (eps c_r)); zeros elsewhere (segment_sum then fills them from a
+// parent's belief).  One thread per entry of `count / size` regions of `size` entries each, so
+// neighbouring threads touch neighbouring entries.
+extern "C" __global__ void entry_beliefs(const real* fhat, const real* terms, real* beliefs,
+                                         int count, int size, const int* region_entry,
+                                         const real* region_scale) {
+    int t = thread_index();
+    if (t >= count) return;
+    const int r = t / size, n = region_entry[r] + t % size;
     const real scale = region_scale[r];
-    if (!(scale > 0)) {
-        for (int i = 0; i < n; ++i) out[i] = 0;
-        return;
-    }
-    real peak = values[0] / scale;
-    for (int i = 1; i < n; ++i) peak = values[i] / scale > peak ? values[i] / scale : peak;
-    real sum = 0;
-    for (int i = 0; i < n; ++i) sum += real_exp(values[i] / scale - peak);
-    for (int i = 0; i < n; ++i) out[i] = real_exp(values[i] / scale - peak) / sum;
+    beliefs[n] = scale > 0 ? real_exp((fhat[n] - terms[r]) / scale) : real(0);
 }
 
 // Each region's dual term eps c_r log sum exp(fhat_r / (eps c_r)) (max where eps c_r = 0).
@@ -244,5 +244,5 @@ extern "C" __global__ void segment_sum(const real* values, real* out, int count,
 }
 
 // every kernel of this file, for loaders that need the list (the CPU emulator)
-#define DSTRAIN_KERNELS(X) X(reparameterise) X(pair_reparameterise) X(edge_mu) X(region_update) X(region_beliefs) \
+#define DSTRAIN_KERNELS(X) X(reparameterise) X(pair_reparameterise) X(edge_mu) X(region_update) X(entry_beliefs) \
     X(region_dual) X(segment_sum)

@@ -55,7 +55,7 @@ def test_device_path_gives_the_cpu_paths_loss_and_gradient(algorithm):
     if blend:
         np.testing.assert_allclose(device_store.values, cpu_store.values, atol=1e-10)
         assert np.abs(device_store.values).max() > 0
-    assert ("region_beliefs" in launches) == (algorithm != "exact")
+    assert ("entry_beliefs" in launches) == (algorithm != "exact")
 
 
 def test_potentials_reach_the_kernels_without_a_copy():

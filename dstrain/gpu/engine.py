@@ -23,7 +23,7 @@ from ..graph.batch import GraphBatch
 EDGE_FIELDS = ("ENTRY", "OWN", "KIND", "PARENT", "PATTERN", "WIDTH", "OTHER")
 EDGE_REALS = ("SCALE", "RATIO")
 REGION_FIELDS = ("ENTRY", "SIZE", "TOTAL", "EDGES", "DEGREE")
-KINDS = {"SUM": 0, "MAX": 1, "FAST": 2}
+KINDS = {"SUM": 0, "MAX": 1, "FAST": 2, "FAST_T": 3}
 _INT32_LIMIT = 2**31 - 1
 
 
@@ -105,11 +105,10 @@ class DeviceBP:
         for g in plan.fast:
             pairs = b.pair_groups[g.pair_group]
             n_r, n_o = g.own.shape[1], g.other.shape[1]
-            i, k = np.meshgrid(np.arange(n_r), np.arange(n_o), indexing="ij")
-            straight, flipped = self._pattern(i * n_o + k), self._pattern(k * n_r + i)
-            pattern = np.where(g.transposed, flipped, straight)
+            # r is the table's first variable (its state picks a row) or its second (a column)
+            kind = np.where(g.transposed, KINDS["FAST_T"], KINDS["FAST"])
             parent = pairs.entries[g.pairs, 0]
-            rows.append((g, n_r, [g.own[:, 0], KINDS["FAST"], parent, pattern, n_o, g.other[:, 0]]))
+            rows.append((g, n_r, [g.own[:, 0], kind, parent, n_r, n_o, g.other[:, 0]]))
         for g in plan.generic:
             E, n_r, width = g.grouped.shape
             parent = g.grouped.reshape(E, -1).min(axis=1)
@@ -166,6 +165,13 @@ class DeviceBP:
             size.append(np.full(len(pg.entries), pg.entries.shape[1]))
             scale.append(pg.scale)
             sample.append(pg.sample)
+        # regions come in runs of equal size (by size, then pair groups): beliefs go run by run
+        self.region_runs = []
+        first = 0
+        for run in size:
+            if len(run):
+                self.region_runs.append((first, len(run), int(run[0])))
+                first += len(run)
         start, size, sample = (np.concatenate(a) for a in (start, size, sample))
         self.num_regions = len(start)
         self.region_entry = xp.asarray(start, dtype=np.int32)
@@ -231,15 +237,17 @@ class DeviceBP:
             if tol > 0 and float(change.max()) < tol:
                 break
         self._reparameterise(f, lam, fhat, pairs=True)
-        beliefs = xp.empty(b.num_potentials, dtype=dtype)
         regions = np.int32(self.num_regions)
-        launch("region_beliefs", regions, (fhat, beliefs, regions, self.region_entry,
-                                           self.region_size, self.region_scale))
-        for count, out_index, ptr, source in self.belief_levels:
-            launch("segment_sum", count, (beliefs, beliefs, count, out_index, ptr, source))
         terms = xp.empty(self.num_regions, dtype=dtype)
         launch("region_dual", regions, (fhat, terms, regions, self.region_entry, self.region_size,
                                         self.region_scale))
+        beliefs = xp.empty(b.num_potentials, dtype=dtype)
+        for first, count, size in self.region_runs:
+            entries = np.int32(count * size)
+            launch("entry_beliefs", entries, (fhat, terms[first:], beliefs, entries, np.int32(size),
+                                              self.region_entry[first:], self.region_scale[first:]))
+        for count, out_index, ptr, source in self.belief_levels:
+            launch("segment_sum", count, (beliefs, beliefs, count, out_index, ptr, source))
         dual = xp.empty(b.num_samples, dtype=dtype)
         count, out_index, ptr, source = self.sample_sum
         launch("segment_sum", count, (terms, dual, count, out_index, ptr, source))
