@@ -96,9 +96,7 @@ class Device:
             from dstrain.gpu.emulator import EmulatedKernels
             return EmulatedKernels(dtype, poison=True)
         from dstrain.gpu.kernels import CudaKernels
-        kernels = CudaKernels(dtype)
-        kernels.xp = _PoisonedCupy(self.cupy)   # launch() never reads xp: only DeviceBP does
-        return kernels
+        return CudaKernels(dtype, poison=True)
 
     def stream(self):   # DeviceBP launches on torch's stream, so torch's CUDA events time them
         if self.emulate:
@@ -136,19 +134,6 @@ class Device:
         if not self.emulate:
             torch.cuda.empty_cache()
             self.cupy.get_default_memory_pool().free_all_blocks()
-
-
-class _PoisonedCupy:
-    """cupy, except that ``empty`` fills with NaN (as EmulatedKernels' poison=True on the CPU)."""
-
-    def __init__(self, cupy):
-        self._cupy = cupy
-
-    def __getattr__(self, name):
-        return getattr(self._cupy, name)
-
-    def empty(self, shape, dtype=float):
-        return self._cupy.full(shape, np.nan, dtype=dtype)
 
 
 # --- a. correctness -------------------------------------------------------------------------------

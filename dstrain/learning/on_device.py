@@ -17,7 +17,8 @@ import torch
 from ..graph import GraphBatch
 from ..gpu import DeviceBP
 from ..models.word_model import ChainLayout
-from .structured import ALGORITHMS, InferenceOptions, StructuredResult, beliefs_and_dual
+from .structured import (ALGORITHMS, InferenceOptions, StructuredResult, beliefs_and_dual,
+                         run_algorithm)
 
 
 @functools.lru_cache(maxsize=16)
@@ -39,17 +40,9 @@ def device_structured_loss(potentials: torch.Tensor, layout: ChainLayout, labels
     else:
         local = options.algorithm == "local"
         graphs = layout.graphs("convex" if local else options.counting_numbers, options.eps)
-        engine = _engine(tuple(graphs), kernels)
         with kernels.stream():
-            f = kernels.xp.from_dlpack(potentials)
-            if options.algorithm == "blend":
-                if store is None or sample_ids is None:
-                    raise ValueError("algorithm 'blend' needs a MessageStore and the batch's sample ids")
-                result = engine.run(f, store.gather(sample_ids), max_sweeps=options.sweeps, tol=0.0)
-                store.scatter(sample_ids, result.messages)
-            else:
-                result = engine.run(f, None, max_sweeps=0 if local else options.max_sweeps,
-                                    tol=options.tol)
+            result = run_algorithm(_engine(tuple(graphs), kernels),
+                                   kernels.xp.from_dlpack(potentials), options, store, sample_ids)
             beliefs, dual = torch.from_dlpack(result.beliefs), torch.from_dlpack(result.dual)
         sweeps = result.sweeps
     truth, owner = (torch.as_tensor(a, device=potentials.device) for a in layout.truth(labels))

@@ -67,16 +67,22 @@ def beliefs_and_dual(potentials: np.ndarray, layout: ChainLayout, options: Infer
     local = options.algorithm == "local"
     # local = each region its own softmax (piecewise training): zero messages, all c_r = 1
     graphs = layout.graphs("convex" if local else options.counting_numbers, options.eps)
-    engine = _engine(tuple(graphs))
+    result = run_algorithm(_engine(tuple(graphs)), potentials, options, store, sample_ids)
+    return result.beliefs, result.dual, result.sweeps
+
+
+def run_algorithm(engine, potentials, options: InferenceOptions, store=None, sample_ids=None):
+    """Message passing as the algorithm says, on any engine with ConvexBP's `run` (CPU or GPU):
+    blend warm-starts from the store, runs `sweeps` sweeps and stores the messages back;
+    converge starts from zero and runs to `tol`; local runs none."""
     if options.algorithm == "blend":
         if store is None or sample_ids is None:
             raise ValueError("algorithm 'blend' needs a MessageStore and the batch's sample ids")
         result = engine.run(potentials, store.gather(sample_ids), max_sweeps=options.sweeps, tol=0.0)
         store.scatter(sample_ids, result.messages)
-    else:
-        sweeps = 0 if local else options.max_sweeps
-        result = engine.run(potentials, None, max_sweeps=sweeps, tol=options.tol)
-    return result.beliefs, result.dual, result.sweeps
+        return result
+    sweeps = 0 if options.algorithm == "local" else options.max_sweeps
+    return engine.run(potentials, None, max_sweeps=sweeps, tol=options.tol)
 
 
 def structured_loss(potentials: np.ndarray, layout: ChainLayout, labels: np.ndarray,
