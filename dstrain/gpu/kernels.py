@@ -75,7 +75,7 @@ def _module(source: str, real: str, device: int):
 
     with cupy.cuda.Device(device):
         return cupy.RawModule(code=kernel_source(source).read_text(),
-                              options=("-std=c++14", f"-DDSTRAIN_REAL={real}"))
+                              options=(f"-DDSTRAIN_REAL={real}",))
 
 
 @functools.lru_cache(maxsize=None)
