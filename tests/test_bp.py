@@ -243,3 +243,29 @@ def test_warm_start_with_a_graph_without_edges_last_in_the_batch():
     cold = engine.run(potentials, max_sweeps=50, tol=1e-10)
     warm = engine.run(potentials, rng.normal(size=batch.num_messages), max_sweeps=50, tol=1e-10)
     np.testing.assert_allclose(warm.beliefs, cold.beliefs, atol=1e-8)
+
+
+@pytest.mark.parametrize("sweeps", [1, 2])
+def test_short_runs_without_transposed_tables_equal_long_ones(sweeps):
+    # runs of <= 2 sweeps read pair tables as stored (edges from a pair's second variable
+    # multiply from the left); longer runs sweep on transposed copies: the same numbers
+    rng = np.random.default_rng(40 + sweeps)
+    batch = GraphBatch(_mixed_graphs(rng) + [fully_connected(4, 2)])
+    engine = ConvexBP(batch)
+    potentials = rng.normal(scale=2.0, size=batch.num_potentials)
+    messages = rng.normal(size=batch.num_messages)
+    short = engine.run(potentials, messages, max_sweeps=sweeps, tol=0.0)
+    state = engine.start(potentials, messages)
+    assert state.transposed and not engine.start(potentials, messages, sweeps=sweeps).transposed
+    for _ in range(sweeps):
+        engine.sweep(state)
+    np.testing.assert_allclose(short.messages, state.messages, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(short.beliefs, engine.beliefs(state), rtol=1e-12, atol=1e-12)
+    binary = GraphBatch([fully_connected(5, 2)] * 3)   # the gap-form update, both ways
+    p, m = rng.normal(size=binary.num_potentials), rng.normal(size=binary.num_messages)
+    bp = ConvexBP(binary)
+    long_state = bp.start(p, m)
+    for _ in range(sweeps):
+        bp.sweep(long_state)
+    np.testing.assert_allclose(bp.run(p, m, max_sweeps=sweeps, tol=0.0).messages,
+                               long_state.messages, rtol=1e-12, atol=1e-12)

@@ -43,7 +43,7 @@ class BPState:
         self.potentials = potentials    # (N,) f, float64
         self.fhat = fhat                # (N,) reparameterised potentials where read, or None
         self.pair_tables = pair_tables  # list[PairTable], one per pair group
-        # per colour, per fast group: its edges' tables with r's states as rows
+        # per colour, per fast group: its edges' pair tables (see ConvexBP._orient)
         # (binary colours: then also the four entries as columns)
         self.oriented = oriented
         self.inner = inner              # per colour: f_r at its region entries if childless
@@ -107,6 +107,20 @@ class ConvexBP:
         self._binary = [self._binary_plan(c) for c in batch.colours]
         # every message is binary and every colour takes the gap-form update
         self._binary_batch = bool(batch.colours) and all(p is not None for p in self._binary)
+        # the read-outs take fhat only of the regions that are not fast pairs (for words: the
+        # unaries, 3 % of the entries): a compact vector of those, one block per region size
+        blocks = [entries for entries, _, _ in batch.regions_by_size]
+        self._readout_entries = np.concatenate([e.ravel() for e in blocks]) if blocks \
+            else np.zeros(0, np.int64)
+        compact = np.full(batch.num_potentials, -1, dtype=np.int64)
+        compact[self._readout_entries] = np.arange(len(self._readout_entries))
+        self._compact_parent = compact[batch.parent_entry]          # generic parents: never fast
+        self._compact_child = compact[batch.message_child_entry]    # children: never fast pairs
+        self._blocks = []
+        start = 0
+        for e in blocks:
+            self._blocks.append((slice(start, start + e.size), e.shape))
+            start += e.size
 
     @staticmethod
     def _binary_plan(c: ColourPlan):
@@ -122,7 +136,9 @@ class ConvexBP:
         return g.own[:, 0] // 2, g.other[:, 0] // 2, region, ratio, g.scale
 
     # --- state ----------------------------------------------------------------------------
-    def start(self, potentials, messages=None) -> BPState:
+    def start(self, potentials, messages=None, sweeps: int | None = None) -> BPState:
+        """The state a run sweeps on; `sweeps`: how many will run, if known (a run of one or two
+        skips the transposed copies of the pair tables that only pay off over more)."""
         b = self.batch
         theta = np.ascontiguousarray(potentials, dtype=np.float64)
         if theta.shape != (b.num_potentials,):
@@ -138,40 +154,49 @@ class ConvexBP:
             if len(lam):   # shift every message to max 0: the dual is unchanged
                 starts = b.message_edge_start
                 lam -= np.repeat(np.maximum.reduceat(lam, starts), np.diff(starts, append=len(lam)))
+        transpose = sweeps is None or sweeps > 2
         pair_tables = []
         for g in b.pair_groups:
-            f = theta[g.entries]
-            top = _row_max(f)
-            table = np.exp((f - top[:, None]) / g.scale[:, None])
-            pair_tables.append(PairTable(table.reshape(len(f), *self._pair_shape(g)), top))
+            table = theta[g.entries]          # a copy: the exp table is computed in place
+            top = _row_max(table)
+            table -= top[:, None]
+            table /= g.scale[:, None]
+            np.exp(table, out=table)
+            pair_tables.append(PairTable(table.reshape(len(table), *self._pair_shape(g)), top))
         inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
         oriented = []
         for colour, binary in zip(b.colours, self._binary):
-            tables = [self._orient(pair_tables[g.pair_group].table, g) for g in colour.fast]
+            tables = [self._orient(pair_tables[g.pair_group].table, g, transpose)
+                      for g in colour.fast]
             if binary is not None:   # the gap-form update reads the four entries as columns
-                tables.append(tuple(np.ascontiguousarray(tables[0][:, i, j]) for i in (0, 1)
-                                    for j in (0, 1)) + (inner[len(oriented)][1::2]
-                                                        - inner[len(oriented)][0::2],))
+                flip = colour.fast[0].transposed & (not transpose)
+                tables.append(tuple(np.where(flip, tables[0][:, j, i], tables[0][:, i, j])
+                                    for i in (0, 1) for j in (0, 1))
+                              + (inner[len(oriented)][1::2] - inner[len(oriented)][0::2],))
             oriented.append(tables)
         fhat = self.reparameterise(theta, lam) if self._needs_fhat else None
         # the gap-form update needs tables without near-underflow entries (see its docstring)
         binary = self._binary_batch and min(t.table.min() for t in pair_tables) >= _UNDERFLOW
-        return BPState(theta, lam, fhat, pair_tables, oriented, inner, binary)
+        state = BPState(theta, lam, fhat, pair_tables, oriented, inner, binary)
+        state.transposed = transpose
+        return state
+
+    @staticmethod
+    def _orient(table: np.ndarray, g, transpose: bool) -> np.ndarray:
+        """The pair tables of a fast group's edges (a contiguous gather), with r's states as rows
+        if `transpose` (a strided copy: it pays for itself over a few sweeps), else as stored,
+        and an edge from the pair's second variable multiplies from the left (see _fast_mu)."""
+        picked = table[g.pairs]
+        if not transpose or not g.transposed.any():
+            return picked
+        if g.transposed.all():
+            return np.ascontiguousarray(picked.transpose(0, 2, 1))
+        picked[g.transposed] = picked[g.transposed].transpose(0, 2, 1)   # square tables
+        return picked
 
     @staticmethod
     def _pair_shape(g) -> tuple[int, int]:
         return g.message_a.shape[1], g.message_b.shape[1]
-
-    @staticmethod
-    def _orient(table: np.ndarray, g) -> np.ndarray:
-        """The tables of a fast group's edges with r's states as rows (contiguous copies)."""
-        if not g.transposed.any():
-            return table[g.pairs]
-        if g.transposed.all():
-            return np.ascontiguousarray(table[g.pairs].transpose(0, 2, 1))
-        picked = table[g.pairs]     # square tables, both orientations in one group
-        picked[g.transposed] = picked[g.transposed].transpose(0, 2, 1)
-        return picked
 
     def reparameterise(self, theta, lam) -> np.ndarray:
         """fhat_r = f_r + sum_{c in C(r)} lambda_{c->r} - sum_{p in P(r)} lambda_{r->p}.
@@ -256,7 +281,16 @@ class ConvexBP:
         scale = g.scale[:, None]
         other = lam[g.other]               # max 0, so the weights below are in (0, 1]
         weights = np.exp(other / scale)
-        total = np.matmul(table, weights[:, :, None])[:, :, 0]
+        flip = g.transposed & (not state.transposed)
+        if not flip.any():      # r picks a row of the table: table @ w
+            total = np.matmul(table, weights[:, :, None])[:, :, 0]
+        elif flip.all():        # r picks a column: w @ table
+            total = np.matmul(weights[:, None, :], table)[:, 0, :]
+        else:                   # square tables, both kinds of edge in one group
+            total = np.empty((len(table), table.shape[1]))
+            rows, columns = np.flatnonzero(~flip), np.flatnonzero(flip)
+            total[rows] = np.matmul(table[rows], weights[rows, :, None])[:, :, 0]
+            total[columns] = np.matmul(weights[columns, None, :], table[columns])[:, 0, :]
         with np.errstate(divide="ignore"):
             mu = scale * np.log(total)
         low = total < _UNDERFLOW
@@ -304,21 +338,35 @@ class ConvexBP:
         f = state.potentials[g.entries[pairs]].reshape(len(pairs), *self._pair_shape(g))
         return f + lam[g.message_a[pairs]][:, :, None] + lam[g.message_b[pairs]][:, None, :]
 
-    def dual(self, state: BPState, fhat: np.ndarray | None = None) -> np.ndarray:
+    def region_values(self, state: BPState) -> list[np.ndarray]:
+        """fhat of every region but the fast pairs, an (R, n) block per regions_by_size entry.
+
+        Fresh from the potentials and messages (no incremental rounding reaches the read-outs),
+        and only for the entries read: fast pairs' fhat is never formed."""
+        b, lam = self.batch, state.messages
+        k = len(self._readout_entries)
+        flat = (state.potentials[self._readout_entries]
+                + np.bincount(self._compact_parent, lam[b.parent_entry_message], k)
+                - np.bincount(self._compact_child, lam, k))
+        return [flat[where].reshape(shape) for where, shape in self._blocks]
+
+    def pair_sums(self, state: BPState) -> list[tuple]:
+        """_pair_sums of every pair group (shared by the dual and the beliefs)."""
+        return [self._pair_sums(state, g, pt) for g, pt in zip(self.batch.pair_groups, state.pair_tables)]
+
+    def dual(self, state: BPState, values=None, sums=None) -> np.ndarray:
         """D(lambda) per sample: sum_r eps c_r log sum exp(fhat_r / (eps c_r)) (max where eps c_r = 0)."""
-        if fhat is None:
-            fhat = self.reparameterise(state.potentials, state.messages)
+        values = self.region_values(state) if values is None else values
+        sums = self.pair_sums(state) if sums is None else sums
         per_region, samples = [], []
-        for entries, scale, sample in self.batch.regions_by_size:
-            values = fhat[entries]
-            out = values.max(axis=1)
+        for (_, scale, sample), block in zip(self.batch.regions_by_size, values):
+            out = block.max(axis=1)
             soft = scale != 0
             if soft.any():
-                out[soft] = _log_sum_exp(values[soft], scale[soft, None], axis=1)
+                out[soft] = _log_sum_exp(block[soft], scale[soft, None], axis=1)
             per_region.append(out)
             samples.append(sample)
-        for g, pt in zip(self.batch.pair_groups, state.pair_tables):
-            _, _, total = self._pair_sums(state, g, pt)
+        for g, pt, (_, _, total) in zip(self.batch.pair_groups, state.pair_tables, sums):
             with np.errstate(divide="ignore"):
                 out = pt.top + g.scale * np.log(total)
             low = np.flatnonzero(total < _UNDERFLOW)
@@ -330,20 +378,20 @@ class ConvexBP:
         return np.bincount(np.concatenate(samples), np.concatenate(per_region),
                            self.batch.num_samples)
 
-    def beliefs(self, state: BPState, fhat: np.ndarray | None = None) -> np.ndarray:
+    def beliefs(self, state: BPState, values=None, sums=None) -> np.ndarray:
         """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent."""
-        if fhat is None:
-            fhat = self.reparameterise(state.potentials, state.messages)
+        values = self.region_values(state) if values is None else values
+        sums = self.pair_sums(state) if sums is None else sums
         beliefs = np.zeros(self.batch.num_potentials)
-        for entries, scale, _ in self.batch.regions_by_size:
+        for (entries, scale, _), block in zip(self.batch.regions_by_size, values):
             direct = scale > 0
-            z = fhat[entries[direct]] / scale[direct, None]
+            z = block[direct] / scale[direct, None]
             z = np.exp(z - z.max(axis=1, keepdims=True))
             beliefs[entries[direct]] = z / z.sum(axis=1, keepdims=True)
-        for g, pt in zip(self.batch.pair_groups, state.pair_tables):
-            w_a, w_b, total = self._pair_sums(state, g, pt)
+        for g, pt, (w_a, w_b, total) in zip(self.batch.pair_groups, state.pair_tables, sums):
             with np.errstate(divide="ignore", invalid="ignore"):
-                b = pt.table * (w_a / total[:, None])[:, :, None] * w_b[:, None, :]
+                b = pt.table * (w_a / total[:, None])[:, :, None]
+                b *= w_b[:, None, :]
             low = np.flatnonzero(total < _UNDERFLOW)
             if len(low):
                 z = self._pair_fhat(state, g, low).reshape(len(low), -1) / g.scale[low, None]
@@ -358,13 +406,14 @@ class ConvexBP:
         """Sweep until the largest message change is below tol or max_sweeps is reached."""
         if max_sweeps < 0 or not tol >= 0:
             raise ValueError(f"max_sweeps = {max_sweeps} and tol = {tol} must be >= 0")
-        state = self.start(potentials, messages)
+        state = self.start(potentials, messages, sweeps=max_sweeps)
         change, sweeps = float("inf"), 0
         if not self.batch.colours:
             change = 0.0   # nothing sends messages: beliefs are exact already
         while sweeps < max_sweeps and change >= tol:
             change = self.sweep(state)
             sweeps += 1
-        fhat = self.reparameterise(state.potentials, state.messages)
-        return BPResult(self.beliefs(state, fhat), self.dual(state, fhat), state.messages, sweeps,
+        values, sums = self.region_values(state), self.pair_sums(state)
+        return BPResult(self.beliefs(state, values, sums), self.dual(state, values, sums),
+                        state.messages, sweeps,
                         change, converged=change < tol)
