@@ -96,6 +96,15 @@ def test_potentials_of_magnitude_1e4_stay_finite_and_accurate_in_float32(make, r
     compare(GraphBatch(make(rng)), EmulatedKernels(np.float32), rng, sweeps=6, scale=1e4)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_regions_of_4096_and_more_states(dtype, rng):
+    # no per-thread arrays in the kernels: a triple of 16^3 = 4096 states (a generic parent of
+    # three pairs) and a 70 x 70 = 4900-state pair go through the same code as small regions
+    triple = RegionGraph([16, 16, 16], [(0, 1, 2), (0, 1), (1, 2), (0, 2), (0,), (1,), (2,)])
+    big_pair = RegionGraph([70, 70], [(0, 1), (0,), (1,)])
+    compare(GraphBatch([triple, big_pair, triple]), EmulatedKernels(dtype), rng, sweeps=3)
+
+
 def test_converge_stops_after_the_same_sweeps_as_the_cpu_engine(rng):
     batch = GraphBatch([chain(int(n), 5, order=2) for n in (4, 7, 2, 9)] + [random_loopy(rng)])
     potentials = rng.normal(size=batch.num_potentials)
