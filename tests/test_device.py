@@ -103,7 +103,7 @@ def test_resolve_device_cpu_and_bad_kind():
 @pytest.mark.skipif(gpu_count() > 0, reason="a GPU is visible here")
 def test_resolve_device_without_a_gpu():
     assert resolve_device("auto", 0) == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="run.device = cuda but") as raised:
+    with pytest.raises(device.DeviceUnavailable, match="run.device = cuda but") as raised:
         resolve_device("cuda", 0)
     assert ("CuPy" if device.cupy_module() is None else "no GPU") in str(raised.value)
 
@@ -120,11 +120,12 @@ def test_resolve_device_names_what_is_missing(monkeypatch):
 
     monkeypatch.setattr(device, "cupy_module", lambda: FakeCupy)
     assert gpu_count() == 0 and resolve_device("auto", 0) == torch.device("cpu")
-    with pytest.raises(RuntimeError, match="but no GPU is visible"):
+    with pytest.raises(device.DeviceUnavailable, match="but no GPU is visible"):
         resolve_device("cuda", 0)
     monkeypatch.setattr(device, "cupy_module", lambda: None)
     monkeypatch.setattr(device, "_cupy_error", "CuPy is not installed (pip install 'dstrain[gpu]')")
-    with pytest.raises(RuntimeError, match=r"but CuPy is not installed \(pip install 'dstrain\[gpu\]'\)"):
+    with pytest.raises(device.DeviceUnavailable,
+                       match=r"but CuPy is not installed \(pip install 'dstrain\[gpu\]'\)"):
         resolve_device("cuda", 0)
 
 
@@ -306,3 +307,18 @@ def test_cuda_reducer_matches_the_cpu_reducer(comm_kind):
             assert (count, flags) == (count_e, flags_e)
             for g, e in zip(grads, grads_e):
                 torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(gpu_count() > 0, reason="a GPU is visible here")
+def test_train_on_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
+    from dstrain.cli import main
+    from dstrain.data import generate_words
+    data = tmp_path / "words.h5"
+    generate_words(data, num_train=8, num_val=4, num_test=2, seed=1, progress=False)
+    code = main(["train", "--config", str(ROOT / "configs" / "words_debug.yaml"), "--run-dir",
+                 str(tmp_path / "run"),
+                 "--no-progress", "--set", "run.device=cuda", f"data.path={data}",
+                 "data.generate=false"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("dstrain: error: run.device = cuda but")
+    assert len(err.splitlines()) == 1

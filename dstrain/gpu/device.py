@@ -65,6 +65,11 @@ def _cuda_missing() -> str | None:
     return None
 
 
+class DeviceUnavailable(ValueError):
+    """The config asks for a GPU this process cannot have (bad input for this machine: the CLI
+    says so in one line, exit code 2)."""
+
+
 def resolve_device(kind: str, local_rank: int) -> torch.device:
     """The torch device of this rank for ``run.device`` (auto | cpu | cuda).
 
@@ -79,7 +84,7 @@ def resolve_device(kind: str, local_rank: int) -> torch.device:
     missing = _cuda_missing()
     if missing is not None:
         if kind == "cuda":
-            raise RuntimeError(f"run.device = cuda but {missing}")
+            raise DeviceUnavailable(f"run.device = cuda but {missing}")
         return torch.device("cpu")
     index = local_rank % gpu_count()
     torch.cuda.set_device(index)
