@@ -22,19 +22,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dstrain.config import load_config  # noqa: E402
 from dstrain.learning.trainer import train  # noqa: E402
+from report import write_report  # noqa: E402  (bench/report.py)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "words_debug.yaml"
 
 
-SEEDS = [0]
-
-
-def run(name: str, overrides, work: Path):
+def run(name: str, overrides, work: Path, seeds: int):
     """(training seconds so far, validation word accuracy, sweeps per step) after each epoch,
-    averaged over the runs of every seed in SEEDS (a 500-word validation set moves by a few
+    averaged over runs with run.seed = 0 .. seeds - 1 (a 500-word validation set moves by a few
     points from epoch to epoch; the mean of a few seeds is a steadier curve to compare)."""
     curves = []
-    for seed in SEEDS:
+    for seed in range(seeds):
         tag = f"{name}-seed{seed}"
         config = load_config(CONFIG, ["train.variant=joint", *overrides, f"run.seed={seed}"])
         train(config, run_dir=work / tag, progress=False, log=lambda line: print(f"[{tag}] {line}"))
@@ -48,9 +46,9 @@ def run(name: str, overrides, work: Path):
             for k in range(min(len(c) for c in curves))]
 
 
-def compare(blend, tol: float, epochs: int, extra, work: Path) -> list[str]:
+def compare(blend, tol: float, epochs: int, extra, work: Path, seeds: int) -> list[str]:
     converge = run(f"converge-{tol:g}", [f"train.epochs={epochs}", "inference.algorithm=converge",
-                                         f"inference.tol={tol}", *extra], work)
+                                         f"inference.tol={tol}", *extra], work, seeds)
     target = converge[-1][1]
     reached = next((t for t, acc, _ in blend if acc >= target), None)
     lines = [f"## converge to tol = {tol:g} against blend (1 sweep per step)", "",
@@ -76,20 +74,16 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=3, help="runs (seeds 0, 1, ...) averaged per curve")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "blend_vs_converge.md"))
     args = parser.parse_args(argv)
-    SEEDS[:] = range(args.seeds)
     lines = ["# blend vs converge (`bench/blend_vs_converge.py`)", "",
              f"Measured {time.strftime('%Y-%m-%d')} with `configs/words_debug.yaml` "
              f"(`train.variant=joint {' '.join(args.set)}`); training seconds only, one process; "
              f"every curve is the mean of {args.seeds} runs (run.seed = 0..{args.seeds - 1}).", ""]
     with tempfile.TemporaryDirectory() as tmp:
         blend = run("blend", [f"train.epochs={2 * args.epochs}", "inference.algorithm=blend",
-                              *args.set], Path(tmp))
+                              *args.set], Path(tmp), args.seeds)
         for tol in args.tols:
-            lines += compare(blend, tol, args.epochs, args.set, Path(tmp))
-    text = "\n".join(lines)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+            lines += compare(blend, tol, args.epochs, args.set, Path(tmp), args.seeds)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dstrain.graph import GraphBatch, chain, fully_connected  # noqa: E402
 from dstrain.inference import ConvexBP  # noqa: E402
 from dstrain.inference.reference import ReferenceBP  # noqa: E402
+from report import write_report  # noqa: E402  (bench/report.py)
 
 # fastmp, the paper group's C++/OpenMP message passer, 2 threads on a machine like this (issue #2)
 FASTMP_MS = {"a": (68.0, 72.0), "b": (7.3, 8.3)}
@@ -119,7 +120,7 @@ def main(argv=None):
         "| engine vs reference | fastmp ms/sweep: engine faster by | start ms (per run) "
         "| beliefs+dual ms | batch build ms |",
         "|---|---|---|---|---|---|---|---|---|---|"]
-    text = "\n".join([
+    write_report([
         "# Inference benchmark (`bench/inference.py`)", "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}; "
@@ -130,12 +131,7 @@ def main(argv=None):
         "tables of the pairwise potentials. *beliefs+dual*: the read-out after the sweeps. "
         "The fastmp column divides the quoted fastmp time by our median (> 1: we are faster). "
         "This machine is a shared VM: single sweeps of (b) spread over about 5-9 ms between runs, "
-        "so compare the quartiles too.", ""])
-    if args.out != "-":
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-        print(f"wrote {args.out}")
-
+        "so compare the quartiles too.", ""], args.out)
 
 if __name__ == "__main__":
     main()

@@ -24,6 +24,7 @@ from dstrain.data import open_words  # noqa: E402
 from dstrain.learning.params import load_params  # noqa: E402
 from dstrain.learning.structured import InferenceOptions  # noqa: E402
 from dstrain.learning.trainer import build_model, evaluate, train  # noqa: E402
+from report import write_report  # noqa: E402  (bench/report.py)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "words.yaml"
 ROWS = {   # name: (label, order, variant)
@@ -96,10 +97,7 @@ def main(argv=None):
     if {"joint1", "joint2"} <= set(results):
         gain = 100 * (results["joint2"]["word_accuracy"] - results["joint1"]["word_accuracy"])
         lines += [f"Joint 2nd order against 1st order: {gain:+.1f} points."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_report(lines + [""], args.out)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from report import write_report  # noqa: E402  (bench/report.py)
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
 ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
        "OMP_NUM_THREADS": "1"}
@@ -216,10 +217,7 @@ def main(argv=None):
                   f"Allreduce {measured['allreduce_ms']:.2f} ms against the ring bound "
                   f"2(p-1)/p N / bandwidth = {bound_ms:.2f} ms: ratio "
                   f"**{measured['allreduce_ms'] / bound_ms:.2f}** (1 = at the bound).", ""]
-    text = "\n".join(lines)
-    print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

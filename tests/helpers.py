@@ -1,9 +1,15 @@
 """Random graphs and potentials shared by the inference tests."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import h5py
 import numpy as np
 
 from dstrain.graph import RegionGraph
+from dstrain.gpu.engine import DeviceBP
+from dstrain.inference import ConvexBP
+from dstrain.learning.messages import to_host
 
 
 def random_tree(rng, num_variables, max_states=3, **graph_options) -> RegionGraph:
@@ -46,3 +52,21 @@ def consistency_error(graph: RegionGraph, beliefs) -> float:
         summed = np.bincount(graph.structure.child_state[e], beliefs[p].ravel(), graph.sizes[r])
         worst = max(worst, float(np.abs(summed - beliefs[r].ravel()).max()))
     return worst
+
+
+def run_on_both(batch, kernels, potentials, messages, sweeps: int):
+    """`sweeps` sweeps of DeviceBP on `kernels` (inputs cast to its dtype) and of ConvexBP
+    (float64) from the same inputs: (the device's beliefs, dual and messages as host arrays,
+    the device result, the CPU result).  The kernel checks of tests/ and bench/gpu_check.py."""
+    cpu = ConvexBP(batch).run(potentials, messages, max_sweeps=sweeps, tol=0.0)
+    xp, dtype = kernels.xp, kernels.dtype
+    device = DeviceBP(batch, kernels).run(xp.asarray(potentials, dtype=dtype),
+                                          xp.asarray(messages, dtype=dtype), max_sweeps=sweeps, tol=0.0)
+    outputs = {name: to_host(getattr(device, name)) for name in ("beliefs", "dual", "messages")}
+    return outputs, device, cpu
+
+
+def run_params(run_dir) -> dict[str, np.ndarray]:
+    """The final parameters a training run wrote (RUN_DIR/params.h5), by name."""
+    with h5py.File(Path(run_dir) / "params.h5") as f:
+        return {name: np.asarray(f[name]) for name in f}

@@ -11,7 +11,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from dstrain.checkpoint import latest_checkpoint, load_checkpoint
 from dstrain.config import load_config
@@ -19,6 +18,7 @@ from dstrain.data import generate_words, open_words
 from dstrain.learning import MessageStore, message_sizes
 from dstrain.learning.params import load_messages
 from dstrain.learning.trainer import build_model, build_optimizer, shard
+from helpers import run_params
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
@@ -47,13 +47,8 @@ def train(run_dir, data, *extra, ranks=1, resume=None):
     return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=240)
 
 
-def params(run_dir):
-    with h5py.File(run_dir / "params.h5") as f:
-        return {name: np.asarray(f[name]) for name in f}
-
-
 def assert_same_run(a, b):
-    pa, pb = params(a), params(b)
+    pa, pb = run_params(a), run_params(b)
     assert all(np.array_equal(pa[k], pb[k]) for k in pa), "parameters differ"
     ma, mb = load_messages(a / "messages.h5"), load_messages(b / "messages.h5")
     assert sorted(ma) == sorted(mb) and all(np.array_equal(ma[i], mb[i]) for i in ma)

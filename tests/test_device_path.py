@@ -2,11 +2,11 @@
 DLPack hand-over, device-resident blend messages, gradient pull-back with index_add_, the
 trainer's device branch and checkpoints of device messages -- all against the CPU path.
 The same checks with CuPy on a real GPU are in tests/test_gpu.py."""
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
@@ -16,6 +16,7 @@ from dstrain.gpu.emulator import EmulatedKernels
 from dstrain.learning import InferenceOptions, MessageStore, message_sizes
 from dstrain.learning.params import load_messages
 from dstrain.learning.structured import backward, batch_loss
+from helpers import run_params
 from test_learning import tiny_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,18 +87,19 @@ def data(tmp_path_factory):
     return path
 
 
-def train(run_dir, data, *extra, emulate=False):
+def train(run_dir, data, *extra, emulate=False, resume=None):
+    """`dstrain train` on the small data (the GPU code path with emulated kernels if `emulate`):
+    (final parameters, blend messages)."""
     command = [sys.executable, "-m", "dstrain.cli", "train", "--no-progress", "--config",
-               str(ROOT / "configs" / "words_debug.yaml"), "--run-dir", str(run_dir), "--set",
+               str(ROOT / "configs" / "words_debug.yaml"), "--run-dir", str(run_dir),
+               *(["--resume", resume] if resume else []), "--set",
                f"data.path={data}", "data.generate=false", "train.variant=pretrain_joint",
                "train.epochs=3", "train.pretrain_epochs=1", "train.batch_size=16",
                "model.hidden=[16]", *extra]
-    env = {**__import__("os").environ, "DSTRAIN_EMULATE_KERNELS": "1" if emulate else "0"}
+    env = {**os.environ, "DSTRAIN_EMULATE_KERNELS": "1" if emulate else "0"}
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    with h5py.File(run_dir / "params.h5") as f:
-        params = {name: np.asarray(f[name]) for name in f}
-    return params, load_messages(run_dir / "messages.h5")
+    return run_params(run_dir), load_messages(run_dir / "messages.h5")
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 2e-4)])
@@ -116,17 +118,7 @@ def test_resume_with_device_messages_is_bitwise(data, tmp_path):
     extra = ("run.checkpoint_every=3", "train.batching=global")
     whole, whole_messages = train(tmp_path / "whole", data, *extra, emulate=True)
     train(tmp_path / "part", data, *extra, "train.max_steps=5", emulate=True)
-    command_resume = [sys.executable, "-m", "dstrain.cli", "train", "--no-progress", "--config",
-                      str(ROOT / "configs" / "words_debug.yaml"), "--run-dir",
-                      str(tmp_path / "part"), "--resume", "auto", "--set", f"data.path={data}",
-                      "data.generate=false", "train.variant=pretrain_joint", "train.epochs=3",
-                      "train.pretrain_epochs=1", "train.batch_size=16", "model.hidden=[16]", *extra]
-    env = {**__import__("os").environ, "DSTRAIN_EMULATE_KERNELS": "1"}
-    done = subprocess.run(command_resume, capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    with h5py.File(tmp_path / "part" / "params.h5") as f:
-        for name in whole:
-            assert np.array_equal(np.asarray(f[name]), whole[name]), name
-    resumed = load_messages(tmp_path / "part" / "messages.h5")
+    resumed_params, resumed = train(tmp_path / "part", data, *extra, emulate=True, resume="auto")
+    for name in whole:
+        assert np.array_equal(resumed_params[name], whole[name]), name
     assert all(np.array_equal(resumed[i], whole_messages[i]) for i in whole_messages)

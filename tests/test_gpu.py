@@ -3,9 +3,6 @@
 Mirrors tests/test_kernels.py and tests/test_device_path.py, which run the same code with the
 kernels emulated on the CPU; bench/gpu_check.sh runs these checks and the timings on a GPU machine.
 """
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +12,6 @@ from dstrain.graph import GraphBatch, chain, fully_connected
 from test_kernels import compare, mixed_graphs
 
 pytestmark = pytest.mark.gpu
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def kernels(dtype, poison=True):
     from dstrain.gpu import CudaKernels
     return CudaKernels(dtype, poison=poison)

@@ -22,8 +22,7 @@ from dstrain.graph import GraphBatch, RegionGraph, chain, fully_connected, grid
 from dstrain.gpu import engine, kernel_source
 from dstrain.gpu.emulator import EmulatedKernels
 from dstrain.inference import ConvexBP
-from dstrain.learning.messages import to_host
-from helpers import random_loopy, random_tree
+from helpers import random_loopy, random_tree, run_on_both
 
 SOURCE = kernel_source("convex_bp.cu")
 
@@ -61,13 +60,9 @@ def compare(batch, kernels, rng, sweeps=4, scale=2.0):
     dtype = kernels.dtype
     potentials = rng.normal(scale=scale, size=batch.num_potentials)
     messages = rng.normal(size=batch.num_messages)
-    cpu = ConvexBP(batch).run(potentials, messages, max_sweeps=sweeps, tol=0.0)
-    xp = kernels.xp
-    device = engine.DeviceBP(batch, kernels).run(xp.asarray(potentials, dtype=dtype),
-                                                 xp.asarray(messages, dtype=dtype),
-                                                 max_sweeps=sweeps, tol=0.0)
-    for name in ("beliefs", "dual", "messages"):
-        mine, expected = to_host(getattr(device, name)), getattr(cpu, name)
+    outputs, device, cpu = run_on_both(batch, kernels, potentials, messages, sweeps)
+    for name, mine in outputs.items():
+        expected = getattr(cpu, name)
         assert mine.dtype == dtype and np.isfinite(mine).all(), name   # every element written
         if dtype == np.float64:
             np.testing.assert_allclose(mine, expected, rtol=1e-9, atol=1e-9, err_msg=name)

@@ -6,7 +6,7 @@ import torch
 from dstrain.graph import GraphBatch, chain
 from dstrain.inference import ConvexBP
 from dstrain.inference.brute_force import enumerate_map
-from dstrain.learning import InferenceOptions, MessageStore, message_sizes, structured_loss
+from dstrain.learning import InferenceOptions, MessageStore, message_sizes
 from dstrain.learning.decode import decode
 from dstrain.learning.structured import backward, batch_loss
 from dstrain.models import WordCRF

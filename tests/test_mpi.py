@@ -11,12 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from dstrain.data import generate_words
 from dstrain.learning.params import load_messages
+from helpers import run_params
 
 pytestmark = pytest.mark.mpi
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +63,6 @@ def settings(data, run_dir, *extra):
             "run.check_sync_every=1", *extra]
 
 
-def params(run_dir):
-    with h5py.File(run_dir / "params.h5") as f:
-        return {name: np.asarray(f[name]) for name in f}
-
-
 @pytest.fixture(scope="module")
 def single(data, tmp_path_factory):
     """The one-process run every multi-rank run must reproduce (float64 and float32)."""
@@ -86,7 +81,7 @@ def single(data, tmp_path_factory):
 def test_parameters_and_messages_equal_the_single_process_run(ranks, data, single, tmp_path):
     done = mpirun(ranks, *settings(data, tmp_path, "run.dtype=float64"))
     assert done.returncode == 0, done.stderr[-2000:]
-    expected, got = params(single["float64"]), params(tmp_path)
+    expected, got = run_params(single["float64"]), run_params(tmp_path)
     for name in expected:
         assert np.abs(got[name] - expected[name]).max() <= 1e-10, name
     mine, theirs = load_messages(tmp_path / "messages.h5"), load_messages(single["float64"] / "messages.h5")
@@ -100,7 +95,7 @@ def test_two_ranks_on_the_gpu_code_path_equal_one_cpu_process(data, single, tmp_
     done = mpirun(2, *settings(data, tmp_path, "run.dtype=float64"),
                   env={"DSTRAIN_EMULATE_KERNELS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
-    expected, got = params(single["float64"]), params(tmp_path)
+    expected, got = run_params(single["float64"]), run_params(tmp_path)
     for name in expected:
         assert np.abs(got[name] - expected[name]).max() <= 1e-10, name
     mine, theirs = load_messages(tmp_path / "messages.h5"), load_messages(single["float64"] / "messages.h5")
@@ -110,7 +105,7 @@ def test_two_ranks_on_the_gpu_code_path_equal_one_cpu_process(data, single, tmp_
 def test_float32_parity_within_1e_5_relative(data, single, tmp_path):
     done = mpirun(2, *settings(data, tmp_path, "run.dtype=float32"))
     assert done.returncode == 0, done.stderr[-2000:]
-    expected, got = params(single["float32"]), params(tmp_path)
+    expected, got = run_params(single["float32"]), run_params(tmp_path)
     for name in expected:
         scale = max(np.abs(expected[name]).max(), 1e-3)
         assert np.abs(got[name] - expected[name]).max() <= 1e-5 * scale, name

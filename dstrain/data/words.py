@@ -320,7 +320,7 @@ class CharacterRenderer:
 
     def _pixel_distortions(self, letters, clutter, rng: np.random.Generator) -> np.ndarray:
         d = self.distortion
-        count, size = len(letters), self.size
+        count = len(letters)
         clutter_level = rng.uniform(0.5, 1.0, (count, 1, 1)).astype(np.float32)
         work = np.maximum(letters.astype(np.float32), clutter * clutter_level) * np.float32(1 / 255)
         image = _box_reduce(work, self.SUPERSAMPLE)

@@ -31,9 +31,13 @@ class MessageStore:
         self.offset = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.xp = xp
         self.values = xp.zeros(int(self.offset[-1]), dtype=dtype)
+        self._last = (None, None)   # a step gathers and then scatters the same ids: index once
 
     def _index(self, ids):
         ids = np.asarray(ids, dtype=np.int64)
+        key = ids.tobytes()
+        if self._last[0] == key:
+            return self._last[1]
         where = np.searchsorted(self._sorted_ids, ids)
         where = np.minimum(where, len(self._sorted_ids) - 1)
         if len(ids) and np.any(self._sorted_ids[where] != ids):
@@ -41,7 +45,9 @@ class MessageStore:
             raise KeyError(f"MessageStore: sample ids {missing} are not held here")
         pos = self._sorted_pos[where]
         index = concatenated_ranges(self.offset[pos], self.sizes[pos])
-        return index if self.xp is np else self.xp.asarray(index)
+        index = index if self.xp is np else self.xp.asarray(index)   # on the device: one copy up
+        self._last = (key, index)
+        return index
 
     def gather(self, ids) -> np.ndarray:
         """The messages of samples `ids`, concatenated in that order."""

@@ -3,46 +3,36 @@
     potentials (torch, on the rank's GPU) --DLPack, no copy--> DeviceBP kernels (CuPy, on torch's
     current stream) --DLPack--> beliefs (torch) --> gradient = beliefs - truth indicator (torch)
 
-Only the per-sample loss (B numbers) comes to the host each step.  ``blend`` keeps its messages
-in a device-resident MessageStore.  The same code runs on the CPU with the kernels emulated
-(``dstrain.gpu.emulator``): that is how the tests check this path without a GPU.
+What crosses between host and device per step is small: the truth positions of the labels go
+up, the per-sample loss (B numbers) comes down (and the trainer's running score brings the
+argmax characters down).  ``blend`` keeps its messages in a device-resident MessageStore.  The
+same code runs on the CPU with the kernels emulated (``dstrain.gpu.emulator``): that is how the
+tests check this path without a GPU.
 """
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import torch
 
-from ..graph import GraphBatch
-from ..gpu import DeviceBP
 from ..models.word_model import ChainLayout
-from .structured import (ALGORITHMS, InferenceOptions, StructuredResult, beliefs_and_dual,
-                         run_algorithm)
-
-
-@functools.lru_cache(maxsize=16)
-def _engine(graphs: tuple, kernels) -> DeviceBP:
-    return DeviceBP(GraphBatch(list(graphs)), kernels)
+from .structured import (InferenceOptions, StructuredResult, beliefs_and_dual, check_algorithm,
+                         message_passing)
 
 
 def device_structured_loss(potentials: torch.Tensor, layout: ChainLayout, labels: np.ndarray,
                            options: InferenceOptions, kernels, store=None,
                            sample_ids=None) -> StructuredResult:
     """structured_loss for potentials on a device; gradient and beliefs are torch tensors there."""
-    if options.algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm = {options.algorithm!r}: expected one of {ALGORITHMS}")
+    check_algorithm(options)
     potentials = potentials.detach()
     if options.algorithm == "exact":   # forward-backward is a host algorithm
         beliefs, dual, sweeps = beliefs_and_dual(potentials.double().cpu().numpy(), layout, options)
         beliefs = torch.from_numpy(beliefs).to(potentials)
         dual = torch.from_numpy(dual).to(potentials)
     else:
-        local = options.algorithm == "local"
-        graphs = layout.graphs("convex" if local else options.counting_numbers, options.eps)
         with kernels.stream():
-            result = run_algorithm(_engine(tuple(graphs), kernels),
-                                   kernels.xp.from_dlpack(potentials), options, store, sample_ids)
+            result = message_passing(kernels.xp.from_dlpack(potentials), layout, options, store,
+                                     sample_ids, kernels)
             beliefs, dual = torch.from_dlpack(result.beliefs), torch.from_dlpack(result.dual)
         sweeps = result.sweeps
     truth, owner = (torch.as_tensor(a, device=potentials.device) for a in layout.truth(labels))

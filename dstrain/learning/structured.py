@@ -46,17 +46,26 @@ class StructuredResult:
 
 
 @functools.lru_cache(maxsize=16)
-def _engine(graphs: tuple) -> ConvexBP:
+def _engine(graphs: tuple, kernels=None):
     # batches of equal composition (fixed-length words: every batch) share the flattened graph;
-    # the graphs are cached objects, so the tuple hashes by identity cheaply
-    return ConvexBP(GraphBatch(list(graphs)))
+    # the graphs are cached objects, so the tuple hashes by identity cheaply.  kernels: a kernel
+    # set of dstrain.gpu (DeviceBP on it), or None (the CPU engine)
+    batch = GraphBatch(list(graphs))
+    if kernels is None:
+        return ConvexBP(batch)
+    from ..gpu import DeviceBP
+    return DeviceBP(batch, kernels)
+
+
+def check_algorithm(options: InferenceOptions) -> None:
+    if options.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm = {options.algorithm!r}: expected one of {ALGORITHMS}")
 
 
 def beliefs_and_dual(potentials: np.ndarray, layout: ChainLayout, options: InferenceOptions,
                      store: MessageStore | None = None, sample_ids=None):
     """Beliefs (N,) and per-sample dual (B,) by the chosen algorithm; blend updates the store."""
-    if options.algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm = {options.algorithm!r}: expected one of {ALGORITHMS}")
+    check_algorithm(options)
     if options.algorithm == "exact":
         if layout.order > 1:
             raise ValueError("algorithm 'exact' (forward-backward) needs a first-order chain; "
@@ -64,25 +73,27 @@ def beliefs_and_dual(potentials: np.ndarray, layout: ChainLayout, options: Infer
         unary, pairwise = layout.chain_arrays(potentials)
         node, pair, log_z = chain_marginals(unary, pairwise, layout.lengths, eps=options.eps)
         return layout.flat_from_chain(node, pair), options.eps * log_z, 0
-    local = options.algorithm == "local"
-    # local = each region its own softmax (piecewise training): zero messages, all c_r = 1
-    graphs = layout.graphs("convex" if local else options.counting_numbers, options.eps)
-    result = run_algorithm(_engine(tuple(graphs)), potentials, options, store, sample_ids)
+    result = message_passing(potentials, layout, options, store, sample_ids)
     return result.beliefs, result.dual, result.sweeps
 
 
-def run_algorithm(engine, potentials, options: InferenceOptions, store=None, sample_ids=None):
-    """Message passing as the algorithm says, on any engine with ConvexBP's `run` (CPU or GPU):
-    blend warm-starts from the store, runs `sweeps` sweeps and stores the messages back;
-    converge starts from zero and runs to `tol`; local runs none."""
+def message_passing(potentials, layout: ChainLayout, options: InferenceOptions, store=None,
+                    sample_ids=None, kernels=None):
+    """The algorithm's message passing on the batch's engine (the CPU one, or DeviceBP on
+    `kernels`): blend warm-starts from the store, runs `sweeps` sweeps and stores the messages
+    back; converge starts from zero and runs to `tol`; local runs none."""
+    local = options.algorithm == "local"
+    # local = each region its own softmax (piecewise training): zero messages, all c_r = 1
+    graphs = layout.graphs("convex" if local else options.counting_numbers, options.eps)
+    engine = _engine(tuple(graphs), kernels)
     if options.algorithm == "blend":
         if store is None or sample_ids is None:
             raise ValueError("algorithm 'blend' needs a MessageStore and the batch's sample ids")
         result = engine.run(potentials, store.gather(sample_ids), max_sweeps=options.sweeps, tol=0.0)
         store.scatter(sample_ids, result.messages)
         return result
-    sweeps = 0 if options.algorithm == "local" else options.max_sweeps
-    return engine.run(potentials, None, max_sweeps=sweeps, tol=options.tol)
+    return engine.run(potentials, None, max_sweeps=0 if local else options.max_sweeps,
+                      tol=options.tol)
 
 
 def structured_loss(potentials: np.ndarray, layout: ChainLayout, labels: np.ndarray,
@@ -115,8 +126,8 @@ def batch_loss(model: WordCRF, images, labels: np.ndarray, lengths: np.ndarray,
     layout = model.layout(lengths, order)
     device = next(model.parameters()).device
     if kernels is None and device.type == "cuda":
-        from ..gpu import cuda_kernels
-        kernels = cuda_kernels(str(next(model.parameters()).dtype).removeprefix("torch."), device.index)
+        from ..gpu import kernel_set
+        kernels = kernel_set(device, str(next(model.parameters()).dtype).removeprefix("torch."))
     images = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
     source = model.source(images.to(device, non_blocking=True), order)
     if kernels is not None:
