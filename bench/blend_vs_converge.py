@@ -1,12 +1,13 @@
-"""Wall time of `blend` (messages kept per sample, 1 sweep per step) against `converge` (messages
+"""Wall time of `blend` (messages kept per sample, k sweeps per step) against `converge` (messages
 reset per batch, BP run to a tolerance) to reach the same validation word accuracy.
 
     python bench/blend_vs_converge.py                   # writes bench/results/blend_vs_converge.md
     python bench/blend_vs_converge.py --epochs 4 --tols 1e-4
 
 Same data, model, seeds and optimiser (`configs/words_debug.yaml`, joint 2nd order from scratch);
-only the inference algorithm differs; each curve is the mean over --seeds runs.  converge trains --epochs epochs; blend may take up to twice
-as many to reach converge's final validation word accuracy.  Training time is summed per epoch
+only the inference algorithm differs; each curve is the mean over --seeds runs, run seed by seed
+with every configuration in turn.  converge trains --epochs epochs; blend may take up to twice as
+many to reach converge's final validation word accuracy.  Training time is summed per epoch
 from each run's metrics.jsonl (evaluation, identical for both, is not counted).  The target of
 issue #3: blend reaches converge's final validation word accuracy at least 3x sooner.
 """
@@ -27,32 +28,35 @@ from report import write_report  # noqa: E402  (bench/report.py)
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "words_debug.yaml"
 
 
-def run(name: str, overrides, work: Path, seeds: int):
-    """(training seconds so far, validation word accuracy, sweeps per step) after each epoch,
-    averaged over runs with run.seed = 0 .. seeds - 1 (a 500-word validation set moves by a few
-    points from epoch to epoch; the mean of a few seeds is a steadier curve to compare)."""
-    curves = []
-    for seed in range(seeds):
-        tag = f"{name}-seed{seed}"
-        config = load_config(CONFIG, ["train.variant=joint", *overrides, f"run.seed={seed}"])
-        train(config, run_dir=work / tag, progress=False, log=lambda line: print(f"[{tag}] {line}"))
-        rows = [json.loads(line) for line in (work / tag / "metrics.jsonl").read_text().splitlines()]
-        elapsed, curve = 0.0, []
-        for row in rows:
-            elapsed += row["seconds"]
-            curve.append((elapsed, row["val_word_accuracy"], row["sweeps_per_step"]))
-        curves.append(curve)
+def train_curve(tag: str, overrides, work: Path, seed: int):
+    """(training seconds so far, validation word accuracy, sweeps per step) after each epoch."""
+    config = load_config(CONFIG, ["train.variant=joint", *overrides, f"run.seed={seed}"])
+    train(config, run_dir=work / tag, progress=False, log=lambda line: print(f"[{tag}] {line}"))
+    rows = [json.loads(line) for line in (work / tag / "metrics.jsonl").read_text().splitlines()]
+    elapsed, curve = 0.0, []
+    for row in rows:
+        elapsed += row["seconds"]
+        curve.append((elapsed, row["val_word_accuracy"], row["sweeps_per_step"]))
+    return curve
+
+
+def mean_curve(curves):
+    """Epoch by epoch mean over seeds (a 500-word validation set moves by a few points from epoch
+    to epoch; the mean of a few seeds is a steadier curve to compare)."""
     return [tuple(sum(c[k][j] for c in curves) / len(curves) for j in range(3))
             for k in range(min(len(c) for c in curves))]
 
 
-def compare(blend, tol: float, epochs: int, extra, work: Path, seeds: int) -> list[str]:
-    converge = run(f"converge-{tol:g}", [f"train.epochs={epochs}", "inference.algorithm=converge",
-                                         f"inference.tol={tol}", *extra], work, seeds)
+def reached_at(blend, target: float):
+    """Training seconds after which the blend curve first reaches `target`, or None."""
+    return next((t for t, acc, _ in blend if acc >= target), None)
+
+
+def compare(blend, sweeps: int, converge, tol: float) -> list[str]:
     target = converge[-1][1]
-    reached = next((t for t, acc, _ in blend if acc >= target), None)
-    lines = [f"## converge to tol = {tol:g} against blend (1 sweep per step)", "",
-             "| epoch | converge: train s, sweeps/step, val word acc | blend: train s, val word acc |",
+    reached = reached_at(blend, target)
+    lines = [f"## converge to tol = {tol:g} against blend ({sweeps} sweep{'s' * (sweeps > 1)} per step)",
+             "", "| epoch | converge: train s, sweeps/step, val word acc | blend: train s, val word acc |",
              "|---|---|---|"]
     for k in range(len(blend)):
         left = (f"{converge[k][0]:.1f} s, {converge[k][2]:.1f}, {100 * converge[k][1]:.1f} %"
@@ -61,15 +65,22 @@ def compare(blend, tol: float, epochs: int, extra, work: Path, seeds: int) -> li
     verdict = (f"converge ends at {100 * target:.1f} % validation word accuracy after "
                f"{converge[-1][0]:.1f} s of training; ")
     verdict += (f"blend reaches it after {reached:.1f} s: **{converge[-1][0] / reached:.1f}x sooner**."
-                if reached else f"blend does not reach it within {2 * epochs} epochs "
+                if reached else f"blend does not reach it within {len(blend)} epochs "
                                 f"({blend[-1][0]:.1f} s).")
     return lines + ["", verdict, ""]
+
+
+def steps_per_epoch(overrides) -> int:
+    config = load_config(CONFIG, list(overrides))
+    return -(-config.data.num_train // config.train.batch_size)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=10, help="converge's epochs (blend: up to 2x)")
     parser.add_argument("--tols", type=float, nargs="+", default=[1e-4, 1e-6])
+    parser.add_argument("--sweeps", type=int, nargs="+", default=[1, 2],
+                        help="blend's sweeps per step (inference.sweeps), one blend curve each")
     parser.add_argument("--set", nargs="+", default=[], help="extra config overrides for all runs")
     parser.add_argument("--seeds", type=int, default=3, help="runs (seeds 0, 1, ...) averaged per curve")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "blend_vs_converge.md"))
@@ -78,11 +89,39 @@ def main(argv=None):
              f"Measured {time.strftime('%Y-%m-%d')} with `configs/words_debug.yaml` "
              f"(`train.variant=joint {' '.join(args.set)}`); training seconds only, one process; "
              f"every curve is the mean of {args.seeds} runs (run.seed = 0..{args.seeds - 1}).", ""]
+    runs = {("blend", k): [f"train.epochs={2 * args.epochs}", "inference.algorithm=blend",
+                           f"inference.sweeps={k}"] for k in args.sweeps}
+    runs.update({("converge", tol): [f"train.epochs={args.epochs}", "inference.algorithm=converge",
+                                     f"inference.tol={tol}"] for tol in args.tols})
+    curves = {key: [] for key in runs}
     with tempfile.TemporaryDirectory() as tmp:
-        blend = run("blend", [f"train.epochs={2 * args.epochs}", "inference.algorithm=blend",
-                              *args.set], Path(tmp), args.seeds)
-        for tol in args.tols:
-            lines += compare(blend, tol, args.epochs, args.set, Path(tmp), args.seeds)
+        # seed by seed, every configuration in turn: a slow spell of this shared machine then
+        # lands on blend and converge alike instead of on whichever ran during it
+        for seed in range(args.seeds):
+            for (name, value), overrides in runs.items():
+                curves[name, value].append(train_curve(f"{name}-{value:g}-seed{seed}",
+                                                       [*overrides, *args.set], Path(tmp), seed))
+    blends = {k: mean_curve(curves["blend", k]) for k in args.sweeps}
+    converges = {tol: mean_curve(curves["converge", tol]) for tol in args.tols}
+    steps = [f"| {name} {'sweeps' if name == 'blend' else 'tol'} {value:g} | "
+             f"{1e3 * curve[-1][0] / len(curve) / steps_per_epoch(args.set):.1f} |"
+             for (name, value), curve in [(("blend", k), blends[k]) for k in args.sweeps]
+             + [(("converge", tol), converges[tol]) for tol in args.tols]]
+    lines += ["Training milliseconds per step (mean over all epochs of each run):", "",
+              "| run | ms per step |", "|---|---|", *steps, ""]
+    summary = ["| blend sweeps per step | " + " | ".join(f"converge tol {tol:g}" for tol in args.tols)
+               + " |", "|---" * (len(args.tols) + 1) + "|"]
+    for k, blend in blends.items():
+        cells = []
+        for tol, converge in converges.items():
+            reached = reached_at(blend, converge[-1][1])
+            cells.append(f"{converge[-1][0] / reached:.1f}x" if reached else "not reached")
+        summary.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += ["How much sooner blend reaches converge's final validation word accuracy:", "",
+              *summary, ""]
+    for k, blend in blends.items():
+        for tol, converge in converges.items():
+            lines += compare(blend, k, converge, tol)
     write_report(lines, args.out)
 
 
