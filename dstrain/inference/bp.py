@@ -26,8 +26,10 @@ from ..graph.batch import ColourPlan, GraphBatch
 _UNDERFLOW = 1e-250
 # the binary update's exp(g / (eps c)) stays far from overflow (and e * t from underflow) below this
 _BINARY_EXPONENT_LIMIT = 600.0
-# arrays at least this long take torch's exp and log (see _exp)
-_TORCH_MIN_SIZE = 2048
+# arrays at least this long take torch's exp and log (see _elementwise); shorter ones stay with
+# numpy: with torch from 2048 entries on, the binary sweeps of bench/inference.py's (b), dozens of
+# exp/log calls on ~3700 entries each, ran slower in fresh processes
+_TORCH_MIN_SIZE = 32768
 # runs of at least this many sweeps transpose the pair tables once in start (ConvexBP._orient)
 _TRANSPOSE_FROM_SWEEPS = 2
 
