@@ -47,14 +47,14 @@ def mean_curve(curves):
             for k in range(min(len(c) for c in curves))]
 
 
-def reached_at(blend, target: float):
-    """Training seconds after which the blend curve first reaches `target`, or None."""
-    return next((t for t, acc, _ in blend if acc >= target), None)
+def reached_at(blend, converge):
+    """Training seconds after which the blend curve first reaches converge's final accuracy."""
+    return next((t for t, acc, _ in blend if acc >= converge[-1][1]), None)
 
 
 def compare(blend, sweeps: int, converge, tol: float) -> list[str]:
     target = converge[-1][1]
-    reached = reached_at(blend, target)
+    reached = reached_at(blend, converge)
     lines = [f"## converge to tol = {tol:g} against blend ({sweeps} sweep{'s' * (sweeps > 1)} per step)",
              "", "| epoch | converge: train s, sweeps/step, val word acc | blend: train s, val word acc |",
              "|---|---|---|"]
@@ -101,24 +101,25 @@ def main(argv=None):
             for (name, value), overrides in runs.items():
                 curves[name, value].append(train_curve(f"{name}-{value:g}-seed{seed}",
                                                        [*overrides, *args.set], Path(tmp), seed))
-    blends = {k: mean_curve(curves["blend", k]) for k in args.sweeps}
-    converges = {tol: mean_curve(curves["converge", tol]) for tol in args.tols}
-    steps = [f"| {name} {'sweeps' if name == 'blend' else 'tol'} {value:g} | "
-             f"{1e3 * curve[-1][0] / len(curve) / steps_per_epoch(args.set):.1f} |"
-             for (name, value), curve in [(("blend", k), blends[k]) for k in args.sweeps]
-             + [(("converge", tol), converges[tol]) for tol in args.tols]]
+    means = {key: mean_curve(runs_of_key) for key, runs_of_key in curves.items()}
+    blends = {k: means["blend", k] for k in args.sweeps}
+    converges = {tol: means["converge", tol] for tol in args.tols}
+    per_epoch = steps_per_epoch(args.set)
     lines += ["Training milliseconds per step (mean over all epochs of each run):", "",
-              "| run | ms per step |", "|---|---|", *steps, ""]
-    summary = ["| blend sweeps per step | " + " | ".join(f"converge tol {tol:g}" for tol in args.tols)
-               + " |", "|---" * (len(args.tols) + 1) + "|"]
+              "| run | ms per step |", "|---|---|"]
+    lines += [f"| {name} {'sweeps' if name == 'blend' else 'tol'} {value:g} | "
+              f"{1e3 * curve[-1][0] / len(curve) / per_epoch:.1f} |"
+              for (name, value), curve in means.items()]
+    lines += ["", "How much sooner blend reaches converge's final validation word accuracy:", "",
+              "| blend sweeps per step | " + " | ".join(f"converge tol {tol:g}" for tol in args.tols)
+              + " |", "|---" * (len(args.tols) + 1) + "|"]
     for k, blend in blends.items():
         cells = []
-        for tol, converge in converges.items():
-            reached = reached_at(blend, converge[-1][1])
+        for converge in converges.values():
+            reached = reached_at(blend, converge)
             cells.append(f"{converge[-1][0] / reached:.1f}x" if reached else "not reached")
-        summary.append(f"| {k} | " + " | ".join(cells) + " |")
-    lines += ["How much sooner blend reaches converge's final validation word accuracy:", "",
-              *summary, ""]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append("")
     for k, blend in blends.items():
         for tol, converge in converges.items():
             lines += compare(blend, k, converge, tol)
