@@ -7,6 +7,9 @@ Workloads (issue #2): (a) 2nd-order word graph, 5 variables x 26 states, pairs a
 batch 1000; (b) fully connected pairwise over 38 binary variables (703 pairs), batch 100;
 (c) 1st-order chains of 3..14 letters x 26 states, batch 1000.  All c_r = 1, eps = 1, as for the
 C++/OpenMP "fastmp" numbers quoted in the issue (2 threads, pure sweep cost, medians of 15).
+(a shared) is (a) run from a word model's source vector, its two pair tables shared by every word
+(``ConvexBP.sharing``, what training on the CPU does): checked against the flat engine's messages
+and beliefs first; its read-out column includes the per-table belief sums.
 
 Both engines run the same sweeps on the same potentials in this one process.  The reference is
 timed on the first --reference-samples samples of the batch and reported per sample-sweep (its cost
@@ -16,7 +19,6 @@ timing the engine's messages after two sweeps are checked against the reference'
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import time
@@ -28,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dstrain.graph import GraphBatch, chain, fully_connected  # noqa: E402
 from dstrain.inference import ConvexBP  # noqa: E402
 from dstrain.inference.reference import ReferenceBP  # noqa: E402
-from report import write_report  # noqa: E402  (bench/report.py)
+from dstrain.models.word_model import ChainLayout  # noqa: E402
+from report import machine, write_report  # noqa: E402  (bench/report.py)
 
 # fastmp, the paper group's C++/OpenMP message passer, 2 threads on a machine like this (issue #2)
 FASTMP_MS = {"a": (68.0, 72.0), "b": (7.3, 8.3)}
@@ -92,6 +95,30 @@ def measure(graphs, repeats, reference_samples, rng):
     }
 
 
+def measure_shared(batch_size, repeats, rng):
+    """Workload (a) with its pair tables shared, timed like measure(), checked against flat."""
+    layout = ChainLayout(np.full(batch_size, 5), 5, 26, order=2)
+    engine = ConvexBP(GraphBatch(layout.graphs()))
+    sharing = engine.sharing(layout.source_index, layout.source_size)
+    source = rng.normal(size=layout.source_size)
+    flat, state = engine.start(source[layout.source_index]), engine.start(source, sharing=sharing)
+    for _ in range(2):
+        engine.sweep(flat)
+        engine.sweep(state)
+    error = float(np.abs(state.messages - flat.messages).max())
+    formed = np.isfinite(engine.beliefs(state))
+    error = max(error, float(np.abs(engine.beliefs(state)[formed] - engine.beliefs(flat)[formed]).max()))
+    assert error < 1e-8, f"shared and flat engines disagree by {error:g}"
+
+    start_ms = median_ms(lambda: engine.start(source, sharing=sharing), 3)
+    sweeps = times_ms(lambda: engine.sweep(state), repeats)
+    readout_ms = median_ms(lambda: (engine.beliefs(state), engine.table_beliefs(state),
+                                    engine.dual(state)), 3)
+    return {"engine_ms": float(np.median(sweeps)), "engine_quartiles": np.percentile(sweeps, [25, 75]),
+            "start_ms": start_ms, "readout_ms": readout_ms, "colours": len(engine.batch.colours),
+            "engine_us_per_sample": 1e3 * float(np.median(sweeps)) / batch_size}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=15, help="timed sweeps (median reported)")
@@ -114,6 +141,15 @@ def main(argv=None):
                     f"{speedup:.0f}x | {versus} | {r['start_ms']:.1f} | {r['readout_ms']:.1f} | "
                     f"{r['build_ms']:.1f} |")
         print(rows[-1], flush=True)
+        if key == "a":
+            shared = measure_shared(len(graphs), args.repeats, rng)
+            low, high = shared["engine_quartiles"]
+            rows.append(f"| (a shared) {name}, pair tables shared | {shared['colours']} | "
+                        f"{shared['engine_ms']:.2f} ({low:.2f}-{high:.2f}) | "
+                        f"{shared['engine_us_per_sample']:.2f} | - | - | "
+                        f"{fastmp[0] / shared['engine_ms']:.2f}-{fastmp[1] / shared['engine_ms']:.2f}x | "
+                        f"{shared['start_ms']:.1f} | {shared['readout_ms']:.1f} | - |")
+            print(rows[-1], flush=True)
 
     header = [
         "| workload | colours | engine ms/sweep (quartiles) | engine µs/sample-sweep | reference µs/sample-sweep "
@@ -122,8 +158,8 @@ def main(argv=None):
         "|---|---|---|---|---|---|---|---|---|---|"]
     write_report([
         "# Inference benchmark (`bench/inference.py`)", "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}; "
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine()}, Python {platform.python_version()}, "
+        f"numpy {np.__version__}; "
         f"medians of {args.repeats} sweeps after 2 warm-up sweeps; reference timed on "
         f"{args.reference_samples} samples per workload.", "",
         *header, *rows, "",

@@ -299,3 +299,60 @@ def test_large_array_exp_and_log_agree_with_numpy_and_do_not_depend_on_position_
         torch.set_num_threads(threads)
     small = x[:10]
     np.testing.assert_array_equal(_exp(small), np.exp(small))   # below the size: numpy itself
+
+
+def _shared_problem(rng, shared: bool, scale: float, counting="convex", lengths=None):
+    """Chains of order 2 whose pair tables are shared blocks of a source vector (a word batch)."""
+    from dstrain.models.word_model import ChainLayout
+    C, L = 4, 5
+    lengths = rng.integers(1, L + 1, 7) if lengths is None else lengths
+    layout = ChainLayout(lengths, L, C, 2, shared=shared)
+    if counting == "varied":   # pairs of one table with different eps c_p: several variants
+        graphs = [chain(int(n), C, 2, counting_numbers=[1.0] * int(n)
+                        + list(rng.choice([0.5, 1.0, 2.0], max(2 * int(n) - 3, 0))))
+                  for n in lengths]
+    else:
+        graphs = layout.graphs(counting)
+    engine = ConvexBP(GraphBatch(graphs))
+    source = scale * rng.normal(size=layout.source_size)
+    return layout, engine, source
+
+
+@pytest.mark.parametrize("shared, scale, counting", [
+    (True, 1.0, "convex"), (False, 1.0, "convex"), (True, 2.0, "varied"),
+    (False, 300.0, "convex"), (True, 300.0, "varied")])   # 300: sums underflow, exact fallback
+def test_shared_pair_tables_give_the_flat_engines_results(shared, scale, counting):
+    rng = np.random.default_rng(int(scale) + 7 * shared)
+    layout, engine, source = _shared_problem(rng, shared, scale, counting)
+    sharing = engine.sharing(layout.source_index, layout.source_size)
+    assert sharing is not None
+    if counting == "varied":
+        assert max(len(rows) for rows in sharing.variant_rows) > (2 if shared else 7)
+    messages = rng.normal(size=engine.batch.num_messages)
+    for sweeps in (0, 1, 3):
+        flat = engine.run(source[layout.source_index], messages, max_sweeps=sweeps, tol=0.0)
+        mine = engine.run(source, messages, max_sweeps=sweeps, tol=0.0, sharing=sharing)
+        np.testing.assert_allclose(mine.messages, flat.messages, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(mine.dual, flat.dual, rtol=1e-10, atol=1e-9)
+        formed = ~np.isnan(mine.beliefs)
+        np.testing.assert_array_equal(np.flatnonzero(formed), sharing.rest)
+        np.testing.assert_allclose(mine.beliefs[formed], flat.beliefs[formed], atol=1e-10)
+        # each table's summed beliefs: the flat beliefs pulled back onto the source
+        expected = np.bincount(layout.source_index, flat.beliefs, layout.source_size)
+        for positions, summed in zip(sharing.tables, mine.table_beliefs):
+            np.testing.assert_allclose(summed.reshape(positions.shape), expected[positions],
+                                       atol=1e-9)
+
+
+def test_sharing_is_refused_where_it_cannot_be_used():
+    rng = np.random.default_rng(3)
+    layout, engine, _ = _shared_problem(rng, True, 1.0, "bethe")   # unary beliefs from pairs
+    assert engine.sharing(layout.source_index, layout.source_size) is None
+    layout, engine, _ = _shared_problem(rng, True, 1.0)
+    n = engine.batch.num_potentials
+    assert engine.sharing(np.arange(n), n) is None                  # no table used twice
+    assert engine.sharing(np.arange(n)[::-1].copy(), n) is None     # not contiguous blocks
+    with pytest.raises(ValueError, match="source_index"):
+        engine.sharing(np.arange(3), 3)
+    with pytest.raises(ValueError, match="source"):
+        engine.start(np.zeros(n), sharing=engine.sharing(layout.source_index, layout.source_size))

@@ -27,7 +27,7 @@ def gradients(model, images, labels, lengths, options, kernels=None, store=None)
     ids = np.arange(len(lengths)) if store is not None else None
     source, layout, result = batch_loss(model, images, labels, lengths, model.order, options,
                                         store, ids, kernels)
-    backward(source, layout, result.gradient)
+    backward(source, result)
     return result, [p.grad.clone() for p in model.parameters()]
 
 
@@ -49,7 +49,10 @@ def test_device_path_gives_the_cpu_paths_loss_and_gradient(algorithm):
                                    store=device_store if blend else None)
         assert isinstance(dev.gradient, torch.Tensor) and isinstance(dev.beliefs, torch.Tensor)
         np.testing.assert_allclose(dev.loss, cpu.loss, rtol=1e-10)
-        np.testing.assert_allclose(dev.beliefs.numpy(), cpu.beliefs, atol=1e-10)
+        # the CPU path sums the pairs' beliefs per shared table (NaN in its flat beliefs): the
+        # gradients below compare those sums
+        formed = ~np.isnan(cpu.beliefs)
+        np.testing.assert_allclose(dev.beliefs.numpy()[formed], cpu.beliefs[formed], atol=1e-10)
         for mine, theirs in zip(dev_grads, cpu_grads):
             torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-10)
         assert dev.sweeps == cpu.sweeps

@@ -8,7 +8,7 @@ from dstrain.inference import ConvexBP
 from dstrain.inference.brute_force import enumerate_map
 from dstrain.learning import InferenceOptions, MessageStore, message_sizes
 from dstrain.learning.decode import decode
-from dstrain.learning.structured import backward, batch_loss
+from dstrain.learning.structured import backward, batch_loss, pull_back, structured_loss
 from dstrain.models import WordCRF
 
 C, L, IMAGE = 3, 5, (4, 3)
@@ -42,7 +42,7 @@ def test_gradient_matches_finite_differences(algorithm, order, counting):
                                max_sweeps=20000, tol=1e-13)
     (source, layout), result = total_loss(model, images, labels, lengths, options)
     model.zero_grad()
-    backward(source, layout, result.gradient)
+    backward(source, result)
     rng = np.random.default_rng(1)
     for name, param in model.named_parameters():
         flat = param.data.view(-1)
@@ -83,7 +83,12 @@ def test_blend_keeps_each_samples_messages_across_steps():
     f = model.potentials(torch.from_numpy(images[rows]), layout).detach().numpy()
     twice = ConvexBP(GraphBatch(layout.graphs())).run(f, max_sweeps=2, tol=0.0)
     np.testing.assert_allclose(store.gather(first), twice.messages, atol=1e-12)
-    np.testing.assert_allclose(second.beliefs, twice.beliefs, atol=1e-12)
+    ok = ~np.isnan(second.beliefs)   # the pairs' beliefs are summed per shared table instead
+    np.testing.assert_allclose(second.beliefs[ok], twice.beliefs[ok], atol=1e-12)
+    expected = twice.beliefs.copy()
+    expected[layout.truth(labels[rows])[0]] -= 1.0
+    np.testing.assert_allclose(second.source_gradient,
+                               pull_back(layout, expected, layout.source_size), atol=1e-12)
 
 
 def test_layout_places_unaries_and_tables_and_scores_the_truth():
@@ -132,9 +137,9 @@ def _split(chunk, graph):
 
 def test_local_algorithm_is_a_softmax_per_region():
     model, images, labels, lengths = tiny_problem(batch=3)
-    _, result = total_loss(model, images, labels, lengths, InferenceOptions(algorithm="local"))
     layout = model.layout(lengths)
     f = model.potentials(torch.from_numpy(images), layout).detach().numpy()
+    result = structured_loss(f, layout, labels, InferenceOptions(algorithm="local"))
     g = chain(int(lengths[0]), C, order=2)
     chunk = _split(f[:layout.offset[1]], g)
     beliefs = _split(result.beliefs[:layout.offset[1]], g)
@@ -158,6 +163,33 @@ def test_pull_back_equals_autograd_through_the_gather():
                                 torch.from_numpy(gradient))
         expected = {n: p.grad.clone() for n, p in model.named_parameters()}
         model.zero_grad()
-        backward(model.source(torch.from_numpy(images), layout.order), layout, gradient)
+        source = model.source(torch.from_numpy(images), layout.order)
+        torch.autograd.backward(source, torch.from_numpy(pull_back(layout, gradient, source.numel())))
         for name, param in model.named_parameters():
             torch.testing.assert_close(param.grad, expected[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("algorithm, counting", [
+    ("converge", "convex"), ("blend", "convex"), ("local", "convex"), ("converge", "bethe")])
+def test_source_path_gives_the_flat_paths_loss_and_gradient(algorithm, counting):
+    """batch_loss on the CPU (shared tables where the engine can share them) against
+    structured_loss on the flat potentials, pulled back by hand."""
+    for shared in (True, False):
+        model, images, labels, lengths = tiny_problem(batch=6, shared=shared)
+        options = InferenceOptions(algorithm=algorithm, counting_numbers=counting, sweeps=2,
+                                   max_sweeps=60, tol=1e-9)
+        sizes = message_sizes(lengths, C, model.order)
+        stores = [MessageStore(np.arange(6), sizes) for _ in range(2)]
+        ids = np.arange(6)
+        layout = model.layout(lengths)
+        f = model.potentials(torch.from_numpy(images), layout).detach().numpy()
+        for _ in range(2):   # blend: the second step starts from the stored messages
+            _, _, mine = batch_loss(model, images, labels, lengths, 2, options, stores[0], ids)
+            flat = structured_loss(f, layout, labels, options, stores[1], ids)
+            np.testing.assert_allclose(mine.loss, flat.loss, rtol=1e-10)
+            np.testing.assert_allclose(mine.source_gradient,
+                                       pull_back(layout, flat.gradient, layout.source_size),
+                                       atol=1e-10)
+            assert mine.sweeps == flat.sweeps
+            assert np.isnan(mine.beliefs).any() == (counting == "convex")
+        np.testing.assert_allclose(stores[0].values, stores[1].values, atol=1e-10)

@@ -11,6 +11,11 @@ with flat array operations.  ``fhat`` (the reparameterised potential) is kept cu
 only where an update reads it (generic parents, regions with children); beliefs and the dual are
 computed from a fresh ``fhat`` at the end, so incremental rounding never reaches them.
 
+Pairs whose potential tables are shared (a word model's pairwise tables, one per distance and
+used by every word) can be run from the source vector the potentials are gathered from
+(``ConvexBP.sharing``): each table is exponentiated once, a colour's edges that share a table are
+one matrix product, and the pairs' beliefs are summed per table instead of formed entry by entry.
+
 Only operations CuPy offers too (take, bincount, matmul, exp, log, max) are used on the hot path, so
 a GPU backend can mirror this file array for array (or kernel for kernel).
 """
@@ -64,16 +69,45 @@ def _log(x: np.ndarray, out=None) -> np.ndarray:
 class PairTable:
     """exp((f_p - top_p) / (eps c_p)) of the fast pairs of one PairGroup; constant during a run."""
 
-    table: np.ndarray           # (P, n_a, n_b)
-    top: np.ndarray             # (P,) max of f_p
+    table: np.ndarray           # (P, n_a, n_b), or (V, n_a, n_b) with shared tables
+    top: np.ndarray             # (P,) max of f_p, or (V,)
+    variant: np.ndarray | None = None   # shared tables: (P,) each pair's row of `table` and `top`
+
+    def pair_top(self, pairs=slice(None)) -> np.ndarray:
+        return self.top[pairs] if self.variant is None else self.top[self.variant[pairs]]
+
+
+@dataclass
+class PairSharing:
+    """Fast pairs whose potential tables are blocks of one source vector, shared by many pairs.
+
+    A word model's pairwise tables (one per distance, or per position) are used by every word of
+    a batch: potentials = source[source_index] repeats each table once per pair.  Given the
+    source, ``start`` exponentiates each table once instead of once per pair, a sweep multiplies
+    all edges that share a table by it in one matrix product, and ``table_beliefs`` sums the
+    pairs' beliefs per table (all a shared table's gradient needs) instead of forming them entry
+    by entry.  A variant is one (table, eps c_p) combination.  Built by ``ConvexBP.sharing``.
+    """
+
+    source_size: int
+    rest: np.ndarray              # every potential entry that is not a fast pair's
+    rest_source: np.ndarray       # its position in the source
+    tables: list[np.ndarray]      # per pair group: (T, n_a * n_b) source positions of each table
+    variant: list[np.ndarray]     # per pair group: (P,) each pair's variant
+    variant_table: list[np.ndarray]   # per pair group: (V,) the table of each variant
+    variant_scale: list[np.ndarray]   # per pair group: (V,) its eps c_p
+    variant_rows: list[list]      # per pair group: [(variant, pairs)]
+    edge_rows: list[list]         # per colour, per fast group: [(edges, variant, r is 2nd variable)]
 
 
 class BPState:
     """Potentials, messages and what one run precomputes from the potentials."""
 
     def __init__(self, potentials, messages, fhat, pair_tables, oriented, inner, binary_batch,
-                 transposed):
-        self.potentials = potentials    # (N,) f, float64
+                 transposed, sharing=None, source=None):
+        self.potentials = potentials    # (N,) f, float64 (with sharing: 0 at the fast pairs)
+        self.sharing = sharing          # PairSharing, or None
+        self.source = source            # with sharing: the source vector the tables come from
         self.fhat = fhat                # (N,) reparameterised potentials where read, or None
         self.pair_tables = pair_tables  # list[PairTable], one per pair group
         # per colour, per fast group: its edges' pair tables (see ConvexBP._orient)
@@ -109,6 +143,7 @@ class BPResult:
     sweeps: int                 # sweeps run
     max_change: float           # largest message change in the last sweep (inf if none ran)
     converged: bool
+    table_beliefs: list | None = None   # with shared tables: ConvexBP.table_beliefs
 
 
 def _log_sum_exp(values: np.ndarray, scale, axis: int) -> np.ndarray:
@@ -173,15 +208,71 @@ class ConvexBP:
         # a binary batch stores edge e's message at entries 2e, 2e + 1
         return g.own[:, 0] // 2, g.other[:, 0] // 2, region, ratio, g.scale
 
+    def sharing(self, source_index, source_size: int) -> PairSharing | None:
+        """The shared tables of the fast pairs if potentials = source[source_index], source of
+        `source_size` entries; None where that gains nothing or cannot be used: a pair's entries
+        are not one contiguous block of the source (in C order), no table is shared, two tables
+        overlap, or some region's belief is marginalised from a fast pair's."""
+        b = self.batch
+        source_index = np.asarray(source_index, dtype=np.int64)
+        if source_index.shape != (b.num_potentials,):
+            raise ValueError(f"source_index: expected {b.num_potentials} entries for this batch, "
+                             f"got shape {source_index.shape}")
+        if not b.pair_groups:
+            return None
+        is_pair = np.zeros(b.num_potentials, dtype=bool)
+        tables, variant, variant_table, variant_scale, variant_rows = [], [], [], [], []
+        for g in b.pair_groups:
+            src = source_index[g.entries]
+            if not np.array_equal(src, src[:, :1] + np.arange(src.shape[1])):
+                return None
+            starts, table_of = np.unique(src[:, 0], return_inverse=True)
+            scales, scale_of = np.unique(g.scale, return_inverse=True)
+            keys, variant_of = np.unique(table_of * len(scales) + scale_of, return_inverse=True)
+            tables.append(starts[:, None] + np.arange(src.shape[1]))
+            variant.append(variant_of)
+            variant_table.append(keys // len(scales))
+            variant_scale.append(scales[keys % len(scales)])
+            variant_rows.append([(v, np.flatnonzero(variant_of == v)) for v in range(len(keys))])
+            is_pair[g.entries] = True
+        positions = np.concatenate([t.ravel() for t in tables])
+        if len(positions) >= sum(g.entries.size for g in b.pair_groups) \
+                or len(np.unique(positions)) < len(positions) \
+                or positions.min() < 0 or positions.max() >= source_size:
+            return None
+        if any(is_pair[parent].any() for _, parent in b.belief_levels):
+            return None
+        edge_rows = []
+        for colour in b.colours:
+            per_group = []
+            for g in colour.fast:
+                key = variant[g.pair_group][g.pairs] * 2 + g.transposed
+                kinds = np.unique(key)
+                per_group.append([(np.flatnonzero(key == k) if len(kinds) > 1 else slice(None),
+                                   int(k // 2), bool(k % 2)) for k in kinds])
+            edge_rows.append(per_group)
+        rest = np.flatnonzero(~is_pair)
+        return PairSharing(int(source_size), rest, source_index[rest], tables, variant,
+                           variant_table, variant_scale, variant_rows, edge_rows)
+
     # --- state ----------------------------------------------------------------------------
-    def start(self, potentials, messages=None, sweeps: int | None = None) -> BPState:
+    def start(self, potentials, messages=None, sweeps: int | None = None,
+              sharing: PairSharing | None = None) -> BPState:
         """The state a run sweeps on; `sweeps`: how many will run, if known (a run of one sweep
-        skips the transposed copies of the pair tables that only pay off over more)."""
+        skips the transposed copies of the pair tables that only pay off over more).
+
+        `sharing` (from ``self.sharing``): `potentials` is then the source vector it indexes."""
         b = self.batch
         theta = np.ascontiguousarray(potentials, dtype=np.float64)
-        if theta.shape != (b.num_potentials,):
-            raise ValueError(f"potentials: expected a flat vector of {b.num_potentials} entries "
-                             f"for this batch, got shape {theta.shape}")
+        expected = b.num_potentials if sharing is None else sharing.source_size
+        if theta.shape != (expected,):
+            raise ValueError(f"potentials: expected a flat vector of {expected} entries "
+                             f"for this batch{' (its source)' if sharing else ''}, "
+                             f"got shape {theta.shape}")
+        source = None
+        if sharing is not None:
+            source, theta = theta, np.zeros(b.num_potentials)
+            theta[sharing.rest] = source[sharing.rest_source]
         if messages is None:
             lam = np.zeros(b.num_messages)
         else:
@@ -194,18 +285,27 @@ class ConvexBP:
                 lam -= np.repeat(np.maximum.reduceat(lam, starts), np.diff(starts, append=len(lam)))
         transpose = sweeps is None or sweeps >= _TRANSPOSE_FROM_SWEEPS
         pair_tables = []
-        for g, entries, unit in zip(b.pair_groups, self._pair_entries, self._unit_scale):
-            table = theta[entries].reshape(g.entries.shape)   # a copy: exp is taken in place
+        for i, (g, entries, unit) in enumerate(zip(b.pair_groups, self._pair_entries,
+                                                   self._unit_scale)):
+            if sharing is None:
+                table, scale, variant = theta[entries].reshape(g.entries.shape), g.scale, None
+            else:   # one table per variant (fancy indexing copies: exp is taken in place)
+                table = source[sharing.tables[i][sharing.variant_table[i]]]
+                scale, variant = sharing.variant_scale[i], sharing.variant[i]
             top = _row_max(table)
             table -= top[:, None]
             if not unit:
-                table /= g.scale[:, None]
+                table /= scale[:, None]
             _exp(table, out=table)
-            pair_tables.append(PairTable(table.reshape(len(table), *self._pair_shape(g)), top))
+            pair_tables.append(PairTable(table.reshape(len(table), *self._pair_shape(g)), top,
+                                         variant))
         inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
         oriented = []
         for colour, binary in zip(b.colours, self._binary):
-            tables = [self._orient(pair_tables[g.pair_group].table, g, transpose)
+            if sharing is not None and binary is None:   # sweeps use sharing.edge_rows instead
+                oriented.append(None)
+                continue
+            tables = [self._orient(self._edge_tables(pair_tables[g.pair_group], g), g, transpose)
                       for g in colour.fast]
             if binary is not None:   # the gap-form update reads the four entries as columns
                 flip = colour.fast[0].transposed & (not transpose)
@@ -216,15 +316,20 @@ class ConvexBP:
         fhat = self.reparameterise(theta, lam) if self._needs_fhat else None
         # the gap-form update needs tables without near-underflow entries (see its docstring)
         binary = self._binary_batch and min(t.table.min() for t in pair_tables) >= _UNDERFLOW
-        return BPState(theta, lam, fhat, pair_tables, oriented, inner, binary, transpose)
+        return BPState(theta, lam, fhat, pair_tables, oriented, inner, binary, transpose,
+                       sharing, source)
 
     @staticmethod
-    def _orient(table: np.ndarray, g, transpose: bool) -> np.ndarray:
-        """The pair tables of a fast group's edges (a contiguous gather), with r's states as rows
-        if `transpose` (a strided copy; measured on 50 2nd-order words: a sweep takes 0.85 ms on
+    def _edge_tables(pt: PairTable, g) -> np.ndarray:
+        """The pair table of each edge of fast group g (a gather)."""
+        return pt.table[g.pairs] if pt.variant is None else pt.table[pt.variant[g.pairs]]
+
+    @staticmethod
+    def _orient(picked: np.ndarray, g, transpose: bool) -> np.ndarray:
+        """A fast group's edge tables (`_edge_tables`), with r's states as rows if `transpose`
+        (a strided copy; measured on 50 2nd-order words: a sweep takes 0.85 ms on
         transposed tables, 1.5 ms without, the copy 0.3 ms, so 2 sweeps gain by it), else as stored,
         and an edge from the pair's second variable multiplies from the left (see _fast_mu)."""
-        picked = table[g.pairs]
         if not transpose or not g.transposed.any():
             return picked
         if g.transposed.all():
@@ -256,8 +361,8 @@ class ConvexBP:
         plan: ColourPlan = self.batch.colours[k]
         lam, fhat = state.messages, state.fhat
         mu = np.empty(len(plan.edge_entry_message))
-        for g, table in zip(plan.fast, state.oriented[k]):
-            mu[g.entries] = self._fast_mu(g, table, state, lam).ravel()
+        for i, g in enumerate(plan.fast):
+            mu[g.entries] = self._fast_mu(state, k, i, lam).ravel()
         for g in plan.generic:
             mu[g.entries] = self._generic_mu(g, fhat, lam).ravel()
 
@@ -314,13 +419,22 @@ class ConvexBP:
         state._stale = True
         return change
 
-    def _fast_mu(self, g, table, state, lam) -> np.ndarray:
-        """mu_{p->r} up to a constant per edge (which the update's normalisation removes)."""
+    def _fast_mu(self, state, k: int, i: int, lam) -> np.ndarray:
+        """mu_{p->r} of fast group i of colour k, up to a constant per edge (which the update's
+        normalisation removes)."""
+        g = self.batch.colours[k].fast[i]
         scale = g.scale[:, None]
         other = lam[g.other]               # max 0, so the weights below are in (0, 1]
         weights = _exp(other / scale)
         flip = g.transposed & (not state.transposed)
-        if not flip.any():      # r picks a row of the table: table @ w
+        table = state.oriented[k][i] if state.oriented[k] is not None else None
+        if state.sharing is not None:   # one matrix product per variant and side
+            tables = state.pair_tables[g.pair_group].table
+            total = np.empty((len(weights), g.own.shape[1]))
+            for edges, v, second in state.sharing.edge_rows[k][i]:
+                # r is the pair's first variable: sum_b t[a, b] w[b]; its second: sum_a w[a] t[a, b]
+                total[edges] = weights[edges] @ (tables[v] if second else tables[v].T)
+        elif not flip.any():      # r picks a row of the table: table @ w
             total = np.matmul(table, weights[:, :, None])[:, :, 0]
         elif flip.all():        # r picks a column: w @ table
             total = np.matmul(weights[:, None, :], table)[:, 0, :]
@@ -333,17 +447,16 @@ class ConvexBP:
             mu = scale * _log(total)
         low = total < _UNDERFLOW
         if low.any():   # extreme potentials: exact log-sum-exp for the entries that underflowed
-            e, i = np.nonzero(low)
-            pairs = self.batch.pair_groups[g.pair_group]
-            f = state.potentials[pairs.entries[g.pairs[e]]].reshape(len(e), *self._pair_shape(pairs))
+            e, y = np.nonzero(low)
+            f = self._pair_f(state, g.pair_group, g.pairs[e])
             flip = g.transposed[e]
             rows = np.empty((len(e), other.shape[1]))
             if not flip.all():
-                rows[~flip] = f[np.flatnonzero(~flip), i[~flip], :]
+                rows[~flip] = f[np.flatnonzero(~flip), y[~flip], :]
             if flip.any():
-                rows[flip] = f[np.flatnonzero(flip), :, i[flip]]
-            top = state.pair_tables[g.pair_group].top[g.pairs[e]]
-            mu[e, i] = _log_sum_exp(rows - top[:, None] + other[e], scale[e], axis=1)
+                rows[flip] = f[np.flatnonzero(flip), :, y[flip]]
+            top = state.pair_tables[g.pair_group].pair_top(g.pairs[e])
+            mu[e, y] = _log_sum_exp(rows - top[:, None] + other[e], scale[e], axis=1)
         return mu
 
     @staticmethod
@@ -359,21 +472,38 @@ class ConvexBP:
                    default=0.0)
 
     # --- read-outs ------------------------------------------------------------------------
-    def _pair_sums(self, state: BPState, g, pt: PairTable):
+    def _pair_sums(self, state: BPState, group: int):
         """For each fast pair: w_a, w_b = exp(lambda / (eps c_p)) and sum_ab table * w_a * w_b.
 
         With the pair's fhat = f_p + lambda_a + lambda_b (it has no parents), its log-partition is
         top + eps c_p log(that sum), and its belief is table * w_a * w_b / sum.
         """
+        g, pt = self.batch.pair_groups[group], state.pair_tables[group]
         lam, scale = state.messages, g.scale[:, None]
         w_a, w_b = _exp(lam[g.message_a] / scale), _exp(lam[g.message_b] / scale)
-        total = (np.matmul(pt.table, w_b[:, :, None])[:, :, 0] * w_a).sum(axis=1)
+        if pt.variant is None:
+            total = (np.matmul(pt.table, w_b[:, :, None])[:, :, 0] * w_a).sum(axis=1)
+        else:
+            total = np.empty(len(w_a))
+            for v, pairs in state.sharing.variant_rows[group]:
+                total[pairs] = ((w_b[pairs] @ pt.table[v].T) * w_a[pairs]).sum(axis=1)
         return w_a, w_b, total
 
-    def _pair_fhat(self, state: BPState, g, pairs: np.ndarray) -> np.ndarray:
+    def _pair_f(self, state: BPState, group: int, pairs: np.ndarray) -> np.ndarray:
+        """f of some fast pairs of pair group `group`, (len(pairs), n_a, n_b)."""
+        g = self.batch.pair_groups[group]
+        if state.sharing is None:
+            f = state.potentials[g.entries[pairs]]
+        else:
+            sharing = state.sharing
+            table = sharing.variant_table[group][sharing.variant[group][pairs]]
+            f = state.source[sharing.tables[group][table]]
+        return f.reshape(len(pairs), *self._pair_shape(g))
+
+    def _pair_fhat(self, state: BPState, group: int, pairs: np.ndarray) -> np.ndarray:
         """fhat of some fast pairs, (len(pairs), n_a, n_b): the exact path for extreme values."""
-        lam = state.messages
-        f = state.potentials[g.entries[pairs]].reshape(len(pairs), *self._pair_shape(g))
+        g, lam = self.batch.pair_groups[group], state.messages
+        f = self._pair_f(state, group, pairs)
         return f + lam[g.message_a[pairs]][:, :, None] + lam[g.message_b[pairs]][:, None, :]
 
     def region_values(self, state: BPState) -> list[np.ndarray]:
@@ -390,7 +520,7 @@ class ConvexBP:
 
     def pair_sums(self, state: BPState) -> list[tuple]:
         """_pair_sums of every pair group (shared by the dual and the beliefs)."""
-        return [self._pair_sums(state, g, pt) for g, pt in zip(self.batch.pair_groups, state.pair_tables)]
+        return [self._pair_sums(state, group) for group in range(len(self.batch.pair_groups))]
 
     def dual(self, state: BPState, values=None, sums=None) -> np.ndarray:
         """D(lambda) per sample: sum_r eps c_r log sum exp(fhat_r / (eps c_r)) (max where eps c_r = 0)."""
@@ -404,48 +534,92 @@ class ConvexBP:
                 out[soft] = _log_sum_exp(block[soft], scale[soft, None], axis=1)
             per_region.append(out)
             samples.append(sample)
-        for g, pt, (_, _, total) in zip(self.batch.pair_groups, state.pair_tables, sums):
+        for group, (g, pt, (_, _, total)) in enumerate(zip(self.batch.pair_groups,
+                                                           state.pair_tables, sums)):
             with np.errstate(divide="ignore"):
-                out = pt.top + g.scale * _log(total)
+                out = pt.pair_top() + g.scale * _log(total)
             low = np.flatnonzero(total < _UNDERFLOW)
             if len(low):
-                flat = self._pair_fhat(state, g, low).reshape(len(low), -1)
+                flat = self._pair_fhat(state, group, low).reshape(len(low), -1)
                 out[low] = _log_sum_exp(flat, g.scale[low, None], axis=1)
             per_region.append(out)
             samples.append(g.sample)
         return np.bincount(np.concatenate(samples), np.concatenate(per_region),
                            self.batch.num_samples)
 
+    def _exact_pair_beliefs(self, state: BPState, group: int, pairs: np.ndarray) -> np.ndarray:
+        """Beliefs of some fast pairs from their fhat: the path for sums that underflowed."""
+        g = self.batch.pair_groups[group]
+        z = self._pair_fhat(state, group, pairs).reshape(len(pairs), -1) / g.scale[pairs, None]
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return (z / z.sum(axis=1, keepdims=True)).reshape(len(pairs), *self._pair_shape(g))
+
     def beliefs(self, state: BPState, values=None, sums=None) -> np.ndarray:
-        """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent."""
+        """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent.
+
+        With shared tables the fast pairs' entries are NaN: their beliefs are not formed (see
+        table_beliefs)."""
         values = self.region_values(state) if values is None else values
-        sums = self.pair_sums(state) if sums is None else sums
-        beliefs = np.zeros(self.batch.num_potentials)
+        if state.sharing is None:
+            beliefs = np.zeros(self.batch.num_potentials)
+        else:
+            beliefs = np.full(self.batch.num_potentials, np.nan)
+            beliefs[state.sharing.rest] = 0.0
         for (entries, scale, _), block in zip(self.batch.regions_by_size, values):
             direct = scale > 0
             z = block[direct] / scale[direct, None]
             z = _exp(z - z.max(axis=1, keepdims=True))
             beliefs[entries[direct]] = z / z.sum(axis=1, keepdims=True)
-        for g, entries, pt, (w_a, w_b, total) in zip(self.batch.pair_groups, self._pair_entries,
-                                                     state.pair_tables, sums):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                b = pt.table * (w_a / total[:, None])[:, :, None]
-                b *= w_b[:, None, :]
-            low = np.flatnonzero(total < _UNDERFLOW)
-            if len(low):
-                z = self._pair_fhat(state, g, low).reshape(len(low), -1) / g.scale[low, None]
-                z = np.exp(z - z.max(axis=1, keepdims=True))
-                b[low] = (z / z.sum(axis=1, keepdims=True)).reshape(b[low].shape)
-            beliefs[entries] = b.ravel()
+        if state.sharing is None:
+            sums = self.pair_sums(state) if sums is None else sums
+            for group, (entries, pt, (w_a, w_b, total)) in enumerate(zip(
+                    self._pair_entries, state.pair_tables, sums)):
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    b = pt.table * (w_a / total[:, None])[:, :, None]
+                    b *= w_b[:, None, :]
+                low = np.flatnonzero(total < _UNDERFLOW)
+                if len(low):
+                    b[low] = self._exact_pair_beliefs(state, group, low)
+                beliefs[entries] = b.ravel()
         for child_entry, parent_entry in self.batch.belief_levels:
             beliefs += np.bincount(child_entry, beliefs[parent_entry], len(beliefs))
         return beliefs
 
-    def run(self, potentials, messages=None, max_sweeps: int = 1000, tol: float = 1e-6) -> BPResult:
-        """Sweep until the largest message change is below tol or max_sweeps is reached."""
+    def table_beliefs(self, state: BPState, sums=None) -> list[np.ndarray]:
+        """With shared tables: per pair group, (T, n_a, n_b) the sum of the beliefs of the pairs
+        that use each table, sum_p table * w_a w_b^T / sum_p = table * (A^T B) with the rows of
+        A = w_a / sum and B = w_b stacked over those pairs: one matrix product per variant."""
+        sharing = state.sharing
+        if sharing is None:
+            raise ValueError("table_beliefs: this state has no shared tables (start(..., sharing=))")
+        sums = self.pair_sums(state) if sums is None else sums
+        out = []
+        for group, (g, pt, (w_a, w_b, total)) in enumerate(zip(self.batch.pair_groups,
+                                                               state.pair_tables, sums)):
+            summed = np.zeros((len(sharing.tables[group]), *self._pair_shape(g)))
+            low = total < _UNDERFLOW
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                a = w_a / total[:, None]
+            for v, pairs in sharing.variant_rows[group]:
+                if low.any():
+                    pairs = pairs[~low[pairs]]
+                summed[sharing.variant_table[group][v]] += pt.table[v] * (a[pairs].T @ w_b[pairs])
+            low = np.flatnonzero(low)
+            if len(low):
+                table_of = sharing.variant_table[group][sharing.variant[group][low]]
+                np.add.at(summed, table_of, self._exact_pair_beliefs(state, group, low))
+            out.append(summed)
+        return out
+
+    def run(self, potentials, messages=None, max_sweeps: int = 1000, tol: float = 1e-6,
+            sharing: PairSharing | None = None) -> BPResult:
+        """Sweep until the largest message change is below tol or max_sweeps is reached.
+
+        With `sharing`, `potentials` is the source vector, and the result's `table_beliefs` holds
+        the pairs' beliefs summed per shared table (their entries in `beliefs` are NaN)."""
         if max_sweeps < 0 or not tol >= 0:
             raise ValueError(f"max_sweeps = {max_sweeps} and tol = {tol} must be >= 0")
-        state = self.start(potentials, messages, sweeps=max_sweeps)
+        state = self.start(potentials, messages, sweeps=max_sweeps, sharing=sharing)
         change, sweeps = float("inf"), 0
         if not self.batch.colours:
             change = 0.0   # nothing sends messages: beliefs are exact already
@@ -454,5 +628,5 @@ class ConvexBP:
             sweeps += 1
         values, sums = self.region_values(state), self.pair_sums(state)
         return BPResult(self.beliefs(state, values, sums), self.dual(state, values, sums),
-                        state.messages, sweeps,
-                        change, converged=change < tol)
+                        state.messages, sweeps, change, converged=change < tol,
+                        table_beliefs=None if sharing is None else self.table_beliefs(state, sums))

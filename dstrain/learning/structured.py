@@ -5,6 +5,12 @@
 
 The beliefs come from one of the paper's algorithms; nothing is differentiated through message
 passing: the caller hands the gradient to ``torch.autograd.backward``.
+
+``structured_loss`` takes the batch's flat potentials (the reference path; exact inference and
+the GPU path use it too).  ``batch_loss`` on the CPU starts from the network's source vector
+(unary scores, then the pair tables): where the pairs share tables, the engine exponentiates,
+multiplies and sums each table once per batch (``ConvexBP.sharing``) and the gradient of a
+table is its pairs' beliefs summed minus the truth counted, without the flat vectors.
 """
 from __future__ import annotations
 
@@ -39,10 +45,12 @@ class InferenceOptions:
 
 @dataclass
 class StructuredResult:
-    gradient: np.ndarray   # (N,) d loss_s / d f, summed over samples (not averaged)
+    gradient: np.ndarray | None   # (N,) d loss_s / d f, summed over samples (not averaged);
+                                  # None where only the source gradient was formed
     loss: np.ndarray       # (B,) per-sample loss
-    beliefs: np.ndarray    # (N,)
+    beliefs: np.ndarray    # (N,); NaN at pairs whose tables are shared (ConvexBP.sharing)
     sweeps: int            # message-passing sweeps run (0 for exact and local)
+    source_gradient: object = None   # batch_loss: d loss / d source (numpy, or torch on a device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -77,23 +85,36 @@ def beliefs_and_dual(potentials: np.ndarray, layout: ChainLayout, options: Infer
     return result.beliefs, result.dual, result.sweeps
 
 
+def layout_engine(layout: ChainLayout, options: InferenceOptions, kernels=None):
+    """The batch's message-passing engine: the CPU one, or DeviceBP on `kernels`."""
+    # local = each region its own softmax (piecewise training): zero messages, all c_r = 1
+    counting = "convex" if options.algorithm == "local" else options.counting_numbers
+    return _engine(tuple(layout.graphs(counting, options.eps)), kernels)
+
+
+@functools.lru_cache(maxsize=16)
+def _sharing(engine: ConvexBP, layout: ChainLayout):
+    # both are cached objects (hashed by identity): one PairSharing per batch composition
+    return engine.sharing(layout.source_index, layout.source_size)
+
+
 def message_passing(potentials, layout: ChainLayout, options: InferenceOptions, store=None,
-                    sample_ids=None, kernels=None):
+                    sample_ids=None, kernels=None, sharing=None):
     """The algorithm's message passing on the batch's engine (the CPU one, or DeviceBP on
     `kernels`): blend warm-starts from the store, runs `sweeps` sweeps and stores the messages
-    back; converge starts from zero and runs to `tol`; local runs none."""
-    local = options.algorithm == "local"
-    # local = each region its own softmax (piecewise training): zero messages, all c_r = 1
-    graphs = layout.graphs("convex" if local else options.counting_numbers, options.eps)
-    engine = _engine(tuple(graphs), kernels)
+    back; converge starts from zero and runs to `tol`; local runs none.  With `sharing`,
+    `potentials` is the source vector (ConvexBP.run)."""
+    engine = layout_engine(layout, options, kernels)
+    shared = {} if sharing is None else {"sharing": sharing}
     if options.algorithm == "blend":
         if store is None or sample_ids is None:
             raise ValueError("algorithm 'blend' needs a MessageStore and the batch's sample ids")
-        result = engine.run(potentials, store.gather(sample_ids), max_sweeps=options.sweeps, tol=0.0)
+        result = engine.run(potentials, store.gather(sample_ids), max_sweeps=options.sweeps,
+                            tol=0.0, **shared)
         store.scatter(sample_ids, result.messages)
         return result
-    return engine.run(potentials, None, max_sweeps=0 if local else options.max_sweeps,
-                      tol=options.tol)
+    return engine.run(potentials, None, tol=options.tol, **shared,
+                      max_sweeps=0 if options.algorithm == "local" else options.max_sweeps)
 
 
 def structured_loss(potentials: np.ndarray, layout: ChainLayout, labels: np.ndarray,
@@ -108,6 +129,33 @@ def structured_loss(potentials: np.ndarray, layout: ChainLayout, labels: np.ndar
     return StructuredResult(gradient, dual - score, beliefs, sweeps)
 
 
+def source_structured_loss(source: np.ndarray, layout: ChainLayout, labels: np.ndarray,
+                           options: InferenceOptions, store: MessageStore | None = None,
+                           sample_ids=None) -> StructuredResult:
+    """structured_loss from the source vector (float64), with the gradient w.r.t. the source.
+
+    Where the engine shares the pair tables (every WordCRF batch with convex counting numbers),
+    neither the flat potentials nor the pairs' beliefs are formed; otherwise the flat path runs
+    and its gradient is pulled back."""
+    check_algorithm(options)
+    sharing = None if options.algorithm == "exact" else \
+        _sharing(layout_engine(layout, options), layout)
+    if sharing is None:
+        result = structured_loss(source[layout.source_index], layout, labels, options, store,
+                                 sample_ids)
+        result.source_gradient = pull_back(layout, result.gradient, len(source))
+        return result
+    bp = message_passing(source, layout, options, store, sample_ids, sharing=sharing)
+    truth, owner = layout.truth(labels)
+    truth = layout.source_index[truth]
+    gradient = np.bincount(sharing.rest_source, bp.beliefs[sharing.rest], len(source))
+    for positions, summed in zip(sharing.tables, bp.table_beliefs):
+        gradient[positions] += summed.reshape(positions.shape)   # distinct positions
+    gradient -= np.bincount(truth, minlength=len(source))
+    score = np.bincount(owner, source[truth], len(layout.lengths))
+    return StructuredResult(None, bp.dual - score, bp.beliefs, bp.sweeps, gradient)
+
+
 def message_sizes(lengths, num_classes: int, order: int) -> np.ndarray:
     """Length of each sample's message vector in a chain of that length and order."""
     lengths = np.asarray(lengths, dtype=np.int64)
@@ -119,7 +167,7 @@ def batch_loss(model: WordCRF, images, labels: np.ndarray, lengths: np.ndarray,
                order: int, options: InferenceOptions, store=None, sample_ids=None, kernels=None):
     """Forward pass and structured loss of one batch: (source tensor, layout, result).
 
-    ``backward(source, layout, result.gradient)`` then fills the parameters' gradients.
+    ``backward(source, result)`` then fills the parameters' gradients.
     `images`: numpy or a torch tensor (moved to the model's device).  `kernels`: a kernel set
     (``dstrain.gpu``) runs inference on the model's device; None: the CPU engine (float64).
     """
@@ -134,20 +182,25 @@ def batch_loss(model: WordCRF, images, labels: np.ndarray, lengths: np.ndarray,
         from .on_device import device_structured_loss
         potentials = source.detach()[layout.on(device).source_index]
         result = device_structured_loss(potentials, layout, labels, options, kernels, store, sample_ids)
+        result.source_gradient = pull_back(layout, result.gradient.to(source.dtype), source.numel())
         return source, layout, result
-    potentials = source.detach().double().numpy()[layout.source_index]
-    result = structured_loss(potentials, layout, labels, options, store, sample_ids)
+    result = source_structured_loss(source.detach().double().numpy(), layout, labels, options,
+                                    store, sample_ids)
     return source, layout, result
 
 
-def backward(source: torch.Tensor, layout: ChainLayout, gradient) -> None:
-    """d loss / d potentials -> the nets: each entry's gradient summed onto its source entry.
-
-    `gradient`: numpy (the CPU engine's) or a torch tensor on the source's device."""
+def pull_back(layout: ChainLayout, gradient, size: int):
+    """d loss / d potentials -> d loss / d source: each entry's gradient summed onto its source
+    entry (numpy, or torch on the gradient's device)."""
     if isinstance(gradient, torch.Tensor):
-        pulled = torch.zeros(source.numel(), dtype=source.dtype, device=source.device)
-        pulled.index_add_(0, layout.on(source.device).source_index, gradient.to(source.dtype))
-        torch.autograd.backward(source, pulled)
-        return
-    pulled = np.bincount(layout.source_index, gradient, minlength=source.numel())
-    torch.autograd.backward(source, torch.from_numpy(pulled).to(source.dtype))
+        pulled = torch.zeros(size, dtype=gradient.dtype, device=gradient.device)
+        return pulled.index_add_(0, layout.on(gradient.device).source_index, gradient)
+    return np.bincount(layout.source_index, gradient, minlength=size)
+
+
+def backward(source: torch.Tensor, result: StructuredResult) -> None:
+    """The nets' gradients from batch_loss's result: autograd from the source vector on."""
+    gradient = result.source_gradient
+    if not isinstance(gradient, torch.Tensor):
+        gradient = torch.from_numpy(gradient)
+    torch.autograd.backward(source, gradient.to(source.dtype))

@@ -226,7 +226,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                     train_x[torch.as_tensor(rows, device=device)]
                 source, layout, result = batch_loss(model, images, train_y[rows], train_len[rows],
                                                     order, step_options, store, ids, kernels)
-                backward(source, layout, result.gradient)    # summed over this rank's samples
+                backward(source, result)    # summed over this rank's samples
                 totals += [result.loss.sum(), len(rows),
                            layout.correct_characters(result.beliefs, train_y[rows]),
                            train_len[rows].sum()]

@@ -42,6 +42,7 @@ class ChainLayout:
         # where each distance's tables start in the source vector
         table_size = [C * C if shared else max(L - d, 0) * C * C for d in range(1, order + 1)]
         table_start = B * L * C + np.concatenate([[0], np.cumsum(table_size)[:-1]]).astype(np.int64)
+        self.source_size = B * L * C + int(sum(table_size))   # entries of WordCRF.source
 
         self.source_index = np.empty(self.num_potentials, dtype=np.int64)
         self.groups = []   # (samples, n, unary positions (k, nC), {d: pair positions (k, (n-d)C^2)})
