@@ -20,9 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dstrain.config import load_config  # noqa: E402
-from dstrain.learning.trainer import train  # noqa: E402
+from dstrain.data import open_words  # noqa: E402
+from dstrain.learning.params import load_params  # noqa: E402
+from dstrain.learning.structured import InferenceOptions, batch_loss  # noqa: E402
+from dstrain.learning.trainer import build_model, train  # noqa: E402
 from report import write_report  # noqa: E402  (bench/report.py)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "words_debug.yaml"
@@ -70,6 +75,36 @@ def compare(blend, sweeps: int, converge, tol: float) -> list[str]:
     return lines + ["", verdict, ""]
 
 
+def gradient_error_by_tol(run_dir: Path, overrides, tols, words: int = 500) -> list[str]:
+    """How far converge's gradient at each tolerance is from the converged one (tol 1e-10), on
+    the final parameters of a converge run and its first `words` training words."""
+    config = load_config(CONFIG, ["train.variant=joint", *overrides])
+    with open_words(config.data.path, "train") as split:
+        words = min(words, split.num_samples)
+        images, labels, lengths = split.read(np.arange(words))
+        model = build_model(config, split).double()
+    load_params(model, run_dir / "params.h5")
+    gradients = {}
+    for tol in [*tols, 1e-10]:
+        options = InferenceOptions(algorithm="converge", tol=tol, max_sweeps=100_000)
+        parts, sweeps = [], 0
+        for start in range(0, words, config.train.batch_size):
+            rows = slice(start, start + config.train.batch_size)
+            _, _, result = batch_loss(model, images[rows].astype(np.float64), labels[rows],
+                                      lengths[rows], model.order, options)
+            parts.append(result.source_gradient)
+            sweeps += result.sweeps
+        gradients[tol] = (np.concatenate(parts), sweeps / len(parts))
+    exact = gradients.pop(1e-10)[0]
+    lines = [f"How converged converge's gradient is, by tolerance: the final parameters of "
+             f"`{run_dir.name}`, its first {words} training words in steps of "
+             f"{config.train.batch_size}, against tol 1e-10:", "",
+             "| converge tol | sweeps per step | relative L2 error of the gradient |", "|---|---|---|"]
+    lines += [f"| {tol:g} | {sweeps:.1f} | {np.linalg.norm(g - exact) / np.linalg.norm(exact):.1e} |"
+              for tol, (g, sweeps) in gradients.items()]
+    return lines + [""]
+
+
 def steps_per_epoch(overrides) -> int:
     config = load_config(CONFIG, list(overrides))
     return -(-config.data.num_train // config.train.batch_size)
@@ -82,7 +117,7 @@ def main(argv=None):
     parser.add_argument("--sweeps", type=int, nargs="+", default=[1, 2],
                         help="blend's sweeps per step (inference.sweeps), one blend curve each")
     parser.add_argument("--set", nargs="+", default=[], help="extra config overrides for all runs")
-    parser.add_argument("--seeds", type=int, default=3, help="runs (seeds 0, 1, ...) averaged per curve")
+    parser.add_argument("--seeds", type=int, default=5, help="runs (seeds 0, 1, ...) averaged per curve")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "blend_vs_converge.md"))
     args = parser.parse_args(argv)
     lines = ["# blend vs converge (`bench/blend_vs_converge.py`)", "",
@@ -101,6 +136,8 @@ def main(argv=None):
             for (name, value), overrides in runs.items():
                 curves[name, value].append(train_curve(f"{name}-{value:g}-seed{seed}",
                                                        [*overrides, *args.set], Path(tmp), seed))
+        accuracy_of_tol = gradient_error_by_tol(Path(tmp) / f"converge-{args.tols[0]:g}-seed0",
+                                                args.set, [1e-2, 1e-3, *args.tols])
     means = {key: mean_curve(runs_of_key) for key, runs_of_key in curves.items()}
     blends = {k: means["blend", k] for k in args.sweeps}
     converges = {tol: means["converge", tol] for tol in args.tols}
@@ -120,6 +157,7 @@ def main(argv=None):
             cells.append(f"{converge[-1][0] / reached:.1f}x" if reached else "not reached")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += accuracy_of_tol
     for k, blend in blends.items():
         for tol, converge in converges.items():
             lines += compare(blend, k, converge, tol)

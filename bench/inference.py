@@ -166,8 +166,8 @@ def main(argv=None):
         "*start*: per run (per training step) work that depends only on the potentials: the exp "
         "tables of the pairwise potentials. *beliefs+dual*: the read-out after the sweeps. "
         "The fastmp column divides the quoted fastmp time by our median (> 1: we are faster). "
-        "This machine is a shared VM: single sweeps of (b) spread over about 5-9 ms between runs, "
-        "so compare the quartiles too.", ""], args.out)
+        "These machines are shared VMs whose timings move between runs (single sweeps of (b) "
+        "spread over 5-9 ms on an earlier one), so compare the quartiles too.", ""], args.out)
 
 if __name__ == "__main__":
     main()
