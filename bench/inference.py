@@ -105,9 +105,10 @@ def measure_shared(batch_size, repeats, rng):
     for _ in range(2):
         engine.sweep(flat)
         engine.sweep(state)
-    error = float(np.abs(state.messages - flat.messages).max())
-    formed = np.isfinite(engine.beliefs(state))
-    error = max(error, float(np.abs(engine.beliefs(state)[formed] - engine.beliefs(flat)[formed]).max()))
+    beliefs = engine.beliefs(state)
+    formed = np.isfinite(beliefs)
+    error = max(float(np.abs(state.messages - flat.messages).max()),
+                float(np.abs(beliefs[formed] - engine.beliefs(flat)[formed]).max()))
     assert error < 1e-8, f"shared and flat engines disagree by {error:g}"
 
     start_ms = median_ms(lambda: engine.start(source, sharing=sharing), 3)

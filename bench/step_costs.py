@@ -6,13 +6,13 @@
 Each setting trains the model of `configs/words_debug.yaml` (joint, from scratch, one process, one
 torch thread) for --epochs epochs twice, side by side from the same seed: once on the path
 training takes on a CPU (`source_structured_loss`: where the pairs share tables, the engine
-works on the tables, ConvexBP.sharing) and once on the flat path it replaced (the flat potential
-vector, `structured_loss`, then the gradient pulled back onto the source).  The step is the
-trainer's: forward, structured loss (message passing, beliefs, gradient), backward, optimiser
-step (after the trainer's division of the gradients by the step's sample count); this script
-times each part.  Before timing, the first step's loss and gradients of both
-paths are checked against each other.  One epoch of each path runs first, untimed (the first
-runs in a process measured slower: the engine is built and caches fill).
+works on the tables, ConvexBP.sharing) and once on the flat path it replaced
+(`flat_source_loss`: the flat potential vector, `structured_loss`, the gradient pulled back).
+The step is the trainer's: forward, structured loss (message passing, beliefs, gradient),
+backward, optimiser step (after the trainer's division of the gradients by the step's sample
+count); this script times each part.  Before timing, the first step's loss and gradients of both
+paths are checked against each other.  One epoch of each path runs first, untimed, so that
+neither timed run pays for building the engine and filling caches.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dstrain.config import load_config  # noqa: E402
 from dstrain.data import open_words  # noqa: E402
 from dstrain.learning import MessageStore, message_sizes  # noqa: E402
-from dstrain.learning.structured import (InferenceOptions, backward, pull_back,  # noqa: E402
-                                         source_structured_loss, structured_loss)
+from dstrain.learning.structured import (InferenceOptions, backward,  # noqa: E402
+                                         flat_source_loss, source_structured_loss)
 from dstrain.learning.trainer import build_model, build_optimizer, ensure_data  # noqa: E402
 from report import machine, write_report  # noqa: E402  (bench/report.py)
 
@@ -40,13 +40,6 @@ SETTINGS = [("blend, 1 sweep", ["inference.algorithm=blend", "inference.sweeps=1
             ("converge, tol 1e-4", ["inference.algorithm=converge", "inference.tol=1e-4"]),
             ("converge, tol 1e-6", ["inference.algorithm=converge", "inference.tol=1e-6"])]
 PHASES = ("forward", "structured loss", "backward", "optimiser")
-
-
-def flat_loss(source, layout, labels, options, store, ids):
-    """The flat path: potentials gathered, beliefs of every entry, gradient pulled back."""
-    result = structured_loss(source[layout.source_index], layout, labels, options, store, ids)
-    result.source_gradient = pull_back(layout, result.gradient, len(source))
-    return result
 
 
 def train_timed(config, data, loss_of, epochs: int, check=None):
@@ -113,10 +106,10 @@ def main(argv=None):
             for mine, theirs in zip(grads, first["grads"]):
                 torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
 
-        if not rows:   # warm-up, not reported: the first runs of a process pay one-time costs
-            for loss_of in (flat_loss, source_structured_loss):   # (engine build, caches)
+        if not rows:   # warm-up, not reported: the engine is built, caches fill
+            for loss_of in (flat_source_loss, source_structured_loss):
                 train_timed(config, data, loss_of, 1)
-        flat = train_timed(config, data, flat_loss, args.epochs, check=remember)
+        flat = train_timed(config, data, flat_source_loss, args.epochs, check=remember)
         shared = train_timed(config, data, source_structured_loss, args.epochs, check=compare)
         for path, (seconds, steps, sweeps) in (("shared tables", shared), ("flat", flat)):
             total = sum(seconds.values())

@@ -60,10 +60,10 @@ def _elementwise(name: str, x: np.ndarray, out=None) -> np.ndarray:
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for the shared tables' matrix products, computed by torch.
 
-    numpy hands these to its BLAS, whose threads keep spinning after a call and then compete
-    with torch's threads for the cores: on the 2-core dev VM the torch.log that follows took
-    3.9 ms instead of 0.1-0.9 ms (a sweep of 1000 words 3x slower than without shared tables).
-    torch's matrix products run on torch's own thread pool.
+    With numpy's matmul (its BLAS has a thread pool of its own) and torch on 2 threads, the
+    torch.log after these products took 3.9 ms instead of 0.1-0.9 ms on the 2-core dev VM, and a
+    sweep of 1000 words 24 ms instead of 7.3 without shared tables; probably the two thread pools
+    competing for the cores.  torch's matrix products run on torch's own pool.
     """
     import torch
     return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
@@ -110,6 +110,10 @@ class PairSharing:
     variant_scale: list[np.ndarray]   # per pair group: (V,) its eps c_p
     variant_rows: list[list]      # per pair group: [(variant, pairs)]
     edge_rows: list[list]         # per colour, per fast group: [(edges, variant, r is 2nd variable)]
+
+    def table_of(self, group: int, pairs) -> np.ndarray:
+        """The shared table (row of `tables[group]`) of some pairs of pair group `group`."""
+        return self.variant_table[group][self.variant[group][pairs]]
 
 
 class BPState:
@@ -513,9 +517,7 @@ class ConvexBP:
         if state.sharing is None:
             f = state.potentials[g.entries[pairs]]
         else:
-            sharing = state.sharing
-            table = sharing.variant_table[group][sharing.variant[group][pairs]]
-            f = state.source[sharing.tables[group][table]]
+            f = state.source[state.sharing.tables[group][state.sharing.table_of(group, pairs)]]
         return f.reshape(len(pairs), *self._pair_shape(g))
 
     def _pair_fhat(self, state: BPState, group: int, pairs: np.ndarray) -> np.ndarray:
@@ -625,8 +627,8 @@ class ConvexBP:
                                                                                  w_b[pairs])
             low = np.flatnonzero(low)
             if len(low):
-                table_of = sharing.variant_table[group][sharing.variant[group][low]]
-                np.add.at(summed, table_of, self._exact_pair_beliefs(state, group, low))
+                np.add.at(summed, sharing.table_of(group, low),
+                          self._exact_pair_beliefs(state, group, low))
             out.append(summed)
         return out
 

@@ -6,8 +6,8 @@
 The beliefs come from one of the paper's algorithms; nothing is differentiated through message
 passing: the caller hands the gradient to ``torch.autograd.backward``.
 
-``structured_loss`` takes the batch's flat potentials (the reference path; exact inference and
-the GPU path use it too).  ``batch_loss`` on the CPU starts from the network's source vector
+``structured_loss`` takes the batch's flat potentials (the reference path, which on_device.py
+mirrors for the GPU).  ``batch_loss`` on the CPU starts from the network's source vector
 (unary scores, then the pair tables): where the pairs share tables, the engine exponentiates,
 multiplies and sums each table once per batch (``ConvexBP.sharing``) and the gradient of a
 table is its pairs' beliefs summed minus the truth counted, without the flat vectors.
@@ -134,17 +134,14 @@ def source_structured_loss(source: np.ndarray, layout: ChainLayout, labels: np.n
                            sample_ids=None) -> StructuredResult:
     """structured_loss from the source vector (float64), with the gradient w.r.t. the source.
 
-    Where the engine shares the pair tables (every WordCRF batch with convex counting numbers),
-    neither the flat potentials nor the pairs' beliefs are formed; otherwise the flat path runs
-    and its gradient is pulled back."""
+    Where the engine shares the pair tables (WordCRF batches with pairs, unless bethe counting
+    numbers take unary beliefs from the pairs), neither the flat potentials nor the pairs' beliefs
+    are formed; otherwise flat_source_loss runs."""
     check_algorithm(options)
     sharing = None if options.algorithm == "exact" else \
         _sharing(layout_engine(layout, options), layout)
     if sharing is None:
-        result = structured_loss(source[layout.source_index], layout, labels, options, store,
-                                 sample_ids)
-        result.source_gradient = pull_back(layout, result.gradient, len(source))
-        return result
+        return flat_source_loss(source, layout, labels, options, store, sample_ids)
     bp = message_passing(source, layout, options, store, sample_ids, sharing=sharing)
     truth, owner = layout.truth(labels)
     truth = layout.source_index[truth]
@@ -154,6 +151,17 @@ def source_structured_loss(source: np.ndarray, layout: ChainLayout, labels: np.n
     gradient -= np.bincount(truth, minlength=len(source))
     score = np.bincount(owner, source[truth], len(layout.lengths))
     return StructuredResult(None, bp.dual - score, bp.beliefs, bp.sweeps, gradient)
+
+
+def flat_source_loss(source: np.ndarray, layout: ChainLayout, labels: np.ndarray,
+                     options: InferenceOptions, store: MessageStore | None = None,
+                     sample_ids=None) -> StructuredResult:
+    """source_structured_loss by the flat path: the potentials gathered, structured_loss, and
+    its gradient pulled back onto the source."""
+    result = structured_loss(source[layout.source_index], layout, labels, options, store,
+                             sample_ids)
+    result.source_gradient = pull_back(layout, result.gradient, len(source))
+    return result
 
 
 def message_sizes(lengths, num_classes: int, order: int) -> np.ndarray:
