@@ -1,5 +1,6 @@
-"""bench/gpu_check.sh is run once, on a GPU machine lent for minutes: its flow is checked here,
-on the CPU (--emulate: the kernels emulated, tiny sizes), so that run is spent on measuring."""
+"""The benchmarks' own logic, checked on the CPU.  bench/gpu_check.sh is run once, on a GPU machine
+lent for minutes: its flow is checked here (--emulate: the kernels emulated, tiny sizes), so that
+run is spent on measuring."""
 import json
 import os
 import subprocess
@@ -22,3 +23,21 @@ def test_gpu_check_runs_end_to_end_in_emulation(tmp_path):
     checks = [r for r in rows if r["step"] == "a" or "==" in r["check"] or r["step"] == "d"]
     assert len(checks) >= 20 and all(r["status"] == "PASS" for r in checks), checks
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
+
+
+def test_blend_vs_converge_speedup_reads_the_curves():
+    """The bench's verdict: converge's seconds at its last (or n-th) epoch over the seconds at
+    which blend first reaches converge's accuracy there; None if it never does."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from blend_vs_converge import mean_curve, speedup
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    converge = [(3.0, 0.20, 5.0), (6.0, 0.30, 9.0), (9.0, 0.35, 12.0)]
+    blend = [(1.0, 0.10, 1.0), (2.0, 0.25, 1.0), (3.0, 0.34, 1.0), (4.0, 0.36, 1.0)]
+    assert speedup(blend, converge) == 9.0 / 4.0              # 0.35 first reached at 4 s
+    assert speedup(blend, converge, epochs=2) == 6.0 / 3.0    # 0.30 first reached at 3 s
+    assert speedup(blend[:3], converge) is None               # never reaches 0.35
+    other = [(t + 1.0, accuracy - 0.1, sweeps + 1.0) for t, accuracy, sweeps in converge]
+    mean = mean_curve([converge, other[:2]])                  # as long as the shortest run
+    assert len(mean) == 2 and mean[1] == (6.5, 0.25, 9.5)
