@@ -153,7 +153,12 @@ def test_warm_start_continues_where_it_stopped():
     straight = engine.run(flat, max_sweeps=12, tol=0.0)
     first = engine.run(flat, max_sweeps=5, tol=0.0)
     # a constant added to a message changes nothing: the engine re-normalises warm starts
-    shifted = first.messages + 3.0
+    # (a different constant per edge, so that each edge's shift has to be found on its own)
+    starts = batch.message_edge_start
+    per_edge = rng.uniform(-5.0, 5.0, size=len(starts))
+    shifted = first.messages + np.repeat(per_edge, np.diff(starts, append=batch.num_messages))
+    normalised = engine.start(flat, shifted).messages
+    np.testing.assert_array_equal(np.maximum.reduceat(normalised, starts), 0.0)
     second = engine.run(flat, messages=shifted, max_sweeps=7, tol=0.0)
     np.testing.assert_allclose(second.messages, straight.messages, atol=1e-10)
     np.testing.assert_allclose(second.beliefs, straight.beliefs, atol=1e-10)

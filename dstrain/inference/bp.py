@@ -21,6 +21,7 @@ a GPU backend can mirror this file array for array (or kernel for kernel).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,6 +212,13 @@ class ConvexBP:
             self._blocks.append((slice(start, start + e.size), e.shape))
             start += e.size
 
+    @functools.cached_property
+    def _message_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each edge's message starts, and each message entry's edge (for warm starts)."""
+        starts = self.batch.message_edge_start
+        lengths = np.diff(starts, append=self.batch.num_messages)
+        return starts, np.repeat(np.arange(len(starts)), lengths)
+
     @staticmethod
     def _binary_plan(c: ColourPlan):
         """Index arrays of the gap-form update, if colour c is binary unaries under fast pairs."""
@@ -297,8 +305,8 @@ class ConvexBP:
                 raise ValueError(f"messages: expected {b.num_messages} entries for this batch, "
                                  f"got shape {lam.shape}")
             if len(lam):   # shift every message to max 0: the dual is unchanged
-                starts = b.message_edge_start
-                lam -= np.repeat(np.maximum.reduceat(lam, starts), np.diff(starts, append=len(lam)))
+                starts, edge_of_entry = self._message_edges
+                lam -= np.maximum.reduceat(lam, starts)[edge_of_entry]
         transpose = sweeps is None or sweeps >= _TRANSPOSE_FROM_SWEEPS
         pair_tables = []
         for i, (g, entries, unit) in enumerate(zip(b.pair_groups, self._pair_entries,

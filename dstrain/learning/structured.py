@@ -89,7 +89,14 @@ def layout_engine(layout: ChainLayout, options: InferenceOptions, kernels=None):
     """The batch's message-passing engine: the CPU one, or DeviceBP on `kernels`."""
     # local = each region its own softmax (piecewise training): zero messages, all c_r = 1
     counting = "convex" if options.algorithm == "local" else options.counting_numbers
-    return _engine(tuple(layout.graphs(counting, options.eps)), kernels)
+    return _layout_engine(layout, counting, float(options.eps), kernels)
+
+
+@functools.lru_cache(maxsize=16)
+def _layout_engine(layout: ChainLayout, counting: str, eps: float, kernels):
+    # layouts are cached objects (hashed by identity): a step looks its engine up without
+    # rebuilding the tuple of its graphs
+    return _engine(tuple(layout.graphs(counting, eps)), kernels)
 
 
 @functools.lru_cache(maxsize=16)
