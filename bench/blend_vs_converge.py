@@ -38,7 +38,8 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "words_debug.yaml"
 
 
 def train_curve(tag: str, overrides, work: Path, seed: int):
-    """(training seconds so far, validation word accuracy, sweeps per step) after each epoch."""
+    """(training seconds so far, validation word accuracy, sweeps per step) after each epoch, and
+    the run's training milliseconds per step."""
     config = load_config(CONFIG, [*overrides, f"run.seed={seed}"])
     train(config, run_dir=work / tag, progress=False, log=lambda line: print(f"[{tag}] {line}"))
     rows = [json.loads(line) for line in (work / tag / "metrics.jsonl").read_text().splitlines()]
@@ -46,7 +47,7 @@ def train_curve(tag: str, overrides, work: Path, seed: int):
     for row in rows:
         elapsed += row["seconds"]
         curve.append((elapsed, row["val_word_accuracy"], row["sweeps_per_step"]))
-    return curve
+    return curve, 1e3 * elapsed / rows[-1]["step"]
 
 
 def mean_curve(curves):
@@ -141,18 +142,18 @@ def main(argv=None):
                            "inference.algorithm=blend", f"inference.sweeps={k}"] for k in args.sweeps}
     runs.update({("converge", tol): [*base, "inference.algorithm=converge", f"inference.tol={tol}"]
                  for tol in args.tols})
-    curves = {key: [] for key in runs}
+    curves, ms_per_step = {key: [] for key in runs}, {key: [] for key in runs}
     with tempfile.TemporaryDirectory() as tmp:
         # seed by seed, every configuration in turn: a slow spell of this shared machine then
         # lands on blend and converge alike instead of on whichever ran during it
         for seed in range(args.seeds):
             for (name, value), overrides in runs.items():
-                curves[name, value].append(train_curve(f"{name}-{value:g}-seed{seed}", overrides,
-                                                       Path(tmp), seed))
+                curve, ms = train_curve(f"{name}-{value:g}-seed{seed}", overrides, Path(tmp), seed)
+                curves[name, value].append(curve)
+                ms_per_step[name, value].append(ms)
         accuracy_of_tol = gradient_error_by_tol(Path(tmp) / f"converge-{args.tols[0]:g}-seed0",
                                                 base, [1e-2, 1e-3, *args.tols])
     means = {key: mean_curve(runs_of_key) for key, runs_of_key in curves.items()}
-    per_epoch = -(-config.data.num_train // t.batch_size)
     lines = ["# blend vs converge (`bench/blend_vs_converge.py`)", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {machine()} with `configs/words_debug.yaml`"
              + (f" (`{' '.join(base)}`)" if base else " as shipped")
@@ -160,14 +161,15 @@ def main(argv=None):
              f"{joint_epochs} more joint epochs for blend; training seconds only (unary epochs "
              f"included), one process, {config.run.threads} torch thread(s); every curve is the "
              f"mean of {args.seeds} runs (run.seed = 0..{args.seeds - 1}).", "",
-             "Training milliseconds per step (mean over all epochs of each run):", "",
+             "Training milliseconds per step (each run's training seconds over its steps, mean "
+             "over seeds):", "",
              "| run | ms per step |", "|---|---|"]
     lines += [f"| {name} {'sweeps' if name == 'blend' else 'tol'} {value:g} | "
-              f"{1e3 * curve[-1][0] / len(curve) / per_epoch:.1f} |"
-              for (name, value), curve in means.items()]
+              f"{np.mean(ms):.1f} |" for (name, value), ms in ms_per_step.items()]
+    spread_note = (f"; in brackets the lowest and highest of the {args.seeds} seeds' own curves"
+                   if args.seeds > 1 else "")
     lines += ["", f"How much sooner blend reaches the validation word accuracy converge ends at "
-              f"(mean curves; in brackets the lowest and highest of the {args.seeds} seeds' own "
-              f"curves):", "",
+              f"(mean curves{spread_note}):", "",
               "| blend sweeps per step | " + " | ".join(f"converge tol {tol:g}" for tol in args.tols)
               + " |", "|---" * (len(args.tols) + 1) + "|"]
     for k in args.sweeps:

@@ -61,10 +61,10 @@ def _elementwise(name: str, x: np.ndarray, out=None) -> np.ndarray:
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for the shared tables' matrix products, computed by torch.
 
-    With numpy's matmul (its BLAS has a thread pool of its own) and torch on 2 threads, the
-    torch.log after these products took 3.9 ms instead of 0.1-0.9 ms on the 2-core dev VM, and a
-    sweep of 1000 words 24 ms instead of 7.3 without shared tables; probably the two thread pools
-    competing for the cores.  torch's matrix products run on torch's own pool.
+    With torch on 2 threads, a shared-table sweep of 1000 2nd-order words took 28-36 ms with
+    numpy's matmul (its BLAS has a thread pool of its own), 5.5-7.9 ms with torch's and 9.7-9.9 ms
+    on the flat engine (2-core AMD EPYC VM, 2026-12-01, two runs each); probably the two thread
+    pools competing for the cores.  torch's matrix products run on torch's own pool.
     """
     import torch
     return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
@@ -625,15 +625,14 @@ class ConvexBP:
         for group, (g, pt, (w_a, w_b, total)) in enumerate(zip(self.batch.pair_groups,
                                                                state.pair_tables, sums)):
             summed = np.zeros((len(sharing.tables[group]), *self._pair_shape(g)))
-            low = total < _UNDERFLOW
+            low = np.flatnonzero(total < _UNDERFLOW)
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 a = w_a / total[:, None]
             for v, pairs in sharing.variant_rows[group]:
-                if low.any():
-                    pairs = pairs[~low[pairs]]
+                if len(low):   # those pairs' beliefs come from the exact path below
+                    pairs = np.setdiff1d(pairs, low, assume_unique=True)
                 summed[sharing.variant_table[group][v]] += pt.table[v] * _matmul(a[pairs].T,
                                                                                  w_b[pairs])
-            low = np.flatnonzero(low)
             if len(low):
                 np.add.at(summed, sharing.table_of(group, low),
                           self._exact_pair_beliefs(state, group, low))
