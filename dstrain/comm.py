@@ -170,8 +170,9 @@ class GradientReducer:
 
     Each bucket is one contiguous tensor on its parameters' device, and the parameters' ``.grad``
     tensors are views into it (as DDP's gradient_as_bucket_view), so backward writes straight into
-    what is reduced.  Zero the gradients with ``zero_grad(set_to_none=False)`` to keep the views; a
-    gradient that was replaced anyway is copied in and the view restored.
+    what is reduced.  Zero the gradients with ``zero_grad()`` here (or the optimiser's
+    ``zero_grad(set_to_none=False)``) to keep the views; a gradient that was replaced anyway is
+    copied in and the view restored.
 
     How a bucket reaches MPI (its route):
 
@@ -280,6 +281,12 @@ class GradientReducer:
             if self.staging[k] is not None:
                 self.tensors[k].copy_(self.staging[k][0], non_blocking=True)
         return global_count, summed
+
+    def zero_grad(self) -> None:
+        """Zero every parameter's gradient: one fill per bucket (the gradients are its views)."""
+        self._attach()
+        for tensor in self.tensors:
+            tensor.zero_()
 
     def gradients_finite(self) -> bool:
         """Whether this rank's gradients are all finite (checked before they are summed)."""

@@ -193,3 +193,23 @@ def test_source_path_gives_the_flat_paths_loss_and_gradient(algorithm, counting)
             assert mine.sweeps == flat.sweeps
             assert np.isnan(mine.beliefs).any() == (counting == "convex")
         np.testing.assert_allclose(stores[0].values, stores[1].values, atol=1e-10)
+
+
+@pytest.mark.parametrize("sizes", [[6, 6, 6, 6, 6], [6, 0, 10, 4, 6]])
+def test_message_store_gathers_and_scatters_like_a_dict(sizes):
+    rng = np.random.default_rng(1)
+    ids = np.array([7, 3, 9, 1, 4])
+    store = MessageStore(ids, sizes)
+    reference = {int(i): np.zeros(n) for i, n in zip(ids, sizes)}
+    for _ in range(5):
+        batch = rng.permutation(ids)[:3]
+        np.testing.assert_array_equal(store.gather(batch),
+                                      np.concatenate([reference[int(i)] for i in batch]))
+        new = rng.normal(size=sum(len(reference[int(i)]) for i in batch))
+        store.scatter(batch, new)
+        for i, part in zip(batch, np.split(new, np.cumsum([len(reference[int(i)]) for i in batch])[:-1])):
+            reference[int(i)] = part
+    for i in ids:
+        np.testing.assert_array_equal(store.of(int(i)), reference[int(i)])
+    with pytest.raises(KeyError, match="not held here"):
+        store.gather([5])

@@ -111,6 +111,8 @@ class PairSharing:
     variant_scale: list[np.ndarray]   # per pair group: (V,) its eps c_p
     variant_rows: list[list]      # per pair group: [(variant, pairs)]
     edge_rows: list[list]         # per colour, per fast group: [(edges, variant, r is 2nd variable)]
+    readout_source: np.ndarray    # source positions of the engine's read-out entries
+    inner_source: list            # per colour: source positions of its region entries (childless)
 
     def table_of(self, group: int, pairs) -> np.ndarray:
         """The shared table (row of `tables[group]`) of some pairs of pair group `group`."""
@@ -120,9 +122,12 @@ class PairSharing:
 class BPState:
     """Potentials, messages and what one run precomputes from the potentials."""
 
-    def __init__(self, potentials, messages, fhat, pair_tables, oriented, inner, binary_batch,
-                 transposed, sharing=None, source=None):
-        self.potentials = potentials    # (N,) f, float64 (with sharing: 0 at the fast pairs)
+    def __init__(self, potentials, readout, messages, fhat, pair_tables, oriented, inner,
+                 binary_batch, transposed, sharing=None, source=None):
+        # (N,) f, float64; with sharing only where fhat is kept (0 at the fast pairs), else None:
+        # a full-length vector of mostly zeros per step costs more than the rest of a start
+        self.potentials = potentials
+        self.readout = readout          # f at the engine's read-out entries
         self.sharing = sharing          # PairSharing, or None
         self.source = source            # with sharing: the source vector the tables come from
         self.fhat = fhat                # (N,) reparameterised potentials where read, or None
@@ -276,8 +281,10 @@ class ConvexBP:
                                    int(k // 2), bool(k % 2)) for k in kinds])
             edge_rows.append(per_group)
         rest = np.flatnonzero(~is_pair)
+        inner_source = [source_index[c.region_entries] if c.childless else None for c in b.colours]
         return PairSharing(int(source_size), rest, source_index[rest], tables, variant,
-                           variant_table, variant_scale, variant_rows, edge_rows)
+                           variant_table, variant_scale, variant_rows, edge_rows,
+                           source_index[self._readout_entries], inner_source)
 
     # --- state ----------------------------------------------------------------------------
     def start(self, potentials, messages=None, sweeps: int | None = None,
@@ -295,8 +302,15 @@ class ConvexBP:
                              f"got shape {theta.shape}")
         source = None
         if sharing is not None:
-            source, theta = theta, np.zeros(b.num_potentials)
-            theta[sharing.rest] = source[sharing.rest_source]
+            source, theta = theta, None
+            if self._needs_fhat:   # reparameterise reads f everywhere
+                theta = np.zeros(b.num_potentials)
+                theta[sharing.rest] = source[sharing.rest_source]
+            readout = source[sharing.readout_source]
+            inner = [source[where] if where is not None else None for where in sharing.inner_source]
+        else:
+            readout = theta[self._readout_entries]
+            inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
         if messages is None:
             lam = np.zeros(b.num_messages)
         else:
@@ -323,7 +337,6 @@ class ConvexBP:
             _exp(table, out=table)
             pair_tables.append(PairTable(table.reshape(len(table), *self._pair_shape(g)), top,
                                          variant))
-        inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
         oriented = []
         for colour, binary in zip(b.colours, self._binary):
             if sharing is not None and binary is None:   # sweeps use sharing.edge_rows instead
@@ -340,7 +353,7 @@ class ConvexBP:
         fhat = self.reparameterise(theta, lam) if self._needs_fhat else None
         # the gap-form update needs tables without near-underflow entries (see its docstring)
         binary = self._binary_batch and min(t.table.min() for t in pair_tables) >= _UNDERFLOW
-        return BPState(theta, lam, fhat, pair_tables, oriented, inner, binary, transpose,
+        return BPState(theta, readout, lam, fhat, pair_tables, oriented, inner, binary, transpose,
                        sharing, source)
 
     @staticmethod
@@ -541,7 +554,7 @@ class ConvexBP:
         and only for the entries read: fast pairs' fhat is never formed."""
         b, lam = self.batch, state.messages
         k = len(self._readout_entries)
-        flat = (state.potentials[self._readout_entries]
+        flat = (state.readout
                 + np.bincount(self._compact_parent, lam[b.parent_entry_message], k)
                 - np.bincount(self._compact_child, lam, k))
         return [flat[where].reshape(shape) for where, shape in self._blocks]
@@ -550,16 +563,33 @@ class ConvexBP:
         """_pair_sums of every pair group (shared by the dual and the beliefs)."""
         return [self._pair_sums(state, group) for group in range(len(self.batch.pair_groups))]
 
-    def dual(self, state: BPState, values=None, sums=None) -> np.ndarray:
+    def region_softmax(self, values) -> list[tuple]:
+        """Per regions_by_size block, for its regions with eps c_r > 0: (which rows, their beliefs
+        exp(fhat_r / (eps c_r)) normalised, their eps c_r log sum exp(fhat_r / (eps c_r))); the
+        beliefs and the dual share it."""
+        out = []
+        for (_, scale, _), block in zip(self.batch.regions_by_size, values):
+            direct = scale > 0
+            z = block[direct] / scale[direct, None]
+            peak = z.max(axis=1, keepdims=True)
+            z = _exp(z - peak)
+            total = z.sum(axis=1, keepdims=True)
+            out.append((direct, z / total, scale[direct] * (peak[:, 0] + np.log(total[:, 0]))))
+        return out
+
+    def dual(self, state: BPState, values=None, sums=None, softmax=None) -> np.ndarray:
         """D(lambda) per sample: sum_r eps c_r log sum exp(fhat_r / (eps c_r)) (max where eps c_r = 0)."""
         values = self.region_values(state) if values is None else values
         sums = self.pair_sums(state) if sums is None else sums
+        softmax = self.region_softmax(values) if softmax is None else softmax
         per_region, samples = [], []
-        for (_, scale, sample), block in zip(self.batch.regions_by_size, values):
+        for (_, scale, sample), block, (direct, _, log_partition) in zip(
+                self.batch.regions_by_size, values, softmax):
             out = block.max(axis=1)
-            soft = scale != 0
-            if soft.any():
-                out[soft] = _log_sum_exp(block[soft], scale[soft, None], axis=1)
+            out[direct] = log_partition
+            negative = scale < 0
+            if negative.any():
+                out[negative] = _log_sum_exp(block[negative], scale[negative, None], axis=1)
             per_region.append(out)
             samples.append(sample)
         for group, (g, pt, (_, _, total)) in enumerate(zip(self.batch.pair_groups,
@@ -582,22 +612,20 @@ class ConvexBP:
         z = np.exp(z - z.max(axis=1, keepdims=True))
         return (z / z.sum(axis=1, keepdims=True)).reshape(len(pairs), *self._pair_shape(g))
 
-    def beliefs(self, state: BPState, values=None, sums=None) -> np.ndarray:
+    def beliefs(self, state: BPState, values=None, sums=None, softmax=None) -> np.ndarray:
         """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent.
 
         With shared tables the fast pairs' entries are NaN: their beliefs are not formed (see
         table_beliefs)."""
         values = self.region_values(state) if values is None else values
+        softmax = self.region_softmax(values) if softmax is None else softmax
         if state.sharing is None:
             beliefs = np.zeros(self.batch.num_potentials)
         else:
             beliefs = np.full(self.batch.num_potentials, np.nan)
             beliefs[state.sharing.rest] = 0.0
-        for (entries, scale, _), block in zip(self.batch.regions_by_size, values):
-            direct = scale > 0
-            z = block[direct] / scale[direct, None]
-            z = _exp(z - z.max(axis=1, keepdims=True))
-            beliefs[entries[direct]] = z / z.sum(axis=1, keepdims=True)
+        for (entries, _, _), (direct, normalised, _) in zip(self.batch.regions_by_size, softmax):
+            beliefs[entries[direct]] = normalised
         if state.sharing is None:
             sums = self.pair_sums(state) if sums is None else sums
             for group, (entries, pt, (w_a, w_b, total)) in enumerate(zip(
@@ -655,6 +683,8 @@ class ConvexBP:
             change = self.sweep(state)
             sweeps += 1
         values, sums = self.region_values(state), self.pair_sums(state)
-        return BPResult(self.beliefs(state, values, sums), self.dual(state, values, sums),
+        softmax = self.region_softmax(values)
+        return BPResult(self.beliefs(state, values, sums, softmax),
+                        self.dual(state, values, sums, softmax),
                         state.messages, sweeps, change, converged=change < tol,
                         table_beliefs=None if sharing is None else self.table_beliefs(state, sums))

@@ -31,6 +31,10 @@ class MessageStore:
         self.offset = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.xp = xp
         self.values = xp.zeros(int(self.offset[-1]), dtype=dtype)
+        # equal sizes (words of one length: every sample) make the store a matrix, one row per
+        # sample: a step takes whole rows instead of forming an index of every entry
+        self._rows = self.values.reshape(len(self.sizes), -1) \
+            if len(self.sizes) and np.all(self.sizes == self.sizes[0]) else None
         self._last = (None, None)   # a step gathers and then scatters the same ids: index once
 
     def _index(self, ids):
@@ -44,17 +48,24 @@ class MessageStore:
             missing = ids[self._sorted_ids[where] != ids][:5].tolist()
             raise KeyError(f"MessageStore: sample ids {missing} are not held here")
         pos = self._sorted_pos[where]
-        index = concatenated_ranges(self.offset[pos], self.sizes[pos])
+        index = pos if self._rows is not None else concatenated_ranges(self.offset[pos],
+                                                                       self.sizes[pos])
         index = index if self.xp is np else self.xp.asarray(index)   # on the device: one copy up
         self._last = (key, index)
         return index
 
     def gather(self, ids) -> np.ndarray:
         """The messages of samples `ids`, concatenated in that order."""
+        if self._rows is not None:
+            return self._rows[self._index(ids)].reshape(-1)
         return self.values[self._index(ids)]
 
     def scatter(self, ids, messages) -> None:
-        self.values[self._index(ids)] = self.xp.asarray(messages, dtype=self.values.dtype)
+        messages = self.xp.asarray(messages, dtype=self.values.dtype)
+        if self._rows is not None:
+            self._rows[self._index(ids)] = messages.reshape(-1, self._rows.shape[1])
+        else:
+            self.values[self._index(ids)] = messages
 
     def of(self, sample_id: int) -> np.ndarray:
         return to_host(self.gather([sample_id]))

@@ -77,11 +77,19 @@ def epoch_batches(config: Config, epoch: int, owned: np.ndarray, num_samples: in
 
 
 def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum or Adam, fused (one kernel over all parameters) where torch has it for
+    the parameters' device and dtype: on the dev VM a step of the debug model took 37 us fused
+    against 88 us (SGD) and 78 against 230 us (Adam) with torch's default loop over the tensors."""
     t = config.train
     if t.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=t.lr, momentum=t.momentum,
-                               weight_decay=t.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        kind, options = torch.optim.SGD, dict(lr=t.lr, momentum=t.momentum,
+                                              weight_decay=t.weight_decay)
+    else:
+        kind, options = torch.optim.Adam, dict(lr=t.lr, weight_decay=t.weight_decay)
+    try:
+        return kind(model.parameters(), fused=True, **options)
+    except (RuntimeError, ValueError):   # no fused kernel for this device or dtype
+        return kind(model.parameters(), **options)
 
 
 def evaluate(model: WordCRF, images, labels, lengths, order: int, options: InferenceOptions,
@@ -199,6 +207,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     step, last, stopped = loop["step"], {}, False
     epoch, totals, sweeps = loop["epoch"] - 1, np.zeros(4), 0   # as they stand if no epoch runs
     t = config.train
+    fault_step = os.environ.get("DSTRAIN_FAULT_STEP")   # read once: tests set it before a run
     for epoch in range(loop["epoch"], t.epochs):
         phase = phase_of(t.variant, epoch, t.pretrain_epochs)
         if phase != previous_phase:   # a new loss: its plateau is measured afresh
@@ -218,9 +227,10 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                    initial=first_batch, total=len(batches),
                    disable=None if progress and root else True, leave=False)
         for batch_in_epoch, ids in enumerate(bar, start=first_batch + 1):
-            _injected_fault(step + 1, comm.rank)
+            if fault_step is not None:
+                _injected_fault(step + 1, comm.rank)
             rows = position[ids]
-            optimizer.zero_grad(set_to_none=False)   # keeps the gradients as bucket views
+            reducer.zero_grad()
             if len(rows):
                 images = train_x[rows] if kernels is None else \
                     train_x[torch.as_tensor(rows, device=device)]
@@ -245,8 +255,9 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
             if config.run.check_sync_every and step % config.run.check_sync_every == 0 \
                     and not reducer.parameters_identical():
                 raise RuntimeError(f"parameters differ between ranks after step {step}")
-            bar.set_postfix(loss=f"{totals[0] / max(totals[1], 1):.3f}",
-                            char_acc=f"{100 * totals[2] / max(totals[3], 1):.1f}%")
+            if not bar.disable:
+                bar.set_postfix(loss=f"{totals[0] / max(totals[1], 1):.3f}",
+                                char_acc=f"{100 * totals[2] / max(totals[3], 1):.1f}%")
             if signalled:   # Slurm's warning before preemption: save, then end cleanly
                 checkpoint(batch_in_epoch)
                 say(f"stopped by signal {stop_signals[0]} after step {step}: checkpoint written; "
