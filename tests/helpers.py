@@ -70,3 +70,12 @@ def run_params(run_dir) -> dict[str, np.ndarray]:
     """The final parameters a training run wrote (RUN_DIR/params.h5), by name."""
     with h5py.File(Path(run_dir) / "params.h5") as f:
         return {name: np.asarray(f[name]) for name in f}
+
+
+def character_beliefs(layout, beliefs) -> np.ndarray:
+    """(B, max_length, C) each character's beliefs out of a flat (N,) vector, 0 at padding."""
+    beliefs = to_host(beliefs) if not hasattr(beliefs, "numpy") else beliefs.numpy()
+    out = np.zeros((len(layout.lengths), layout.max_length, layout.num_classes))
+    for samples, n, unary_pos, _ in layout.groups:
+        out[samples, :n] = beliefs[unary_pos].reshape(len(samples), n, layout.num_classes)
+    return out

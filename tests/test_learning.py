@@ -10,6 +10,7 @@ from dstrain.learning import InferenceOptions, MessageStore, message_sizes
 from dstrain.learning.decode import decode
 from dstrain.learning.structured import backward, batch_loss, pull_back, structured_loss
 from dstrain.models import WordCRF
+from helpers import character_beliefs
 
 C, L, IMAGE = 3, 5, (4, 3)
 
@@ -83,8 +84,10 @@ def test_blend_keeps_each_samples_messages_across_steps():
     f = model.potentials(torch.from_numpy(images[rows]), layout).detach().numpy()
     twice = ConvexBP(GraphBatch(layout.graphs())).run(f, max_sweeps=2, tol=0.0)
     np.testing.assert_allclose(store.gather(first), twice.messages, atol=1e-12)
-    ok = ~np.isnan(second.beliefs)   # the pairs' beliefs are summed per shared table instead
-    np.testing.assert_allclose(second.beliefs[ok], twice.beliefs[ok], atol=1e-12)
+    # the pairs' beliefs are summed per shared table instead of formed: the characters' are
+    assert second.beliefs is None
+    np.testing.assert_allclose(second.character_beliefs, character_beliefs(layout, twice.beliefs),
+                               atol=1e-12)
     expected = twice.beliefs.copy()
     expected[layout.truth(labels[rows])[0]] -= 1.0
     np.testing.assert_allclose(second.source_gradient,
@@ -191,7 +194,13 @@ def test_source_path_gives_the_flat_paths_loss_and_gradient(algorithm, counting)
                                        pull_back(layout, flat.gradient, layout.source_size),
                                        atol=1e-10)
             assert mine.sweeps == flat.sweeps
-            assert np.isnan(mine.beliefs).any() == (counting == "convex")
+            # shared tables (convex counting numbers): the characters' beliefs, not the flat ones
+            assert (mine.beliefs is None) == (counting == "convex")
+            if mine.beliefs is None:
+                expected = character_beliefs(layout, flat.beliefs)
+                np.testing.assert_allclose(mine.character_beliefs, expected, atol=1e-10)
+                assert layout.correct_characters(mine.character_beliefs, labels) == \
+                    layout.correct_characters(flat.beliefs, labels) > 0
         np.testing.assert_allclose(stores[0].values, stores[1].values, atol=1e-10)
 
 

@@ -113,6 +113,15 @@ class PairSharing:
     edge_rows: list[list]         # per colour, per fast group: [(edges, variant, r is 2nd variable)]
     readout_source: np.ndarray    # source positions of the engine's read-out entries
     inner_source: list            # per colour: source positions of its region entries (childless)
+    num_potentials: int           # N, the batch's potential entries
+    rest_blocks: list             # per regions_by_size block: its entries' positions in `rest`
+    rest_levels: list             # belief_levels as positions in `rest`
+
+    def spread(self, rest_values: np.ndarray) -> np.ndarray:
+        """(N,) with `rest_values` at the rest entries and NaN at the fast pairs."""
+        full = np.full(self.num_potentials, np.nan)
+        full[self.rest] = rest_values
+        return full
 
     def table_of(self, group: int, pairs) -> np.ndarray:
         """The shared table (row of `tables[group]`) of some pairs of pair group `group`."""
@@ -159,13 +168,24 @@ class BPState:
 
 @dataclass
 class BPResult:
-    beliefs: np.ndarray         # (N,) in the batch's potential layout
     dual: np.ndarray            # (S,) the dual D(lambda) of each sample
     messages: np.ndarray        # (M,) final messages (store them per sample to warm-start)
     sweeps: int                 # sweeps run
     max_change: float           # largest message change in the last sweep (inf if none ran)
     converged: bool
     table_beliefs: list | None = None   # with shared tables: ConvexBP.table_beliefs
+    rest_beliefs: np.ndarray | None = None   # with shared tables: beliefs at sharing.rest
+    sharing: PairSharing | None = None
+    formed: np.ndarray | None = None   # (N,) beliefs, once formed
+
+    @property
+    def beliefs(self) -> np.ndarray:
+        """(N,) in the batch's potential layout; with shared tables NaN at the fast pairs, formed
+        from rest_beliefs when first read (training never reads them: a full-length vector per
+        step cost more than the rest of the read-outs)."""
+        if self.formed is None:
+            self.formed = self.sharing.spread(self.rest_beliefs)
+        return self.formed
 
 
 def _log_sum_exp(values: np.ndarray, scale, axis: int) -> np.ndarray:
@@ -282,9 +302,13 @@ class ConvexBP:
             edge_rows.append(per_group)
         rest = np.flatnonzero(~is_pair)
         inner_source = [source_index[c.region_entries] if c.childless else None for c in b.colours]
+        # no fast pair is a read-out region or a parent of one (checked above), nor a child
+        in_rest = functools.partial(np.searchsorted, rest)
         return PairSharing(int(source_size), rest, source_index[rest], tables, variant,
                            variant_table, variant_scale, variant_rows, edge_rows,
-                           source_index[self._readout_entries], inner_source)
+                           source_index[self._readout_entries], inner_source, b.num_potentials,
+                           [in_rest(entries) for entries, _, _ in b.regions_by_size],
+                           [(in_rest(child), in_rest(parent)) for child, parent in b.belief_levels])
 
     # --- state ----------------------------------------------------------------------------
     def start(self, potentials, messages=None, sweeps: int | None = None,
@@ -619,11 +643,9 @@ class ConvexBP:
         table_beliefs)."""
         values = self.region_values(state) if values is None else values
         softmax = self.region_softmax(values) if softmax is None else softmax
-        if state.sharing is None:
-            beliefs = np.zeros(self.batch.num_potentials)
-        else:
-            beliefs = np.full(self.batch.num_potentials, np.nan)
-            beliefs[state.sharing.rest] = 0.0
+        if state.sharing is not None:
+            return state.sharing.spread(self.rest_beliefs(state, values, softmax))
+        beliefs = np.zeros(self.batch.num_potentials)
         for (entries, _, _), (direct, normalised, _) in zip(self.batch.regions_by_size, softmax):
             beliefs[entries[direct]] = normalised
         if state.sharing is None:
@@ -639,6 +661,21 @@ class ConvexBP:
                 beliefs[entries] = b.ravel()
         for child_entry, parent_entry in self.batch.belief_levels:
             beliefs += np.bincount(child_entry, beliefs[parent_entry], len(beliefs))
+        return beliefs
+
+    def rest_beliefs(self, state: BPState, values=None, softmax=None) -> np.ndarray:
+        """With shared tables: the beliefs of the entries that are not fast pairs (sharing.rest),
+        without a full-length vector."""
+        sharing = state.sharing
+        if sharing is None:
+            raise ValueError("rest_beliefs: this state has no shared tables (start(..., sharing=))")
+        values = self.region_values(state) if values is None else values
+        softmax = self.region_softmax(values) if softmax is None else softmax
+        beliefs = np.zeros(len(sharing.rest))
+        for where, (direct, normalised, _) in zip(sharing.rest_blocks, softmax):
+            beliefs[where[direct]] = normalised
+        for child, parent in sharing.rest_levels:
+            beliefs += np.bincount(child, beliefs[parent], len(beliefs))
         return beliefs
 
     def table_beliefs(self, state: BPState, sums=None) -> list[np.ndarray]:
@@ -671,8 +708,9 @@ class ConvexBP:
             sharing: PairSharing | None = None) -> BPResult:
         """Sweep until the largest message change is below tol or max_sweeps is reached.
 
-        With `sharing`, `potentials` is the source vector, and the result's `table_beliefs` holds
-        the pairs' beliefs summed per shared table (their entries in `beliefs` are NaN)."""
+        With `sharing`, `potentials` is the source vector, the result's `table_beliefs` holds
+        the pairs' beliefs summed per shared table (their entries in `beliefs` are NaN) and
+        `rest_beliefs` the beliefs of the other entries (sharing.rest)."""
         if max_sweeps < 0 or not tol >= 0:
             raise ValueError(f"max_sweeps = {max_sweeps} and tol = {tol} must be >= 0")
         state = self.start(potentials, messages, sweeps=max_sweeps, sharing=sharing)
@@ -684,7 +722,12 @@ class ConvexBP:
             sweeps += 1
         values, sums = self.region_values(state), self.pair_sums(state)
         softmax = self.region_softmax(values)
-        return BPResult(self.beliefs(state, values, sums, softmax),
-                        self.dual(state, values, sums, softmax),
-                        state.messages, sweeps, change, converged=change < tol,
-                        table_beliefs=None if sharing is None else self.table_beliefs(state, sums))
+        result = BPResult(self.dual(state, values, sums, softmax), state.messages, sweeps, change,
+                          converged=change < tol)
+        if sharing is None:
+            result.formed = self.beliefs(state, values, sums, softmax)
+        else:
+            result.table_beliefs = self.table_beliefs(state, sums)
+            result.rest_beliefs = self.rest_beliefs(state, values, softmax)
+            result.sharing = sharing
+        return result

@@ -48,9 +48,12 @@ class StructuredResult:
     gradient: np.ndarray | None   # (N,) d loss_s / d f, summed over samples (not averaged);
                                   # None where only the source gradient was formed
     loss: np.ndarray       # (B,) per-sample loss
-    beliefs: np.ndarray    # (N,); NaN at pairs whose tables are shared (ConvexBP.sharing)
+    beliefs: np.ndarray | None    # (N,); None where the pairs share tables (ConvexBP.sharing):
+                                  # see character_beliefs
     sweeps: int            # message-passing sweeps run (0 for exact and local)
     source_gradient: object = None   # batch_loss: d loss / d source (numpy, or torch on a device)
+    # where the pairs share tables: (B, max_length, C) each character's belief, 0 at padding
+    character_beliefs: np.ndarray | None = None
 
 
 @functools.lru_cache(maxsize=16)
@@ -152,12 +155,15 @@ def source_structured_loss(source: np.ndarray, layout: ChainLayout, labels: np.n
     bp = message_passing(source, layout, options, store, sample_ids, sharing=sharing)
     truth, owner = layout.truth(labels)
     truth = layout.source_index[truth]
-    gradient = np.bincount(sharing.rest_source, bp.beliefs[sharing.rest], len(source))
+    gradient = np.bincount(sharing.rest_source, bp.rest_beliefs, len(source))
+    # the source opens with the unary scores (B, max_length, C): their beliefs, before the rest
+    shape = (len(layout.lengths), layout.max_length, layout.num_classes)
+    characters = gradient[:int(np.prod(shape))].reshape(shape).copy()
     for positions, summed in zip(sharing.tables, bp.table_beliefs):
         gradient[positions] += summed.reshape(positions.shape)   # distinct positions
     gradient -= np.bincount(truth, minlength=len(source))
     score = np.bincount(owner, source[truth], len(layout.lengths))
-    return StructuredResult(None, bp.dual - score, bp.beliefs, bp.sweeps, gradient)
+    return StructuredResult(None, bp.dual - score, None, bp.sweeps, gradient, characters)
 
 
 def flat_source_loss(source: np.ndarray, layout: ChainLayout, labels: np.ndarray,

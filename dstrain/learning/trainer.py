@@ -237,9 +237,9 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                 source, layout, result = batch_loss(model, images, train_y[rows], train_len[rows],
                                                     order, step_options, store, ids, kernels)
                 backward(source, result)    # summed over this rank's samples
+                beliefs = result.beliefs if result.beliefs is not None else result.character_beliefs
                 totals += [result.loss.sum(), len(rows),
-                           layout.correct_characters(result.beliefs, train_y[rows]),
-                           train_len[rows].sum()]
+                           layout.correct_characters(beliefs, train_y[rows]), train_len[rows].sum()]
                 sweeps += result.sweeps
             finite = reducer.gradients_finite() and (not len(rows) or np.isfinite(result.loss).all())
             reduce_started = time.perf_counter()

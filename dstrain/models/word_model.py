@@ -91,7 +91,10 @@ class ChainLayout:
     def correct_characters(self, beliefs, labels: np.ndarray) -> int:
         """How many characters the argmax of their unary belief gets right (a cheap running score).
 
-        `beliefs`: numpy, or a torch tensor on any device (only the argmax comes to the host)."""
+        `beliefs`: the flat (N,) vector, numpy or a torch tensor on any device (only the argmax
+        comes to the host), or each character's beliefs (B, max_length, C) (numpy)."""
+        if beliefs.ndim == 3:
+            return int(((beliefs.argmax(axis=2) == labels) & (labels >= 0)).sum())
         C, hits = self.num_classes, 0
         for k, (samples, n, unary_pos, _) in enumerate(self.groups):
             if isinstance(beliefs, torch.Tensor):
