@@ -90,7 +90,7 @@ def main() -> None:
              f"new = `{commit(names['new'])}`; `configs/words_debug.yaml`, one process, one torch "
              f"thread; fastest epoch of each run in ms per step, median of {args.rounds} rounds "
              "(each round runs old, then new, in fresh processes).", "",
-             "| setting | old ms/step | new ms/step | old / new | sweeps per step (old, new) |",
+             "| setting | old ms/step | new ms/step | old / new | sweeps per step (old, new; last round) |",
              "|---|---|---|---|---|"]
     for tag in SETTINGS:
         old, new = (statistics.median(r[tag][0] for r in results[n]) for n in names)

@@ -118,11 +118,11 @@ def evaluate(model: WordCRF, images, labels, lengths, order: int, options: Infer
             "word_accuracy": totals[3] / max(totals[4], 1)}
 
 
-def _injected_fault(step: int, rank: int) -> None:
-    """Test-only fault switch: DSTRAIN_FAULT_STEP=k DSTRAIN_FAULT_RANK=r raise at step k on rank r."""
-    if os.environ.get("DSTRAIN_FAULT_STEP") == str(step) and \
-            os.environ.get("DSTRAIN_FAULT_RANK", "0") == str(rank):
-        raise RuntimeError(f"injected fault at step {step} (DSTRAIN_FAULT_STEP)")
+def _injected_fault() -> tuple[int, int] | None:
+    """Test-only fault switch: DSTRAIN_FAULT_STEP=k DSTRAIN_FAULT_RANK=r raise at step k on rank r
+    (rank 0 if unset); (step, rank), or None when the switch is off.  Read once per run."""
+    step = os.environ.get("DSTRAIN_FAULT_STEP")
+    return None if step is None else (int(step), int(os.environ.get("DSTRAIN_FAULT_RANK", "0")))
 
 
 def train(config: Config, run_dir: str | Path | None = None, progress: bool = True,
@@ -207,7 +207,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     step, last, stopped = loop["step"], {}, False
     epoch, totals, sweeps = loop["epoch"] - 1, np.zeros(4), 0   # as they stand if no epoch runs
     t = config.train
-    fault_step = os.environ.get("DSTRAIN_FAULT_STEP")   # read once: tests set it before a run
+    fault = _injected_fault()
     for epoch in range(loop["epoch"], t.epochs):
         phase = phase_of(t.variant, epoch, t.pretrain_epochs)
         if phase != previous_phase:   # a new loss: its plateau is measured afresh
@@ -227,8 +227,8 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                    initial=first_batch, total=len(batches),
                    disable=None if progress and root else True, leave=False)
         for batch_in_epoch, ids in enumerate(bar, start=first_batch + 1):
-            if fault_step is not None:
-                _injected_fault(step + 1, comm.rank)
+            if fault == (step + 1, comm.rank):
+                raise RuntimeError(f"injected fault at step {step + 1} (DSTRAIN_FAULT_STEP)")
             rows = position[ids]
             reducer.zero_grad()
             if len(rows):

@@ -22,14 +22,14 @@ class _OneDNNLinear(torch.autograd.Function):
 
     torch sends float32 matrix products on the CPU to MKL, which on the AMD EPYC dev VM ran at
     about half oneDNN's speed: one torch thread, the unary MLP of configs/words_debug.yaml (250
-    images, 784 -> 128 -> 26) took 1.33 ms forward and backward with F.linear and 0.78 ms with this
-    (medians, bench/cpu_linear.py, which measures both side by side).
+    images, 784 -> 128 -> 26) took 1.33 and 1.39 ms forward and backward with F.linear and 0.78
+    and 0.90 ms with this (medians of two runs of bench/cpu_linear.py, which measures both side by
+    side).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
         return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
 
     @staticmethod
@@ -41,7 +41,7 @@ class _OneDNNLinear(torch.autograd.Function):
             grad_x = _ONEDNN_LINEAR(grad, weight.t(), None, "none", [], "")
         if ctx.needs_input_grad[1]:   # grad^T @ x
             grad_weight = _ONEDNN_LINEAR(grad.t().contiguous(), x.t(), None, "none", [], "")
-        if ctx.has_bias and ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2]:   # False where there is no bias
             grad_bias = grad.sum(0)
         return grad_x, grad_weight, grad_bias
 
