@@ -25,12 +25,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dstrain.config import ConfigError, load_config  # noqa: E402
-from dstrain.data import open_words  # noqa: E402
+from dstrain.tasks.words import open_words  # noqa: E402
 from dstrain.learning.params import load_params  # noqa: E402
-from dstrain.learning.structured import InferenceOptions, batch_loss  # noqa: E402
+from dstrain.learning.structured import InferenceOptions, structured_loss  # noqa: E402
+from dstrain.models import Batch  # noqa: E402
 from dstrain.learning.trainer import build_model, train  # noqa: E402
 from report import machine, write_report  # noqa: E402  (bench/report.py)
 
@@ -94,7 +96,7 @@ def gradient_error_by_tol(run_dir: Path, overrides, tols, words: int = 500) -> l
     config = load_config(CONFIG, list(overrides))
     with open_words(config.data.path, "train") as split:
         words = min(words, split.num_samples)
-        images, labels, lengths = split.read(np.arange(words))
+        images, labels = split.read(np.arange(words))
         model = build_model(config, split).double()
     load_params(model, run_dir / "params.h5")
     gradients = {}
@@ -103,9 +105,9 @@ def gradient_error_by_tol(run_dir: Path, overrides, tols, words: int = 500) -> l
         parts, sweeps = [], 0
         for start in range(0, words, config.train.batch_size):
             rows = slice(start, start + config.train.batch_size)
-            _, _, result = batch_loss(model, images[rows].astype(np.float64), labels[rows],
-                                      lengths[rows], model.order, options)
-            parts.append(result.source_gradient)
+            batch = Batch(torch.from_numpy(images[rows].astype(np.float64)), labels[rows])
+            result = structured_loss(model.potentials(batch), batch.y, options)
+            parts.append(result.gradients[0])
             sweeps += result.sweeps
         gradients[tol] = (np.concatenate(parts), sweeps / len(parts))
     exact = gradients.pop(1e-10)[0]

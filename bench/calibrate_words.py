@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dstrain.data import generate_words, open_words  # noqa: E402
+from dstrain.tasks.words import generate_words, open_words  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -49,7 +49,7 @@ def parse_args(argv=None):
 def load_split(path: Path, split: str):
     """All characters of a split: x (n_chars, H*W) float32, y (n_chars,), word index (n_chars,)."""
     with open_words(path, split) as data:
-        x, y, lengths = data.read(range(data.num_samples))
+        x, y = data.read(range(data.num_samples))
         num_classes = data.num_classes
     valid = y >= 0  # drop the -1 padding positions
     word_of_char = np.broadcast_to(np.arange(len(y))[:, None], y.shape)[valid]

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dstrain.graph import GraphBatch, chain, fully_connected  # noqa: E402
 from dstrain.inference import ConvexBP  # noqa: E402
 from dstrain.inference.reference import ReferenceBP  # noqa: E402
-from dstrain.models.word_model import ChainLayout  # noqa: E402
+from dstrain.tasks.words.model import chain_layout  # noqa: E402
 from report import machine, write_report  # noqa: E402  (bench/report.py)
 
 # fastmp, the paper group's C++/OpenMP message passer, 2 threads on a machine like this (issue #2)
@@ -97,7 +97,7 @@ def measure(graphs, repeats, reference_samples, rng):
 
 def measure_shared(batch_size, repeats, rng):
     """Workload (a) with its pair tables shared, timed like measure(), checked against flat."""
-    layout = ChainLayout(np.full(batch_size, 5), 5, 26, order=2)
+    layout = chain_layout(np.full(batch_size, 5, dtype=np.int64).tobytes(), 5, 26, 2, True)
     engine = ConvexBP(GraphBatch(layout.graphs()))
     sharing = engine.sharing(layout.source_index, layout.source_size)
     source = rng.normal(size=layout.source_size)

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dstrain.config import load_config  # noqa: E402
-from dstrain.data import open_words  # noqa: E402
+from dstrain.tasks.words import open_words  # noqa: E402
 from dstrain.learning.params import load_params  # noqa: E402
 from dstrain.learning.structured import InferenceOptions  # noqa: E402
 from dstrain.learning.trainer import build_model, evaluate, train  # noqa: E402
@@ -57,12 +57,11 @@ def run_row(name, hidden, epochs, extra, work: Path):
     train(config, run_dir=work / name, progress=False, log=lambda line: print(f"[{name}] {line}"))
     seconds = time.perf_counter() - started
     with open_words(config.data.path, "test") as split:
-        images, labels, lengths = split.read(np.arange(split.num_samples))
+        images, labels = split.read(np.arange(split.num_samples))
         model = build_model(config, split)
     load_params(model, work / name / "params.h5")
     model.eval()
-    test = evaluate(model, images, labels, lengths, model.order,
-                    InferenceOptions.from_config(config.inference))
+    test = evaluate(model, images, labels, InferenceOptions.from_config(config.inference))
     return label, test, seconds
 
 

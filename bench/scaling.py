@@ -74,14 +74,14 @@ def ddp_worker(rank: int, world: int, port: int, data: str, batch: int, steps: i
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from dstrain.data import open_words
+    from dstrain.tasks.words import open_words
     from dstrain.models import UnaryMLP
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     with open_words(data, "train") as split:
         rows = np.arange(split.num_samples * rank // world, split.num_samples * (rank + 1) // world)
-        x, y, _ = split.read(rows)
+        x, y = split.read(rows)
     torch.manual_seed(0)
     model = DistributedDataParallel(UnaryMLP(x.shape[2:], [512], 26))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -114,7 +114,7 @@ def allreduce_worker(out: str, num_values: int, repeats: int):
     import torch
 
     from dstrain.comm import GradientReducer, init
-    from dstrain.models import WordCRF
+    from dstrain.tasks.words import WordCRF
     comm = init("mpi")
     model = WordCRF((28, 28), 26, 5, hidden=[512], order=2)
     for p in model.parameters():

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 import torch
 
+from .errors import InputError
 from .learning.messages import concatenated_ranges
 from .learning.params import gather_messages, read_params, write_messages, write_params
 
@@ -76,14 +77,14 @@ def load_checkpoint(path: Path, model, optimizer, store) -> dict:
     """Restore parameters, optimiser state and this rank's messages; return the loop state."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+        raise InputError(f"{path}: no such checkpoint")
     try:
         f = h5py.File(path, "r")
     except OSError:
-        raise ValueError(f"{path}: not a readable HDF5 checkpoint (truncated or corrupt?)") from None
+        raise InputError(f"{path}: not a readable HDF5 checkpoint (truncated or corrupt?)") from None
     with f:
         if f.attrs.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a dstrain checkpoint (attribute format != {FORMAT!r})")
+            raise InputError(f"{path}: not a dstrain checkpoint (attribute format != {FORMAT!r})")
         read_params(f["params"] if "params" in f else {}, model, path, "checkpoint")
         groups = json.loads(f.attrs["optimizer_groups"])
         optimizer_state = {}
@@ -94,7 +95,7 @@ def load_checkpoint(path: Path, model, optimizer, store) -> dict:
         optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
         if store is not None:
             if "messages" not in f:
-                raise ValueError(f"{path}: the run uses blend but the checkpoint has no messages")
+                raise InputError(f"{path}: the run uses blend but the checkpoint has no messages")
             _restore_messages(f["messages"], store, path)
         return json.loads(f.attrs["loop"])
 
@@ -105,10 +106,10 @@ def _restore_messages(group, store, path) -> None:
     offset = np.asarray(group["offset"])
     where = np.searchsorted(ids, store.sample_ids)
     if np.any(where >= len(ids)) or np.any(ids[np.minimum(where, len(ids) - 1)] != store.sample_ids):
-        raise ValueError(f"{path}: the checkpoint lacks messages of some samples of this run")
+        raise InputError(f"{path}: the checkpoint lacks messages of some samples of this run")
     low, high = int(where.min()), int(where.max()) + 1
     block = np.asarray(group["values"][offset[low]:offset[high]])
     sizes = offset[where + 1] - offset[where]
     if np.any(sizes != store.sizes):
-        raise ValueError(f"{path}: saved messages do not fit this model's graphs")
+        raise InputError(f"{path}: saved messages do not fit this model's graphs")
     store.scatter(store.sample_ids, block[concatenated_ranges(offset[where] - offset[low], sizes)])

@@ -3,13 +3,14 @@
     dstrain train --config configs/words_debug.yaml [--set train.lr=0.1 ...] [--run-dir DIR]
                   [--resume PATH|auto]
     dstrain eval --run-dir DIR [--data FILE] [--split test] [--metrics-out FILE]
-    dstrain data words --out data/words.h5 [--train 10000 --val 2000 --test 2000 --seed 0]
+    dstrain data {words,...} --out FILE [--train N --val N --test N --seed 0]
     dstrain plot DIR
     dstrain submit --config configs/words.yaml --nodes 2 --ntasks-per-node 4 [--dry-run]
     dstrain info
 
-Bad input (a config key, a data file, a run directory) ends with one line on stderr and exit
-code 2; set DSTRAIN_DEBUG=1 to see the traceback instead.
+Bad input (``dstrain.errors.InputError``: a config key, a data file, a run directory, a device
+request; or a path the system refuses) ends with one line on stderr and exit code 2; set
+DSTRAIN_DEBUG=1 to see the traceback instead.  Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import traceback
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+# the tasks with data generators: name -> (help, default train / val / test sizes)
+GENERATORS = {"words": ("the paper-like word-recognition set (HDF5)", 10000, 2000, 2000)}
 
 
 def _version(module: str) -> str:
@@ -60,14 +63,14 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     from .comm import init
-    from .config import load_config
+    from .config import ConfigError, load_config
     from .learning.trainer import train
 
     # the communicator first: from here on, an error on any rank ends every rank (see main)
     args.comm = init("auto")
     config = load_config(args.config, [kv for group in args.set or [] for kv in group])
     if config.run.communicator == "none" and args.comm.world_size > 1:
-        raise ValueError(f"run.communicator = none, but the launcher started "
+        raise ConfigError(f"run.communicator = none, but the launcher started "
                          f"{args.comm.world_size} processes")
     if config.run.communicator == "mpi" and args.comm.world_size == 1:
         args.comm = init("mpi")
@@ -88,27 +91,26 @@ def cmd_eval(args) -> int:
     import numpy as np
 
     from .config import load_config
-    from .data import open_words
+    from .errors import InputError
     from .learning.params import load_params
     from .learning.structured import InferenceOptions
     from .learning.trainer import build_model, evaluate
+    from .tasks import get_task
 
     run_dir = Path(args.run_dir)
     for needed in ("config.yaml", "params.h5"):
         if not (run_dir / needed).exists():
-            raise FileNotFoundError(f"{run_dir / needed} is missing: is {run_dir} the run "
-                                    "directory of a finished `dstrain train`?")
+            raise InputError(f"{run_dir / needed} is missing: is {run_dir} the run "
+                             "directory of a finished `dstrain train`?")
     config = load_config(run_dir / "config.yaml")
     data_path = args.data or config.data.path
-    with open_words(data_path, args.split) as split:
-        images, labels, lengths = split.read(np.arange(split.num_samples))
+    with get_task(config.task).open(data_path, args.split) as split:
+        x, y = split.read(np.arange(split.num_samples))
         model = build_model(config, split)
     load_params(model, run_dir / "params.h5")
     model.eval()
-    result = evaluate(model, images, labels, lengths, model.order,
-                      InferenceOptions.from_config(config.inference))
-    report = {"data": str(data_path), "split": args.split, "num_words": int(len(lengths)),
-              **result}
+    result = evaluate(model, x, y, InferenceOptions.from_config(config.inference))
+    report = {"data": str(data_path), "split": args.split, "num_samples": int(len(y)), **result}
     text = json.dumps(report, indent=2)
     print(text)
     if args.metrics_out:
@@ -117,10 +119,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import generate_words
+    from .config import DataConfig
+    from .tasks import get_task
 
-    path = generate_words(args.out, num_train=args.train, num_val=args.val, num_test=args.test,
-                          seed=args.seed, progress=not args.no_progress)
+    sizes = DataConfig(path=args.out, num_train=args.train, num_val=args.val, num_test=args.test,
+                       seed=args.seed)
+    path = get_task(args.kind).generate(args.out, sizes, progress=not args.no_progress)
     print(f"wrote {path}")
     return 0
 
@@ -152,21 +156,24 @@ def cmd_plot(args) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .errors import InputError
+
     run_dir = Path(args.run_dir)
     metrics_path = run_dir / "metrics.jsonl"
     if not metrics_path.exists():
-        raise FileNotFoundError(f"{metrics_path} is missing: no training metrics to plot")
+        raise InputError(f"{metrics_path} is missing: no training metrics to plot")
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     if not rows:
-        raise ValueError(f"{metrics_path} has no epochs yet")
+        raise InputError(f"{metrics_path} has no epochs yet")
     epochs = [r["epoch"] for r in rows]
+    metrics = [k for k in rows[0] if k.startswith("val_") and k != "val_loss"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.plot(epochs, [r["train_loss"] for r in rows], label="train")
     left.plot(epochs, [r["val_loss"] for r in rows], label="validation")
-    left.set(xlabel="epoch", ylabel="loss per word", title="loss")
-    right.plot(epochs, [100 * r["val_char_accuracy"] for r in rows], label="characters")
-    right.plot(epochs, [100 * r["val_word_accuracy"] for r in rows], label="words")
-    right.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+    left.set(xlabel="epoch", ylabel="loss per sample", title="loss")
+    for key in metrics:
+        right.plot(epochs, [100 * r[key] for r in rows], label=key.removeprefix("val_"))
+    right.set(xlabel="epoch", ylabel="%", title="validation metrics")
     for axis in (left, right):
         axis.legend()
         axis.grid(alpha=0.3)
@@ -199,16 +206,17 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics-out", help="also write the JSON report to this file")
     evaluate.set_defaults(run=cmd_eval)
 
-    data = commands.add_parser("data", help="generate a data set")
+    data = commands.add_parser("data", help="generate a data set of a task")
     kinds = data.add_subparsers(dest="kind", required=True)
-    words = kinds.add_parser("words", help="the paper-like word-recognition set (HDF5)")
-    words.add_argument("--out", required=True)
-    words.add_argument("--train", type=int, default=10000)
-    words.add_argument("--val", type=int, default=2000)
-    words.add_argument("--test", type=int, default=2000)
-    words.add_argument("--seed", type=int, default=0)
-    words.add_argument("--no-progress", action="store_true")
-    words.set_defaults(run=cmd_data)
+    for name, (what, train, val, test) in GENERATORS.items():
+        kind = kinds.add_parser(name, help=what)
+        kind.add_argument("--out", required=True)
+        kind.add_argument("--train", type=int, default=train)
+        kind.add_argument("--val", type=int, default=val)
+        kind.add_argument("--test", type=int, default=test)
+        kind.add_argument("--seed", type=int, default=0)
+        kind.add_argument("--no-progress", action="store_true")
+        kind.set_defaults(run=cmd_data)
 
     sub = commands.add_parser("submit", help="render the Slurm template for a config and sbatch it")
     sub.add_argument("--config", required=True)
@@ -240,9 +248,10 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except Exception as error:
-        # ConfigError and DataError are ValueErrors: bad input, not a bug in dstrain
-        # ... and so is a path the system refuses (a file where a folder should be, and so on)
-        bad_input = isinstance(error, (ValueError, FileNotFoundError, PermissionError, KeyError)) \
+        from .errors import InputError
+
+        # bad input: what the user gave is unusable (InputError), or a path the system refuses
+        bad_input = isinstance(error, InputError) \
             or (isinstance(error, OSError) and error.filename is not None)
         if isinstance(error, OSError) and error.filename is not None and error.strerror:
             message = f"{error.filename}: {error.strerror}"

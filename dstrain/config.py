@@ -21,14 +21,15 @@ from typing import Any, ClassVar, Iterable, Mapping
 
 import yaml
 
-UNARIES = ("mlp", "cnn")
+from .errors import InputError
+
 ALGORITHMS = ("exact", "converge", "blend")
 COUNTING_NUMBERS = ("convex", "bethe")
 VARIANTS = ("unary", "piecewise", "joint", "pretrain_joint")
 OPTIMIZERS = ("sgd", "adam")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """An invalid configuration.  ``detail`` is the message without its source, ``keys`` the key
     paths involved (used to tell which ``--set`` override caused it)."""
 
@@ -128,6 +129,9 @@ def _int_list(section, name: str, min_len: int = 1, max_len: int | None = None, 
 class DataConfig:
     SECTION: ClassVar[str] = "data"
     path: str = "data/words.h5"
+    # the task (application) of the data: a built-in name (words), package.module:Name of a
+    # Task subclass, or auto: the data file's root attribute 'task' (words if the file is missing)
+    task: str = "auto"
     generate: bool = True       # create the file (with the settings below) if it is missing
     num_train: int = 10000
     num_val: int = 2000
@@ -136,27 +140,89 @@ class DataConfig:
 
     def __post_init__(self):
         _str(self, "path")
+        _str(self, "task")
         _bool(self, "generate")
         for name in ("num_train", "num_val", "num_test"):
             _int(self, name, low=1)
         _int(self, "seed", low=0)
 
 
-@dataclass
 class ModelConfig:
-    SECTION: ClassVar[str] = "model"
-    unary: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [512])        # MLP hidden layer sizes
-    cnn_channels: list[int] = field(default_factory=lambda: [16, 32])
-    order: int = 2                  # pairwise edges at distances 1..order; 0 = unary only
-    pairwise_shared: bool = True    # one table per distance, else one per edge position
+    """The ``model`` section: ``class`` names the model (``auto``: the task's default model; a
+    built-in name; ``package.module:Name`` or ``path/to/file.py:Name`` of a user's
+    StructuredModel), every other key is an option of that model, declared by its ``Options``
+    dataclass and checked by type (and by the ranges in the fields' metadata).  Until the config
+    knows its task, the keys wait in ``values``; ``options`` is the checked dataclass."""
 
-    def __post_init__(self):
-        _choice(self, "unary", UNARIES)
-        _int_list(self, "hidden", min_len=1, max_len=3)
-        _int_list(self, "cnn_channels", min_len=1)
-        _int(self, "order", low=0, high=3)
-        _bool(self, "pairwise_shared")
+    SECTION: ClassVar[str] = "model"
+
+    def __init__(self, cls: str = "auto", options=None, **values):
+        self.cls, self.options, self.values = cls, options, values
+        if not isinstance(cls, str) or not cls:
+            _fail(self, "class", "expects a model name", cls)
+
+    def resolve(self, task: str | None) -> None:
+        """Check the option keys against the model class's Options (found through the task)."""
+        from .tasks import get_model_class
+
+        if self.options is not None:
+            return
+        try:
+            options_class = get_model_class(self.cls, task).Options
+        except ConfigError:
+            raise
+        except InputError as error:
+            raise ConfigError(str(error), ["model.class"]) from None
+        names = [f.name for f in dataclasses.fields(options_class)]
+        for key in self.values:
+            if key not in names:
+                raise ConfigError(f"unknown key 'model.{key}'; known keys of model: class, "
+                                  f"{', '.join(names)}", [f"model.{key}"])
+        self.options = check_fields(options_class(**self.values), "model")
+        self.values = {}
+
+    def __getattr__(self, name):   # config.model.order: the option's value
+        options = self.__dict__.get("options")
+        if options is not None and name in {f.name for f in dataclasses.fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"model has no option {name!r}")
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self.options) if self.options is not None else self.values
+        return {"class": self.cls, **values}
+
+    def __eq__(self, other):
+        return isinstance(other, ModelConfig) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return f"ModelConfig({self.to_dict()})"
+
+
+def check_fields(section, name: str):
+    """Check a dataclass's values by their type annotations (int, float, bool, str, Literal
+    choices, list[int]) and the ranges in each field's metadata (low, high, min_len, max_len);
+    ints are accepted for floats.  Returns the section."""
+    hints = typing.get_type_hints(type(section))
+    section.SECTION = name
+    try:
+        for f in dataclasses.fields(section):
+            kind, meta = hints[f.name], f.metadata
+            if typing.get_origin(kind) is typing.Literal:
+                _choice(section, f.name, typing.get_args(kind))
+            elif kind is bool:
+                _bool(section, f.name)
+            elif kind is int:
+                _int(section, f.name, meta.get("low"), meta.get("high"))
+            elif kind is float:
+                _number(section, f.name, meta.get("low"), meta.get("high"))
+            elif kind is str:
+                _str(section, f.name)
+            elif typing.get_origin(kind) is list and typing.get_args(kind) == (int,):
+                _int_list(section, f.name, meta.get("min_len", 0), meta.get("max_len"),
+                          meta.get("low", 1))
+    finally:
+        del section.SECTION
+    return section
 
 
 @dataclass
@@ -269,11 +335,22 @@ class Config:
                 setattr(self, f.name, _from_dict(cls, value))
             elif not isinstance(value, cls):
                 _fail(self, f.name, f"expects a {cls.__name__}", type(value).__name__)
-        if self.inference.algorithm == "exact" and self.model.order > 1:
-            raise ConfigError(
-                f"inference.algorithm exact needs model.order <= 1, got {self.model.order}: exact "
-                "forward-backward needs a first-order chain; use converge or blend",
-                ["inference.algorithm", "model.order"])
+        self.model.resolve(self.task)
+
+    def but(self, **sections) -> "Config":
+        """A copy with some keys changed: ``config.but(train={"lr": 0.1}, run={"seed": 2})``."""
+        data = config_to_dict(self)
+        for name, changes in sections.items():
+            data[name] = {**data[name], **changes}
+        return config_from_dict(data)
+
+    @property
+    def task(self) -> str:
+        """The task name: data.task, or (auto) the data file's 'task' attribute, else words."""
+        if self.data.task != "auto":
+            return self.data.task
+        from .data import file_task
+        return file_task(self.data.path) or "words"
 
 
 # ---------------------------------------------------------------- dicts and files
@@ -284,6 +361,9 @@ _SECTIONS = [f.name for f in dataclasses.fields(Config)]
 def _from_dict(cls, data: Mapping):
     """Build the dataclass ``cls`` from a mapping, recursing into nested dataclasses by their type
     annotations.  Unknown keys are errors; missing keys take their defaults."""
+    if cls is ModelConfig:
+        values = dict(data)
+        return ModelConfig(values.pop("class", "auto"), **values)
     prefix = f"{cls.SECTION}." if cls.SECTION else ""
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
@@ -293,7 +373,7 @@ def _from_dict(cls, data: Mapping):
     hints = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
-        if dataclasses.is_dataclass(hints[name]):
+        if dataclasses.is_dataclass(hints[name]) or hints[name] is ModelConfig:
             if value is None:
                 value = {}      # an empty section ("train:") keeps its defaults
             if not isinstance(value, Mapping):
@@ -320,7 +400,8 @@ def config_from_dict(data: Mapping | None, source: str | None = None) -> Config:
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     """Nested plain dicts, keys in field order (ClassVars such as SECTION are not fields)."""
-    return dataclasses.asdict(config)
+    return {f.name: getattr(config, f.name).to_dict() if f.name == "model"
+            else dataclasses.asdict(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -352,8 +433,9 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     section, _, name = path.partition(".")
     if section not in _SECTIONS:
         raise ConfigError(f"unknown key '{section}'; known keys: {', '.join(_SECTIONS)}", source=where)
-    names = [f.name for f in dataclasses.fields(typing.get_type_hints(Config)[section])]
-    if name not in names:
+    names = [f.name for f in dataclasses.fields(typing.get_type_hints(Config)[section])] \
+        if section != "model" else [name]   # the model's keys are checked once its class is known
+    if name not in names or not name:
         what = f"unknown key '{path}'" if name else "expected section.key=value"
         raise ConfigError(f"{what}; known keys of {section}: {', '.join(names)}", source=where)
     try:

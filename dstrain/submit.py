@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .errors import InputError
+
 
 @dataclass
 class SubmitOptions:
@@ -32,13 +34,13 @@ class SubmitOptions:
     def __post_init__(self):
         for name in ("nodes", "ntasks_per_node"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_node < 0:
-            raise ValueError(f"--gpus-per-node must be >= 0, got {self.gpus_per_node}")
+            raise InputError(f"--gpus-per-node must be >= 0, got {self.gpus_per_node}")
         if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", self.time):
-            raise ValueError(f"--time {self.time!r}: expected Slurm's [D-]HH:MM:SS, HH:MM or minutes")
+            raise InputError(f"--time {self.time!r}: expected Slurm's [D-]HH:MM:SS, HH:MM or minutes")
         if self.launcher not in ("srun", "mpirun"):
-            raise ValueError(f"--launcher {self.launcher!r}: expected srun or mpirun")
+            raise InputError(f"--launcher {self.launcher!r}: expected srun or mpirun")
 
 
 def template_text() -> str:
@@ -70,7 +72,7 @@ def render(options: SubmitOptions) -> str:
 def submit(options: SubmitOptions, wait: bool = False) -> tuple[str, int]:
     """Write the script into the run directory and sbatch it; returns (job id, sbatch's code)."""
     if shutil.which("sbatch") is None:
-        raise FileNotFoundError("sbatch is not on PATH: is this a Slurm login node? "
+        raise InputError("sbatch is not on PATH: is this a Slurm login node? "
                                 "(`dstrain submit --dry-run` prints the script without Slurm)")
     run_dir = Path(options.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

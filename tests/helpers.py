@@ -72,10 +72,18 @@ def run_params(run_dir) -> dict[str, np.ndarray]:
         return {name: np.asarray(f[name]) for name in f}
 
 
-def character_beliefs(layout, beliefs) -> np.ndarray:
-    """(B, max_length, C) each character's beliefs out of a flat (N,) vector, 0 at padding."""
-    beliefs = to_host(beliefs) if not hasattr(beliefs, "numpy") else beliefs.numpy()
-    out = np.zeros((len(layout.lengths), layout.max_length, layout.num_classes))
-    for samples, n, unary_pos, _ in layout.groups:
-        out[samples, :n] = beliefs[unary_pos].reshape(len(samples), n, layout.num_classes)
-    return out
+def unary_beliefs(layout, beliefs) -> list[np.ndarray]:
+    """Per layout group, (S, V, C) each variable's beliefs out of a flat (N,) vector."""
+    beliefs = to_host(beliefs) if not hasattr(beliefs, "numpy") else beliefs.cpu().numpy()
+    return [None if u is None else beliefs[u] for u in layout.unary_positions()]
+
+
+def assert_groups_close(mine, theirs, **tolerance) -> None:
+    """Two per-group lists of unary beliefs (numpy or torch) are equal within tolerance."""
+    assert len(mine) == len(theirs)
+    for a, b in zip(mine, theirs):
+        assert (a is None) == (b is None)
+        if a is not None:
+            a = a.cpu().numpy() if hasattr(a, "cpu") else a
+            b = b.cpu().numpy() if hasattr(b, "cpu") else b
+            np.testing.assert_allclose(a, b, **tolerance)

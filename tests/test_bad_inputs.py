@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
-from dstrain.data import generate_words
+from dstrain.tasks.words import generate_words
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = str(ROOT / "configs" / "words_debug.yaml")

@@ -308,10 +308,10 @@ def test_large_array_exp_and_log_agree_with_numpy_and_do_not_depend_on_position_
 
 def _shared_problem(rng, shared: bool, scale: float, counting="convex", lengths=None):
     """Chains of order 2 whose pair tables are shared blocks of a source vector (a word batch)."""
-    from dstrain.models.word_model import ChainLayout
+    from dstrain.tasks.words.model import chain_layout
     C, L = 4, 5
     lengths = rng.integers(1, L + 1, 7) if lengths is None else lengths
-    layout = ChainLayout(lengths, L, C, 2, shared=shared)
+    layout = chain_layout(np.asarray(lengths, dtype=np.int64).tobytes(), L, C, 2, shared)
     if counting == "varied":   # pairs of one table with different eps c_p: several variants
         graphs = [chain(int(n), C, 2, counting_numbers=[1.0] * int(n)
                         + list(rng.choice([0.5, 1.0, 2.0], max(2 * int(n) - 3, 0))))

@@ -14,10 +14,9 @@ import pytest
 
 from dstrain.checkpoint import latest_checkpoint, load_checkpoint
 from dstrain.config import load_config
-from dstrain.data import generate_words, open_words
-from dstrain.learning import MessageStore, message_sizes
+from dstrain.tasks.words import generate_words, open_words
 from dstrain.learning.params import load_messages
-from dstrain.learning.trainer import build_model, build_optimizer, shard
+from dstrain.learning.trainer import build_model, build_optimizer, message_store, shard
 from helpers import run_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,9 +90,9 @@ def test_elastic_resume_gives_every_sample_its_saved_messages(data, tmp_path, ne
     with open_words(data, "train") as split:
         for rank in range(new_ranks):
             owned = shard(split.num_samples, rank, new_ranks)
-            _, _, lengths = split.read(owned)
+            _, labels = split.read(owned)
             model = build_model(config, split)
-            store = MessageStore(owned, message_sizes(lengths, model.num_classes, model.order))
+            store = message_store(model, owned, labels)
             loop = load_checkpoint(checkpoint, model, build_optimizer(config, model), store)
             assert loop["step"] == 7
             for sample in owned:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dstrain.cli import main
-from dstrain.data import generate_words
+from dstrain.tasks.words import generate_words
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = str(ROOT / "configs" / "words_debug.yaml")
@@ -51,7 +51,7 @@ def test_train_eval_plot_end_to_end(small_data, tmp_path):
     out = tmp_path / "test.json"
     assert main(["eval", "--run-dir", str(run_dir), "--split", "test", "--metrics-out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["num_words"] == 40 and 0 <= report["word_accuracy"] <= report["char_accuracy"] <= 1
+    assert report["num_samples"] == 40 and 0 <= report["word_accuracy"] <= report["char_accuracy"] <= 1
     assert main(["plot", str(run_dir)]) == 0
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -119,4 +119,4 @@ def test_training_reads_any_file_of_the_contract(tmp_path, unary, pairwise_share
     out = tmp_path / "eval.json"
     assert main(["eval", "--run-dir", str(run_dir), "--metrics-out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["num_words"] == 20 and 0 <= report["char_accuracy"] <= 1
+    assert report["num_samples"] == 20 and 0 <= report["char_accuracy"] <= 1

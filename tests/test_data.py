@@ -8,8 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dstrain.data import DataError, WordsData, generate_words, open_words
-from dstrain.data.words import WORD_LIST, available_fonts, font_directory, _has_all_letters
+from dstrain.data import DataError
+from dstrain.tasks.words import WordsData, generate_words, open_words
+from dstrain.tasks.words.data import WORD_LIST, available_fonts, font_directory, _has_all_letters
 
 SIZES = dict(num_train=30, num_val=10, num_test=10)
 
@@ -109,13 +110,13 @@ def test_read_unsorted_rows_matches_full_read(words_file):
     raw = read_arrays(words_file)
     rows = [7, 2, 29, 2, 0]
     with open_words(words_file, "train") as data:
-        full_x, full_y, full_lengths = data.read(range(data.num_samples))
-        x, y, lengths = data.read(iter(rows))
+        full_x, full_y = data.read(range(data.num_samples))
+        x, y = data.read(iter(rows))
         assert np.array_equal(x, full_x[rows]) and np.array_equal(y, full_y[rows])
-        assert np.array_equal(lengths, full_lengths[rows])
-        x_np, _, _ = data.read(np.array(rows, dtype=np.int32))
+        assert np.array_equal(data.lengths, (full_y >= 0).sum(axis=1))
+        x_np, _ = data.read(np.array(rows, dtype=np.int32))
         assert np.array_equal(x_np, x)
-    assert full_x.dtype == np.float32 and y.dtype == np.int64 and lengths.dtype == np.int64
+    assert full_x.dtype == np.float32 and y.dtype == np.int64 and data.lengths.dtype == np.int64
     assert np.allclose(full_x, raw["train/x"] / 255.0) and full_x.min() >= 0 and full_x.max() <= 1
     assert np.array_equal(full_y, raw["train/y"])
 
@@ -142,15 +143,15 @@ def test_read_touches_only_chunks_of_requested_rows(tmp_path):
 
         data._x = Spy()
         rows = [33, 2, 17, 3, 33]
-        xs, ys, _ = data.read(rows)
+        xs, ys = data.read(rows)
     assert requested == [(2, 4), (17, 18), (33, 34)]
     assert np.array_equal(xs, x[rows]) and np.array_equal(ys, y[rows])
 
 
 def test_read_edge_cases(words_file):
     with open_words(words_file, "val") as data:
-        x, y, lengths = data.read([])
-        assert x.shape == (0, 5, 28, 28) and y.shape == (0, 5) and lengths.shape == (0,)
+        x, y = data.read([])
+        assert x.shape == (0, 5, 28, 28) and y.shape == (0, 5)
         with pytest.raises(IndexError, match="/val/x"):
             data.read([0, 10])
         with pytest.raises(IndexError):
@@ -187,7 +188,8 @@ def test_hand_made_variable_length_file(tmp_path, dtype):
     with open_words(path, "train") as data:
         assert (data.num_samples, data.max_length, data.image_shape, data.num_classes) == (5, 4, (16, 8), 10)
         assert data.lengths.tolist() == [4, 2, 1, 4, 3]
-        xs, ys, lengths = data.read([4, 2])
+        xs, ys = data.read([4, 2])
+        lengths = data.lengths[[4, 2]]
     expected = x[[4, 2]].astype(np.float32) / (255 if dtype == np.uint8 else 1)
     assert xs.dtype == np.float32 and np.array_equal(xs, expected)
     assert ys.dtype == np.int64 and ys.tolist() == [[8, 9, 7, -1], [2, -1, -1, -1]]

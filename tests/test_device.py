@@ -312,7 +312,7 @@ def test_cuda_reducer_matches_the_cpu_reducer(comm_kind):
 @pytest.mark.skipif(gpu_count() > 0, reason="a GPU is visible here")
 def test_train_on_cuda_without_a_gpu_is_one_line_and_exit_2(tmp_path, capsys):
     from dstrain.cli import main
-    from dstrain.data import generate_words
+    from dstrain.tasks.words import generate_words
     data = tmp_path / "words.h5"
     generate_words(data, num_train=8, num_val=4, num_test=2, seed=1, progress=False)
     code = main(["train", "--config", str(ROOT / "configs" / "words_debug.yaml"), "--run-dir",

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from dstrain.data import generate_words
+from dstrain.tasks.words import generate_words
 from dstrain.gpu.emulator import EmulatedKernels
-from dstrain.learning import InferenceOptions, MessageStore, message_sizes
+from dstrain.learning import InferenceOptions, MessageStore
 from dstrain.learning.params import load_messages
-from dstrain.learning.structured import backward, batch_loss
-from helpers import character_beliefs, run_params
-from test_learning import tiny_problem
+from dstrain.learning.structured import backward
+from helpers import assert_groups_close, run_params
+from test_learning import batch_loss, message_sizes, tiny_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def gradients(model, images, labels, lengths, options, kernels=None, store=None):
     model.zero_grad()
     ids = np.arange(len(lengths)) if store is not None else None
-    source, layout, result = batch_loss(model, images, labels, lengths, model.order, options,
-                                        store, ids, kernels)
-    backward(source, result)
+    potentials, result = batch_loss(model, images, labels, lengths, model.order, options,
+                                    store, ids, kernels)
+    backward(potentials, result)
     return result, [p.grad.clone() for p in model.parameters()]
 
 
@@ -35,7 +35,7 @@ def gradients(model, images, labels, lengths, options, kernels=None, store=None)
 def test_device_path_gives_the_cpu_paths_loss_and_gradient(algorithm):
     model, images, labels, lengths = tiny_problem(order=1 if algorithm == "exact" else 2, batch=6)
     options = InferenceOptions(algorithm=algorithm, sweeps=2, max_sweeps=50, tol=1e-8)
-    sizes = message_sizes(lengths, model.num_classes, model.order)
+    sizes = message_sizes(model, lengths)
     cpu_store, device_store = MessageStore(np.arange(6), sizes), MessageStore(np.arange(6), sizes)
     kernels = EmulatedKernels(np.float64)
     launches = []
@@ -47,14 +47,11 @@ def test_device_path_gives_the_cpu_paths_loss_and_gradient(algorithm):
                                    store=cpu_store if blend else None)
         dev, dev_grads = gradients(model, images, labels, lengths, options, kernels,
                                    store=device_store if blend else None)
-        assert isinstance(dev.gradient, torch.Tensor) and isinstance(dev.beliefs, torch.Tensor)
+        assert isinstance(dev.flat_gradient, torch.Tensor) and isinstance(dev.beliefs, torch.Tensor)
         np.testing.assert_allclose(dev.loss, cpu.loss, rtol=1e-10)
         # the CPU path sums the pairs' beliefs per shared table (and forms the characters'
         # beliefs only): the gradients below compare those sums
-        layout = model.layout(lengths)
-        np.testing.assert_allclose(character_beliefs(layout, dev.beliefs), cpu.character_beliefs
-                                   if cpu.beliefs is None else character_beliefs(layout, cpu.beliefs),
-                                   atol=1e-10)
+        assert_groups_close(dev.unary_beliefs, cpu.unary_beliefs, atol=1e-10)
         for mine, theirs in zip(dev_grads, cpu_grads):
             torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-10)
         assert dev.sweeps == cpu.sweeps

@@ -68,7 +68,7 @@ def test_gradient_on_the_gpu_equals_the_cpu_path():
 
 def test_training_on_the_gpu_equals_the_cpu_path(tmp_path_factory):
     from test_device_path import train
-    from dstrain.data import generate_words
+    from dstrain.tasks.words import generate_words
     data = tmp_path_factory.mktemp("gpu") / "words.h5"
     generate_words(data, num_train=61, num_val=17, num_test=5, seed=8, progress=False)
     tmp = tmp_path_factory.mktemp("runs")

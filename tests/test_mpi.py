@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dstrain.data import generate_words
+from dstrain.tasks.words import generate_words
 from dstrain.learning.params import load_messages
 from helpers import run_params
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dstrain.data import generate_words
+from dstrain.tasks.words import generate_words
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "submit_dry_run.sbatch"

@@ -1,9 +1,7 @@
-"""Data layer: the synthetic word generator and the reader for the HDF5 contract (DESIGN.md §5).
+"""The data layer every task's reader builds on: HDF5 helpers and the data error.
 
-    generate_words(out_path, ...)   render the Word50-style data set to an HDF5 file
-    open_words(path, split)         open one split of any contract file -> WordsData
+Each task (dstrain/tasks/) has its own contract, generator and reader; nothing here knows a task.
 """
-from dstrain.data.hdf5 import DataError, WordsData, open_words
-from dstrain.data.words import generate_words
+from .hdf5 import ArraySplit, DataError, as_row_array, file_task, open_hdf5, read_rows
 
-__all__ = ["generate_words", "WordsData", "open_words", "DataError"]
+__all__ = ["ArraySplit", "DataError", "open_hdf5", "read_rows", "as_row_array", "file_task"]

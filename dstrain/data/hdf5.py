@@ -1,14 +1,9 @@
-"""Reader for word/sequence data sets that follow the HDF5 contract of DESIGN.md section 5.
+"""What every task's HDF5 reader shares: the error type, opening a file, validated root
+attributes and split groups, and reading only some rows (each MPI rank reads only its shard).
 
-    /{train,val,test}/x   (N, L, H, W) uint8 or float32, zero beyond each sample's length
-    /{train,val,test}/y   (N, L) integer label in [0, C), -1 beyond each sample's length
-    root attributes       task = "words", num_classes = C
-
-Nothing is hard-coded: image size, maximum length and class count come from the file. Opening
-validates the layout and the labels (a chunked pass over ``y`` only; ``x`` is never loaded whole),
-and every violation raises :class:`DataError` with a one-line message naming the file, the
-dataset or attribute, and what was expected. ``WordsData.read(rows)`` reads only the requested
-rows, so that each MPI rank touches only its own shard of the file.
+Each task's data contract (dstrain/tasks/*/reader.py, docs/data.md) is checked on open; every
+violation raises :class:`DataError` with one line naming the file, the dataset or attribute, and
+what was expected.
 """
 from __future__ import annotations
 
@@ -17,94 +12,19 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-__all__ = ["DataError", "WordsData", "open_words"]
+from ..errors import InputError
 
-LABEL_CHECK_ROWS = 65536        # rows of y validated per read: bounded memory for any N
+__all__ = ["DataError", "ArraySplit", "open_hdf5", "read_rows", "as_row_array", "check_task", "positive_int_attr",
+           "split_group", "file_task"]
+
 CHUNK_CACHE_BYTES = 32 * 2**20  # per-dataset chunk cache: random row reads re-hit recent chunks
 
 
-class DataError(ValueError):
-    """A data file is missing or breaks the HDF5 contract."""
+class DataError(InputError):
+    """A data file is missing or breaks its task's HDF5 contract."""
 
 
-class WordsData:
-    """One split of a words file: metadata on open, rows on demand.
-
-    Attributes: ``path``, ``split``, ``num_samples`` (N), ``max_length`` (L), ``image_shape``
-    (H, W), ``num_classes`` (C), ``lengths`` (int64, (N,): labels before the -1 padding).
-    Use as a context manager or call :meth:`close`.
-    """
-
-    def __init__(self, path, split: str):
-        self.path = Path(path)
-        self.split = split
-        self._file = _open_hdf5(self.path)
-        try:
-            self.num_classes = _read_header(self._file, self.path)
-            self._x, self._y = _split_datasets(self._file, self.path, split)
-            self.num_samples, self.max_length = (int(n) for n in self._y.shape)
-            self.image_shape = tuple(int(n) for n in self._x.shape[2:])
-            self.lengths = _checked_lengths(self._y, self.num_classes, self._where("y"))
-        except OSError as error:  # h5py reports unreadable (e.g. truncated) data as OSError
-            self.close()
-            raise DataError(f"{self.path}: cannot read /{split} ({error}); the file looks "
-                            f"truncated or corrupt") from None
-        except BaseException:
-            self.close()
-            raise
-        self._stores_bytes = self._x.dtype == np.uint8
-
-    def read(self, rows):
-        """Return ``(x, y, lengths)`` for ``rows`` (any iterable of ints, any order, repeats allowed).
-
-        ``x`` is float32 (n, L, H, W), scaled to [0, 1] when the file stores uint8; ``y`` and
-        ``lengths`` are int64. Only the requested rows are read (see :func:`_read_rows`), then
-        the requested order is restored in memory.
-        """
-        rows = _as_row_array(rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.num_samples):
-            bad = rows[(rows < 0) | (rows >= self.num_samples)][0]
-            raise IndexError(f"{self._where('x')}: row {bad} out of range [0, {self.num_samples})")
-        unique, order = np.unique(rows, return_inverse=True)
-        if unique.size == 0:
-            x = np.zeros((0, self.max_length) + self.image_shape, np.float32)
-            y = np.zeros((0, self.max_length), np.int64)
-        else:
-            try:
-                x = _read_rows(self._x, unique)[order]
-                y = _read_rows(self._y, unique)[order].astype(np.int64, copy=False)
-            except OSError as error:
-                raise DataError(f"{self._where('x')}: cannot read rows ({error}); the file looks "
-                                f"truncated or corrupt") from None
-        x = x.astype(np.float32, copy=False)
-        if self._stores_bytes:
-            x /= 255  # uint8 0..255 -> float32 0..1 (exact at both ends)
-        return x, y, self.lengths[rows]
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __enter__(self) -> "WordsData":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return (f"WordsData({str(self.path)!r}, split={self.split!r}, num_samples={self.num_samples}, "
-                f"max_length={self.max_length}, image_shape={self.image_shape}, "
-                f"num_classes={self.num_classes})")
-
-    def _where(self, dataset: str) -> str:
-        return f"{self.path}: dataset '/{self.split}/{dataset}'"
-
-
-def _read_rows(dataset: h5py.Dataset, sorted_rows: np.ndarray) -> np.ndarray:
+def read_rows(dataset: h5py.Dataset, sorted_rows: np.ndarray) -> np.ndarray:
     """``dataset[sorted_rows]`` for sorted unique rows, decompressing each touched chunk once.
 
     For chunked data, rows are grouped by the chunk that holds them and each group is read as one
@@ -124,7 +44,7 @@ def _read_rows(dataset: h5py.Dataset, sorted_rows: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _as_row_array(rows) -> np.ndarray:
+def as_row_array(rows) -> np.ndarray:
     if isinstance(rows, np.ndarray):
         if rows.size and rows.dtype.kind not in "iu":
             raise TypeError(f"rows must be integers, got an array of {rows.dtype}")
@@ -132,16 +52,11 @@ def _as_row_array(rows) -> np.ndarray:
     return np.fromiter((int(r) for r in rows), dtype=np.int64)
 
 
-def open_words(path, split: str) -> WordsData:
-    """Open one split (``"train"``, ``"val"``, ``"test"``, ...) of a words HDF5 file, validated."""
-    return WordsData(path, split)
-
-
-# ------------------------------------------------------------------------------------ validation
-
-def _open_hdf5(path: Path) -> h5py.File:
+def open_hdf5(path, task: str = "words") -> h5py.File:
+    """Open a data file for reading; `task` names the generator in the missing-file hint."""
+    path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such data file; generate it with `dstrain data words --out {path}`")
+        raise DataError(f"{path}: no such data file; generate it with `dstrain data {task} --out {path}`")
     if not path.is_file():
         raise DataError(f"{path}: is not a file; expected an HDF5 data file")
     try:
@@ -150,85 +65,110 @@ def _open_hdf5(path: Path) -> h5py.File:
         raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {error}") from None
 
 
-def _read_header(file: h5py.File, path: Path) -> int:
-    """Check the root attributes; return num_classes."""
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def file_task(path) -> str | None:
+    """The root attribute 'task' of a data file (None if the file or attribute is missing)."""
+    try:
+        with h5py.File(path, "r") as file:
+            task = _text(file.attrs.get("task"))
+    except (OSError, FileNotFoundError):
+        return None
+    return task if isinstance(task, str) else None
+
+
+def check_task(file: h5py.File, path: Path, task: str) -> None:
+    """The root attribute 'task' must equal `task`."""
     if "task" not in file.attrs:
-        raise DataError(f"{path}: root attribute 'task' is missing; expected task = \"words\"")
-    task = file.attrs["task"]
-    task = task.decode() if isinstance(task, bytes) else task
-    if not isinstance(task, str) or task != "words":
-        shown = task.item() if isinstance(task, np.generic) else task
-        raise DataError(f"{path}: root attribute 'task' is {shown!r}; expected \"words\"")
-    if "num_classes" not in file.attrs:
-        raise DataError(f"{path}: root attribute 'num_classes' is missing; expected a positive integer")
-    num_classes = file.attrs["num_classes"]
-    if isinstance(num_classes, np.ndarray) and num_classes.size == 1:
-        num_classes = num_classes.reshape(())[()]  # a one-element array attribute is fine too
-    is_integer = isinstance(num_classes, (int, np.integer)) and not isinstance(num_classes, (bool, np.bool_))
-    if not is_integer or num_classes < 1:
-        shown = num_classes.item() if isinstance(num_classes, np.generic) else num_classes
-        raise DataError(f"{path}: root attribute 'num_classes' is {shown!r}; "
-                        f"expected a positive integer")
-    return int(num_classes)
+        raise DataError(f"{path}: root attribute 'task' is missing; expected task = \"{task}\"")
+    value = _text(file.attrs["task"])
+    if not isinstance(value, str) or value != task:
+        shown = value.item() if isinstance(value, np.generic) else value
+        raise DataError(f"{path}: root attribute 'task' is {shown!r}; expected \"{task}\"")
 
 
-def _split_datasets(file: h5py.File, path: Path, split: str):
-    """Check /split/x and /split/y exist with compatible shapes and dtypes; return them."""
+def positive_int_attr(file: h5py.File, path: Path, name: str) -> int:
+    """A root attribute that must be a positive integer (a one-element array is fine too)."""
+    if name not in file.attrs:
+        raise DataError(f"{path}: root attribute '{name}' is missing; expected a positive integer")
+    value = file.attrs[name]
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(())[()]
+    is_integer = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not is_integer or value < 1:
+        shown = value.item() if isinstance(value, np.generic) else value
+        raise DataError(f"{path}: root attribute '{name}' is {shown!r}; expected a positive integer")
+    return int(value)
+
+
+def split_group(file: h5py.File, path: Path, split: str, datasets: dict[str, str]) -> list:
+    """The datasets of a split group, in the order of `datasets` (name -> what is expected)."""
     group = file.get(split)
     if not isinstance(group, h5py.Group):
         present = sorted(name for name, item in file.items() if isinstance(item, h5py.Group))
-        raise DataError(f"{path}: group '/{split}' is missing; expected a split group with x and y "
+        names = " and ".join(datasets)
+        raise DataError(f"{path}: group '/{split}' is missing; expected a split group with {names} "
                         f"(groups present: {', '.join(present) or 'none'})")
-    datasets = {}
-    for name in ("x", "y"):
+    out = []
+    for name, expected in datasets.items():
         item = group.get(name)
         if not isinstance(item, h5py.Dataset):
-            raise DataError(f"{path}: dataset '/{split}/{name}' is missing; expected "
-                            + ("(N, L, H, W) images" if name == "x" else "(N, L) labels"))
-        datasets[name] = item
-    x, y = datasets["x"], datasets["y"]
-    if x.ndim != 4:
-        raise DataError(f"{path}: dataset '/{split}/x' has shape {x.shape}; expected 4-D (N, L, H, W)")
-    if y.ndim != 2:
-        raise DataError(f"{path}: dataset '/{split}/y' has shape {y.shape}; expected 2-D (N, L)")
-    if x.shape[:2] != y.shape:
-        raise DataError(f"{path}: dataset '/{split}/x' has shape {x.shape} but '/{split}/y' has "
-                        f"{y.shape}; expected the same (N, L)")
-    if x.dtype not in (np.uint8, np.float32):
-        raise DataError(f"{path}: dataset '/{split}/x' has dtype {x.dtype}; expected uint8 or float32")
-    if y.dtype.kind not in "iu":
-        raise DataError(f"{path}: dataset '/{split}/y' has dtype {y.dtype}; expected an integer type")
-    return x, y
+            raise DataError(f"{path}: dataset '/{split}/{name}' is missing; expected {expected}")
+        out.append(item)
+    return out
 
 
-def _checked_lengths(y: h5py.Dataset, num_classes: int, where: str) -> np.ndarray:
-    """Validate the labels block by block and return each sample's length (int64, (N,))."""
-    lengths = np.empty(y.shape[0], np.int64)
-    for start in range(0, y.shape[0], LABEL_CHECK_ROWS):
-        block = y[start:start + LABEL_CHECK_ROWS].astype(np.int64)
-        _check_label_block(block, num_classes, where, start)
-        lengths[start:start + len(block)] = (block >= 0).sum(axis=1)
-    return lengths
+class ArraySplit:
+    """One split of a file with ``/{split}/x`` (N, ...) and ``/{split}/y`` (N, ...) for a task
+    whose contract needs no more checks than these (a user's own task, say): root attribute
+    ``task`` equal to `task`, x uint8 or float32, y integer, one row of each per sample.
 
+    ``attrs``: the file's root attributes; ``x_shape``, ``y_shape``: one sample's shapes.
+    ``read(rows)`` -> (x float32, scaled to [0, 1] when stored as uint8; y int64).
+    """
 
-def _check_label_block(block: np.ndarray, num_classes: int, where: str, first_row: int) -> None:
-    """Raise DataError for labels outside [-1, C), -1 followed by a label, or an empty word."""
-    def first_bad_row(bad_entries: np.ndarray) -> int:
-        return int(np.flatnonzero(bad_entries.any(axis=1))[0])
+    def __init__(self, path, split: str, task: str):
+        self.path, self.split = Path(path), split
+        self._file = open_hdf5(self.path, task)
+        try:
+            check_task(self._file, self.path, task)
+            self.attrs = {k: _text(v) for k, v in self._file.attrs.items()}
+            self._x, self._y = split_group(self._file, self.path, split,
+                                           {"x": "(N, ...) inputs", "y": "(N, ...) labels"})
+            if self._x.dtype not in (np.uint8, np.float32):
+                raise DataError(f"{self.path}: dataset '/{split}/x' has dtype {self._x.dtype}; "
+                                f"expected uint8 or float32")
+            if self._y.dtype.kind not in "iu":
+                raise DataError(f"{self.path}: dataset '/{split}/y' has dtype {self._y.dtype}; "
+                                f"expected an integer type")
+            if self._x.shape[:1] != self._y.shape[:1]:
+                raise DataError(f"{self.path}: '/{split}/x' has {self._x.shape[0]} rows but "
+                                f"'/{split}/y' has {self._y.shape[0]}; expected one of each per sample")
+        except BaseException:
+            self.close()
+            raise
+        self.num_samples = int(self._y.shape[0])
+        self.x_shape, self.y_shape = tuple(self._x.shape[1:]), tuple(self._y.shape[1:])
 
-    outside = (block < -1) | (block >= num_classes)
-    if outside.any():
-        row = first_bad_row(outside)
-        value = block[row][outside[row]][0]
-        raise DataError(f"{where}: label {value} in row {first_row + row} is outside "
-                        f"[-1, {num_classes}); expected class ids 0..{num_classes - 1} and -1 for padding")
-    padding = block == -1
-    # Once a row has seen a -1, every later entry must be -1 too: padding is a suffix.
-    after_padding = np.logical_or.accumulate(padding, axis=1) & ~padding
-    if after_padding.any():
-        raise DataError(f"{where}: row {first_row + first_bad_row(after_padding)} has a label after "
-                        f"the -1 padding; expected -1 only as a suffix")
-    empty = padding.all(axis=1)
-    if empty.any():
-        raise DataError(f"{where}: row {first_row + int(np.flatnonzero(empty)[0])} is a word of "
-                        f"length 0; expected at least one label per sample")
+    def read(self, rows):
+        rows = as_row_array(rows)
+        unique, order = np.unique(rows, return_inverse=True)
+        x = read_rows(self._x, unique)[order] if unique.size else np.zeros((0, *self.x_shape))
+        y = read_rows(self._y, unique)[order] if unique.size else np.zeros((0, *self.y_shape))
+        x = x.astype(np.float32, copy=False)
+        if self._x.dtype == np.uint8:
+            x /= 255
+        return x, y.astype(np.int64, copy=False)
+
+    def close(self) -> None:
+        if getattr(self, "_file", None) is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InputError
+
 DEVICES = ("auto", "cpu", "cuda")
 CUDA_AWARE_SETTINGS = ("auto", "yes", "no")
 OMPI_INFO_TIMEOUT_S = 20
@@ -65,7 +67,7 @@ def _cuda_missing() -> str | None:
     return None
 
 
-class DeviceUnavailable(ValueError):
+class DeviceUnavailable(InputError):
     """The config asks for a GPU this process cannot have (bad input for this machine: the CLI
     says so in one line, exit code 2)."""
 

@@ -1,7 +1,8 @@
-"""Region graphs: one sample's structure (RegionGraph), builders, and batches (GraphBatch)."""
+"""Region graphs: one sample's structure (RegionGraph), builders, specs, and batches (GraphBatch)."""
 from .batch import GraphBatch
-from .builders import chain, fully_connected, grid
+from .builders import chain, fully_connected, grid, regions
 from .region_graph import COUNTING_PRESETS, RegionGraph, structure_of
+from .spec import GraphSpec
 
-__all__ = ["GraphBatch", "RegionGraph", "COUNTING_PRESETS", "chain", "fully_connected", "grid",
-           "structure_of"]
+__all__ = ["GraphBatch", "GraphSpec", "RegionGraph", "COUNTING_PRESETS", "chain",
+           "fully_connected", "grid", "regions", "structure_of"]

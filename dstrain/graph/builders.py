@@ -35,3 +35,10 @@ def grid(height: int, width: int, num_states: int, **graph_options) -> RegionGra
     regions += [(index(y, x), index(y, x + 1)) for y in range(height) for x in range(width - 1)]
     regions += [(index(y, x), index(y + 1, x)) for y in range(height - 1) for x in range(width)]
     return RegionGraph([num_states] * (height * width), regions, **graph_options)
+
+
+def regions(cardinalities: tuple[int, ...], region_list: tuple[tuple[int, ...], ...],
+            **graph_options) -> RegionGraph:
+    """Any structure: variables with these state counts and these regions (tuples of variables).
+    For a GraphSpec pass tuples, so the spec is hashable."""
+    return RegionGraph(list(cardinalities), [tuple(r) for r in region_list], **graph_options)

@@ -14,15 +14,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models.word_model import ChainLayout
+from ..models import RegionLayout
 from .structured import (InferenceOptions, StructuredResult, beliefs_and_dual, check_algorithm,
                          message_passing)
 
 
-def device_structured_loss(potentials: torch.Tensor, layout: ChainLayout, labels: np.ndarray,
+def device_structured_loss(potentials: torch.Tensor, layout: RegionLayout, labels: np.ndarray,
                            options: InferenceOptions, kernels, store=None,
                            sample_ids=None) -> StructuredResult:
-    """structured_loss for potentials on a device; gradient and beliefs are torch tensors there."""
+    """flat_structured_loss for potentials on a device; gradient and beliefs are torch tensors
+    there (``flat_gradient``; the caller pulls it back onto the source)."""
     check_algorithm(options)
     potentials = potentials.detach()
     if options.algorithm == "exact":   # forward-backward is a host algorithm
@@ -38,7 +39,8 @@ def device_structured_loss(potentials: torch.Tensor, layout: ChainLayout, labels
     truth, owner = (torch.as_tensor(a, device=potentials.device) for a in layout.truth(labels))
     gradient = beliefs.clone()
     gradient[truth] -= 1.0            # one truth entry per region: positions are distinct
-    score = torch.zeros(len(layout.lengths), dtype=potentials.dtype, device=potentials.device)
+    score = torch.zeros(layout.num_samples, dtype=potentials.dtype, device=potentials.device)
     score.index_add_(0, owner, potentials[truth])
     loss = (dual - score).double().cpu().numpy()
-    return StructuredResult(gradient, loss, beliefs, sweeps)
+    unary = [None if u is None else beliefs[u] for u in layout.on(potentials.device).unary_positions]
+    return StructuredResult(loss, (), sweeps, unary, beliefs, gradient)

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import torch
 
+from ..errors import InputError
 from .messages import concatenated_ranges
 
 
@@ -24,13 +25,13 @@ def read_params(group: h5py.Group, model: torch.nn.Module, path, what: str) -> N
     missing = sorted(set(expected) - set(group.keys()))
     extra = sorted(set(group.keys()) - set(expected))
     if missing or extra:
-        raise ValueError(f"{path}: {what} of another model "
+        raise InputError(f"{path}: {what} of another model "
                          f"(missing {missing[:3]}, unexpected {extra[:3]})")
     state = {}
     for name, tensor in expected.items():
         value = np.asarray(group[name])
         if value.shape != tuple(tensor.shape):
-            raise ValueError(f"{path}: parameter {name} has shape {value.shape}, the model "
+            raise InputError(f"{path}: parameter {name} has shape {value.shape}, the model "
                              f"needs {tuple(tensor.shape)}")
         state[name] = torch.from_numpy(value).to(tensor.dtype)
     model.load_state_dict(state)
@@ -50,7 +51,7 @@ def load_params(model: torch.nn.Module, path: str | Path) -> None:
     """Load parameters saved by save_params."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such parameter file")
+        raise InputError(f"{path}: no such parameter file")
     with h5py.File(path, "r") as f:
         read_params(f, model, path, "parameters")
 

@@ -1,21 +1,28 @@
-"""Loss and gradient of a batch of deep structured models (DESIGN.md §3).
+"""The structured loss and its gradient with respect to a model's outputs (docs/design.md).
 
     loss_s = D(lambda, w) - F(x_s, y_s; w)        (the log-loss when inference is exact)
     d loss / d f_r(yhat_r) = b_r(yhat_r) - 1[yhat_r == y_s restricted to r]
 
-The beliefs come from one of the paper's algorithms; nothing is differentiated through message
-passing: the caller hands the gradient to ``torch.autograd.backward``.
+One entry point: ``structured_loss(potentials, labels, options, ...)`` dispatches on the kind of
+potentials to its inference method and returns the loss per sample and the gradient with respect
+to ``potentials.tensors``; ``backward(potentials, result)`` hands that to
+``torch.autograd.backward``.  Nothing is differentiated through message passing.
 
-``structured_loss`` takes the batch's flat potentials (the reference path, which on_device.py
-mirrors for the GPU).  ``batch_loss`` on the CPU starts from the network's source vector
-(unary scores, then the pair tables): where the pairs share tables, the engine exponentiates,
-multiplies and sums each table once per batch (``ConvexBP.sharing``) and the gradient of a
-table is its pairs' beliefs summed minus the truth counted, without the flat vectors.
+``RegionPotentials`` (a source tensor and a ``RegionLayout``) go to the region-graph methods:
+``exact`` (forward-backward on first-order chains, enumeration on small graphs), ``converge`` and
+``blend`` (convex BP; blend keeps each sample's messages in a ``MessageStore``) and ``local``
+(each region its own softmax: piecewise training).  On the CPU the engine starts from the source
+vector: where many pairs share a table, it exponentiates, multiplies and sums each table once per
+batch (``ConvexBP.sharing``) and the gradient of a table is its pairs' beliefs summed minus the
+truth counted.  With a kernel set (``dstrain.gpu``) inference runs on the model's device
+(on_device.py).  Other kinds of potentials register their own method with
+``register_inference``.
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,7 +30,8 @@ import torch
 from ..graph import GraphBatch
 from ..inference import ConvexBP
 from ..inference.exact import chain_marginals
-from ..models.word_model import ChainLayout, WordCRF
+from ..models import RegionLayout, RegionPotentials
+from ..models.layout import enumeration_tables
 from .messages import MessageStore
 
 ALGORITHMS = ("exact", "converge", "blend", "local")
@@ -42,18 +50,78 @@ class InferenceOptions:
     def from_config(cls, inference_config) -> "InferenceOptions":
         return cls(**{k: getattr(inference_config, k) for k in cls.__dataclass_fields__})
 
+    def but(self, **changes) -> "InferenceOptions":
+        return InferenceOptions(**{**self.__dict__, **changes})
+
 
 @dataclass
 class StructuredResult:
-    gradient: np.ndarray | None   # (N,) d loss_s / d f, summed over samples (not averaged);
-                                  # None where only the source gradient was formed
-    loss: np.ndarray       # (B,) per-sample loss
-    beliefs: np.ndarray | None    # (N,); None where the pairs share tables (ConvexBP.sharing):
-                                  # see character_beliefs
-    sweeps: int            # message-passing sweeps run (0 for exact and local)
-    source_gradient: object = None   # batch_loss: d loss / d source (numpy, or torch on a device)
-    # where the pairs share tables: (B, max_length, C) each character's belief, 0 at padding
-    character_beliefs: np.ndarray | None = None
+    loss: np.ndarray               # (B,) per-sample loss
+    gradients: tuple               # d (summed loss) / d potentials.tensors, one per tensor
+    sweeps: int                    # message-passing sweeps run (0 for exact and local)
+    unary_beliefs: list            # per layout group: (S, V, C) each variable's beliefs, or None
+    beliefs: object = None         # (N,) all beliefs where they were formed (flat and device paths)
+    flat_gradient: object = None   # (N,) d loss / d potentials where formed
+
+
+_METHODS: dict[type, Callable] = {}
+
+
+def register_inference(kind: type):
+    """Decorator: `method(potentials, labels, options, store, sample_ids, kernels)` computes the
+    StructuredResult of potentials of type `kind`."""
+    def register(method):
+        _METHODS[kind] = method
+        return method
+    return register
+
+
+def structured_loss(potentials, labels: np.ndarray, options: InferenceOptions,
+                    store: MessageStore | None = None, sample_ids=None,
+                    kernels=None) -> StructuredResult:
+    """Per-sample loss and its gradient with respect to ``potentials.tensors``.
+
+    `store`, `sample_ids`: blend's persistent messages and the batch's global ids.  `kernels`: a
+    kernel set of ``dstrain.gpu`` (inference on the model's device); None: the CPU engine, or
+    the GPU's kernels when the potentials live on a GPU."""
+    check_algorithm(options)
+    method = _METHODS.get(type(potentials))
+    if method is None:
+        raise TypeError(f"no inference method for potentials of type {type(potentials).__name__}")
+    return method(potentials, labels, options, store, sample_ids, kernels)
+
+
+def backward(potentials, result: StructuredResult) -> None:
+    """The parameters' gradients: autograd from the model's outputs on."""
+    gradients = [g if isinstance(g, torch.Tensor) else torch.from_numpy(g)
+                 for g in result.gradients]
+    torch.autograd.backward(potentials.tensors,
+                            [g.to(t.dtype) for g, t in zip(gradients, potentials.tensors)])
+
+
+def check_algorithm(options: InferenceOptions) -> None:
+    if options.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm = {options.algorithm!r}: expected one of {ALGORITHMS}")
+
+
+# ------------------------------------------------------------------ region graphs
+
+@register_inference(RegionPotentials)
+def region_loss(potentials: RegionPotentials, labels, options, store=None, sample_ids=None,
+                kernels=None) -> StructuredResult:
+    layout, source = potentials.layout, potentials.source
+    device = source.device
+    if kernels is None and device.type == "cuda":
+        from ..gpu import kernel_set
+        kernels = kernel_set(device, str(source.dtype).removeprefix("torch."))
+    if kernels is not None:
+        from .on_device import device_structured_loss
+        flat = source.detach()[layout.on(device).source_index]
+        result = device_structured_loss(flat, layout, labels, options, kernels, store, sample_ids)
+        result.gradients = (pull_back(layout, result.flat_gradient.to(source.dtype), source.numel()),)
+        return result
+    return source_structured_loss(source.detach().double().numpy(), layout, labels, options,
+                                  store, sample_ids)
 
 
 @functools.lru_cache(maxsize=16)
@@ -68,27 +136,7 @@ def _engine(graphs: tuple, kernels=None):
     return DeviceBP(batch, kernels)
 
 
-def check_algorithm(options: InferenceOptions) -> None:
-    if options.algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm = {options.algorithm!r}: expected one of {ALGORITHMS}")
-
-
-def beliefs_and_dual(potentials: np.ndarray, layout: ChainLayout, options: InferenceOptions,
-                     store: MessageStore | None = None, sample_ids=None):
-    """Beliefs (N,) and per-sample dual (B,) by the chosen algorithm; blend updates the store."""
-    check_algorithm(options)
-    if options.algorithm == "exact":
-        if layout.order > 1:
-            raise ValueError("algorithm 'exact' (forward-backward) needs a first-order chain; "
-                             "use 'converge' or 'blend' for order 2")
-        unary, pairwise = layout.chain_arrays(potentials)
-        node, pair, log_z = chain_marginals(unary, pairwise, layout.lengths, eps=options.eps)
-        return layout.flat_from_chain(node, pair), options.eps * log_z, 0
-    result = message_passing(potentials, layout, options, store, sample_ids)
-    return result.beliefs, result.dual, result.sweeps
-
-
-def layout_engine(layout: ChainLayout, options: InferenceOptions, kernels=None):
+def layout_engine(layout: RegionLayout, options: InferenceOptions, kernels=None):
     """The batch's message-passing engine: the CPU one, or DeviceBP on `kernels`."""
     # local = each region its own softmax (piecewise training): zero messages, all c_r = 1
     counting = "convex" if options.algorithm == "local" else options.counting_numbers
@@ -96,19 +144,69 @@ def layout_engine(layout: ChainLayout, options: InferenceOptions, kernels=None):
 
 
 @functools.lru_cache(maxsize=16)
-def _layout_engine(layout: ChainLayout, counting: str, eps: float, kernels):
+def _layout_engine(layout: RegionLayout, counting: str, eps: float, kernels):
     # layouts are cached objects (hashed by identity): a step looks its engine up without
     # rebuilding the tuple of its graphs
     return _engine(tuple(layout.graphs(counting, eps)), kernels)
 
 
 @functools.lru_cache(maxsize=16)
-def _sharing(engine: ConvexBP, layout: ChainLayout):
+def _sharing(engine: ConvexBP, layout: RegionLayout):
     # both are cached objects (hashed by identity): one PairSharing per batch composition
-    return engine.sharing(layout.source_index, layout.source_size)
+    sharing = engine.sharing(layout.source_index, layout.source_size)
+    if sharing is None:
+        return None
+    # each variable's unary entries as positions in the engine's rest beliefs
+    rest = [None if u is None else np.searchsorted(sharing.rest, u)
+            for u in layout.unary_positions()]
+    return sharing, rest
 
 
-def message_passing(potentials, layout: ChainLayout, options: InferenceOptions, store=None,
+def exact_beliefs_and_dual(potentials: np.ndarray, layout: RegionLayout, eps: float):
+    """Exact beliefs (N,) and eps * log Z per sample: forward-backward on first-order chains,
+    enumeration of the joint states elsewhere (InputError for graphs too large for either)."""
+    beliefs = np.zeros(layout.num_potentials)
+    dual = np.zeros(layout.num_samples)
+    for spec, samples in layout.groups:
+        start = layout.offset[samples, None]
+        if layout.exact_kind(spec) == "chain":
+            n, C = spec.args[0], spec.args[1]
+            unary, pairwise = layout.chain_view(potentials, spec, samples)
+            node, pair, log_z = chain_marginals(unary, pairwise, np.full(len(samples), n), eps=eps)
+            beliefs[start + np.arange(n * C)] = node.reshape(len(samples), -1)
+            if spec.args[2] >= 1 and n > 1:
+                beliefs[start + n * C + np.arange((n - 1) * C * C)] = pair.reshape(len(samples), -1)
+        else:
+            states, entries = enumeration_tables(spec)
+            f = potentials[start + np.arange(spec.num_potentials)]            # (S, P)
+            scores = np.zeros((len(samples), len(states)))
+            for r in range(entries.shape[1]):
+                scores += f[:, entries[:, r]]
+            scores /= eps
+            peak = scores.max(axis=1, keepdims=True)
+            log_z = peak[:, 0] + np.log(np.exp(scores - peak).sum(axis=1))
+            p = np.exp(scores - log_z[:, None])
+            out = np.zeros_like(f)
+            for r in range(entries.shape[1]):   # each region's marginal: sum p over its states
+                for s in range(len(samples)):
+                    out[s] += np.bincount(entries[:, r], p[s], minlength=spec.num_potentials)
+            beliefs[start + np.arange(spec.num_potentials)] = out
+        dual[samples] = eps * log_z
+    return beliefs, dual
+
+
+def beliefs_and_dual(potentials: np.ndarray, layout: RegionLayout, options: InferenceOptions,
+                     store: MessageStore | None = None, sample_ids=None):
+    """Beliefs (N,) and per-sample dual (B,) by the chosen algorithm; blend updates the store."""
+    check_algorithm(options)
+    if options.algorithm == "exact":
+        beliefs, dual = exact_beliefs_and_dual(potentials, layout, options.eps)
+        return beliefs, dual, 0
+    result = message_passing(potentials, layout, options, store, sample_ids)
+    return result.beliefs, result.dual, result.sweeps
+
+
+def message_passing(potentials, layout: RegionLayout, options: InferenceOptions, store=None,
                     sample_ids=None, kernels=None, sharing=None):
     """The algorithm's message passing on the batch's engine (the CPU one, or DeviceBP on
     `kernels`): blend warm-starts from the store, runs `sweeps` sweeps and stores the messages
@@ -127,101 +225,61 @@ def message_passing(potentials, layout: ChainLayout, options: InferenceOptions, 
                       max_sweeps=0 if options.algorithm == "local" else options.max_sweeps)
 
 
-def structured_loss(potentials: np.ndarray, layout: ChainLayout, labels: np.ndarray,
-                    options: InferenceOptions, store: MessageStore | None = None,
-                    sample_ids=None) -> StructuredResult:
-    """Per-sample loss and the gradient (beliefs minus ground-truth indicator) of a batch."""
+def flat_structured_loss(potentials: np.ndarray, layout: RegionLayout, labels: np.ndarray,
+                         options: InferenceOptions, store: MessageStore | None = None,
+                         sample_ids=None) -> StructuredResult:
+    """The loss on the batch's flat potential vector (float64): the reference path, which
+    on_device.py mirrors.  ``flat_gradient`` is d loss / d potentials; no source gradient."""
     beliefs, dual, sweeps = beliefs_and_dual(potentials, layout, options, store, sample_ids)
     truth, owner = layout.truth(labels)
     gradient = beliefs.copy()
     gradient[truth] -= 1.0           # one truth entry per region: positions are distinct
-    score = np.bincount(owner, potentials[truth], len(layout.lengths))
-    return StructuredResult(gradient, dual - score, beliefs, sweeps)
+    score = np.bincount(owner, potentials[truth], layout.num_samples)
+    unary = [None if u is None else beliefs[u] for u in layout.unary_positions()]
+    return StructuredResult(dual - score, (), sweeps, unary, beliefs, gradient)
 
 
-def source_structured_loss(source: np.ndarray, layout: ChainLayout, labels: np.ndarray,
+def source_structured_loss(source: np.ndarray, layout: RegionLayout, labels: np.ndarray,
                            options: InferenceOptions, store: MessageStore | None = None,
                            sample_ids=None) -> StructuredResult:
-    """structured_loss from the source vector (float64), with the gradient w.r.t. the source.
+    """The loss from the source vector (float64), with the gradient w.r.t. the source.
 
-    Where the engine shares the pair tables (WordCRF batches with pairs, unless bethe counting
-    numbers take unary beliefs from the pairs), neither the flat potentials nor the pairs' beliefs
-    are formed; otherwise flat_source_loss runs."""
+    Where the engine shares the pair tables (e.g. a words batch with pairs, unless bethe
+    counting numbers take unary beliefs from the pairs), neither the flat potentials nor the
+    pairs' beliefs are formed; otherwise flat_source_loss runs."""
     check_algorithm(options)
-    sharing = None if options.algorithm == "exact" else \
+    shared = None if options.algorithm == "exact" else \
         _sharing(layout_engine(layout, options), layout)
-    if sharing is None:
+    if shared is None:
         return flat_source_loss(source, layout, labels, options, store, sample_ids)
+    sharing, unary_rest = shared
     bp = message_passing(source, layout, options, store, sample_ids, sharing=sharing)
     truth, owner = layout.truth(labels)
     truth = layout.source_index[truth]
     gradient = np.bincount(sharing.rest_source, bp.rest_beliefs, len(source))
-    # the source opens with the unary scores (B, max_length, C): their beliefs, before the rest
-    shape = (len(layout.lengths), layout.max_length, layout.num_classes)
-    characters = gradient[:int(np.prod(shape))].reshape(shape).copy()
     for positions, summed in zip(sharing.tables, bp.table_beliefs):
         gradient[positions] += summed.reshape(positions.shape)   # distinct positions
     gradient -= np.bincount(truth, minlength=len(source))
-    score = np.bincount(owner, source[truth], len(layout.lengths))
-    return StructuredResult(None, bp.dual - score, None, bp.sweeps, gradient, characters)
+    score = np.bincount(owner, source[truth], layout.num_samples)
+    unary = [None if u is None else bp.rest_beliefs[u] for u in unary_rest]
+    return StructuredResult(bp.dual - score, (gradient,), bp.sweeps, unary)
 
 
-def flat_source_loss(source: np.ndarray, layout: ChainLayout, labels: np.ndarray,
+def flat_source_loss(source: np.ndarray, layout: RegionLayout, labels: np.ndarray,
                      options: InferenceOptions, store: MessageStore | None = None,
                      sample_ids=None) -> StructuredResult:
-    """source_structured_loss by the flat path: the potentials gathered, structured_loss, and
-    its gradient pulled back onto the source."""
-    result = structured_loss(source[layout.source_index], layout, labels, options, store,
-                             sample_ids)
-    result.source_gradient = pull_back(layout, result.gradient, len(source))
+    """source_structured_loss by the flat path: the potentials gathered, flat_structured_loss,
+    and its gradient pulled back onto the source."""
+    result = flat_structured_loss(source[layout.source_index], layout, labels, options, store,
+                                  sample_ids)
+    result.gradients = (pull_back(layout, result.flat_gradient, len(source)),)
     return result
 
 
-def message_sizes(lengths, num_classes: int, order: int) -> np.ndarray:
-    """Length of each sample's message vector in a chain of that length and order."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    pairs = sum(np.maximum(lengths - d, 0) for d in range(1, order + 1))
-    return 2 * num_classes * pairs    # every pair receives one message from each of its 2 unaries
-
-
-def batch_loss(model: WordCRF, images, labels: np.ndarray, lengths: np.ndarray,
-               order: int, options: InferenceOptions, store=None, sample_ids=None, kernels=None):
-    """Forward pass and structured loss of one batch: (source tensor, layout, result).
-
-    ``backward(source, result)`` then fills the parameters' gradients.
-    `images`: numpy or a torch tensor (moved to the model's device).  `kernels`: a kernel set
-    (``dstrain.gpu``) runs inference on the model's device; None: the CPU engine (float64).
-    """
-    layout = model.layout(lengths, order)
-    device = next(model.parameters()).device
-    if kernels is None and device.type == "cuda":
-        from ..gpu import kernel_set
-        kernels = kernel_set(device, str(next(model.parameters()).dtype).removeprefix("torch."))
-    images = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
-    source = model.source(images.to(device, non_blocking=True), order)
-    if kernels is not None:
-        from .on_device import device_structured_loss
-        potentials = source.detach()[layout.on(device).source_index]
-        result = device_structured_loss(potentials, layout, labels, options, kernels, store, sample_ids)
-        result.source_gradient = pull_back(layout, result.gradient.to(source.dtype), source.numel())
-        return source, layout, result
-    result = source_structured_loss(source.detach().double().numpy(), layout, labels, options,
-                                    store, sample_ids)
-    return source, layout, result
-
-
-def pull_back(layout: ChainLayout, gradient, size: int):
+def pull_back(layout: RegionLayout, gradient, size: int):
     """d loss / d potentials -> d loss / d source: each entry's gradient summed onto its source
     entry (numpy, or torch on the gradient's device)."""
     if isinstance(gradient, torch.Tensor):
         pulled = torch.zeros(size, dtype=gradient.dtype, device=gradient.device)
         return pulled.index_add_(0, layout.on(gradient.device).source_index, gradient)
     return np.bincount(layout.source_index, gradient, minlength=size)
-
-
-def backward(source: torch.Tensor, result: StructuredResult) -> None:
-    """The nets' gradients from batch_loss's result: autograd from the source vector on."""
-    gradient = result.source_gradient
-    if not isinstance(gradient, torch.Tensor):
-        gradient = torch.from_numpy(gradient)
-    torch.autograd.backward(source, gradient.to(source.dtype))

@@ -1,9 +1,11 @@
 """The training loop: sharded epochs of mini-batch steps, evaluation, plateau schedule, outputs.
 
-One step, as data flows (DESIGN.md §10): a batch of this rank's samples -> the potential net
-(torch) -> one flat potential vector -> inference (beliefs, dual; blend keeps each sample's
-messages) -> gradient = beliefs - truth -> ``torch.autograd.backward`` -> gradients summed over
-ranks and divided by the step's global sample count -> the same optimiser step on every rank.
+One step, as data flows (docs/design.md): a batch of this rank's samples -> the model's outputs
+(``model.potentials``) -> inference and the structured loss (``structured_loss``: beliefs, dual;
+blend keeps each sample's messages) -> gradient = beliefs - truth -> ``torch.autograd.backward``
+-> gradients summed over ranks and divided by the step's global sample count -> the same
+optimiser step on every rank.  Nothing here knows a task: the model (found through
+``dstrain.tasks``) says what its graphs, outputs, predictions and metrics are.
 
 Each rank owns a fixed, contiguous block of the training set for the whole run (its messages live
 there) and reads only those rows.  Rank 0 writes the run directory: ``config.yaml`` first,
@@ -11,9 +13,11 @@ there) and reads only those rows.  Rank 0 writes the run directory: ``config.yam
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +26,15 @@ import torch
 from ..checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from ..comm import GradientReducer, SingleProcess
 from ..config import Config, config_to_yaml, save_config
-from ..data import generate_words, open_words
+from ..errors import InputError
 from ..gpu.device import cuda_aware_mpi, resolve_device, use_device_buffers
 from ..gpu.kernels import kernel_set
-from ..models import WordCRF
-from .decode import decode
+from ..models import Batch, StructuredModel
+from ..models.layout import exact_kind
+from ..tasks import get_model_class, get_task
 from .messages import MessageStore
 from .params import save_messages, save_params
-from .structured import InferenceOptions, backward, batch_loss, message_sizes
+from .structured import InferenceOptions, backward, structured_loss
 
 
 def phase_of(variant: str, epoch: int, pretrain_epochs: int) -> str:
@@ -39,21 +44,30 @@ def phase_of(variant: str, epoch: int, pretrain_epochs: int) -> str:
     return variant
 
 
+def families_of(model: StructuredModel, phase: str) -> tuple[str, ...]:
+    """The factor families a phase trains: the unary family alone, or all of them."""
+    return tuple(model.families[:1]) if phase == "unary" else tuple(model.families)
+
+
+def phase_options(options: InferenceOptions, phase: str) -> InferenceOptions:
+    """Inference of a phase: the configured algorithm for joint training; for unary and
+    piecewise training each region is its own classifier (``local``)."""
+    return options if phase == "joint" else options.but(algorithm="local")
+
+
 def ensure_data(config: Config, log=print) -> Path:
     path = Path(config.data.path)
     if not path.exists() and config.data.generate:
-        log(f"{path} does not exist: generating it ({config.data.num_train}/{config.data.num_val}/"
-            f"{config.data.num_test} words, seed {config.data.seed})")
-        generate_words(path, num_train=config.data.num_train, num_val=config.data.num_val,
-                       num_test=config.data.num_test, seed=config.data.seed)
+        d = config.data
+        log(f"{path} does not exist: generating it ({config.task}, {d.num_train}/{d.num_val}/"
+            f"{d.num_test} samples, seed {d.seed})")
+        get_task(config.task).generate(path, d, progress=False)
     return path
 
 
-def build_model(config: Config, data, device: torch.device = torch.device("cpu")) -> WordCRF:
-    m = config.model
-    model = WordCRF(data.image_shape, data.num_classes, data.max_length, unary=m.unary,
-                    hidden=m.hidden, cnn_channels=m.cnn_channels, order=m.order,
-                    pairwise_shared=m.pairwise_shared)
+def build_model(config: Config, data, device: torch.device = torch.device("cpu")) -> StructuredModel:
+    """The config's model for a data split (``model.class``, or the task's default model)."""
+    model = get_model_class(config.model.cls, config.task).from_data(data, config.model.options)
     return model.to(device=device, dtype=getattr(torch, config.run.dtype))
 
 
@@ -78,8 +92,7 @@ def epoch_batches(config: Config, epoch: int, owned: np.ndarray, num_samples: in
 
 def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum or Adam, fused (one kernel over all parameters) where torch has it for
-    the parameters' device and dtype: on the dev VM a step of the debug model took 37 us fused
-    against 88 us (SGD) and 78 against 230 us (Adam) with torch's default loop over the tensors."""
+    the parameters' device and dtype (bench/results/cpu_linear.md has the CPU measurements)."""
     t = config.train
     if t.optimizer == "sgd":
         kind, options = torch.optim.SGD, dict(lr=t.lr, momentum=t.momentum,
@@ -92,30 +105,86 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
         return kind(model.parameters(), **options)
 
 
-def evaluate(model: WordCRF, images, labels, lengths, order: int, options: InferenceOptions,
+def message_store(model: StructuredModel, owned: np.ndarray, labels: np.ndarray, kernels=None,
+                  chunk: int = 4096) -> MessageStore | None:
+    """blend's persistent messages for the samples a rank owns, sized by their full graphs;
+    None when the graphs have no edges."""
+    sizes = np.concatenate([[spec.num_messages for spec in model.graphs(
+        Batch(None, labels[start:start + chunk]), model.families)]
+        for start in range(0, len(labels), chunk)] or [np.zeros(0, np.int64)]).astype(np.int64)
+    if not sizes.sum():
+        return None
+    if kernels is None:
+        return MessageStore(owned, sizes)
+    return MessageStore(owned, sizes, xp=kernels.xp, dtype=kernels.dtype)
+
+
+def check_inference(model: StructuredModel, labels: np.ndarray, options: InferenceOptions) -> None:
+    """Fail before training when the algorithm cannot run on the model's graphs."""
+    if options.algorithm == "exact":
+        for spec in set(model.graphs(Batch(None, labels), model.families)):
+            exact_kind(spec)
+
+
+def train_step(model: StructuredModel, batch: Batch, families, options: InferenceOptions,
+               store: MessageStore | None = None, kernels=None):
+    """One rank's part of a step: the model's outputs, inference and the structured loss, and
+    the parameters' gradients summed over the batch (the caller reduces them over ranks and
+    steps the optimiser).  Returns (potentials, result)."""
+    potentials = model.potentials(batch, families)
+    result = structured_loss(potentials, batch.y, options, store, batch.ids, kernels)
+    backward(potentials, result)
+    return potentials, result
+
+
+def evaluate(model: StructuredModel, x, y, options: InferenceOptions, families=None,
              comm: SingleProcess = SingleProcess(), batch_size: int = 200, kernels=None) -> dict:
-    """Loss (inference run to convergence, or exact) and MAP accuracies, summed over ranks."""
-    if options.algorithm == "blend":   # no persistent messages for held-out words
-        options = InferenceOptions(**{**options.__dict__, "algorithm": "converge"})
-    dtype = next(model.parameters()).dtype
-    totals = np.zeros(5)   # loss, correct characters, characters, correct words, words
+    """Loss (inference run to convergence, or exact) and the model's metrics of its decoded
+    predictions, summed over ranks: {"loss": per sample, **model.metrics(...)}."""
+    if options.algorithm == "blend":   # no persistent messages for held-out samples
+        options = options.but(algorithm="converge")
+    families = tuple(model.families) if families is None else families
+    device = next(model.parameters()).device
+    dtype = torch.empty(0, dtype=next(model.parameters()).dtype).numpy().dtype
+    loss, sums = 0.0, None
     with torch.no_grad():
-        for start in range(0, len(lengths), batch_size):
+        for start in range(0, max(len(y), 1), batch_size):
             rows = slice(start, start + batch_size)
-            x = images[rows].astype(torch.empty(0, dtype=dtype).numpy().dtype, copy=False)
-            source, _, result = batch_loss(model, x, labels[rows], lengths[rows], order, options,
-                                           kernels=kernels)
-            # the unary scores open the source vector: decode without a second forward pass
-            unary = source[:x.shape[0] * x.shape[1] * model.num_classes].double().cpu().numpy()
-            predicted = decode(model, x, lengths[rows], order,
-                               unary.reshape(x.shape[0], x.shape[1], model.num_classes))
-            valid = labels[rows] >= 0
-            hits = (predicted == labels[rows]) & valid
-            totals += [result.loss.sum(), hits.sum(), valid.sum(),
-                       (hits.sum(axis=1) == valid.sum(axis=1)).sum(), len(valid)]
-    comm.allreduce_(totals)
-    return {"loss": totals[0] / max(totals[4], 1), "char_accuracy": totals[1] / max(totals[2], 1),
-            "word_accuracy": totals[3] / max(totals[4], 1)}
+            batch = Batch(torch.from_numpy(np.asarray(x[rows], dtype=dtype)).to(device), y[rows])
+            if len(batch):
+                potentials = model.potentials(batch, families)
+                result = structured_loss(potentials, batch.y, options, kernels=kernels)
+                predicted = model.decode(batch, potentials, result.unary_beliefs)
+                loss += float(result.loss.sum())
+            else:   # a rank without samples still contributes (zero) sums of every key
+                predicted = np.full(np.shape(batch.y), -1)
+            part = model.metric_sums(batch, predicted)
+            sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
+    keys = sorted(sums)
+    totals = comm.allreduce_(np.array([loss, len(y)] + [float(sums[k]) for k in keys]))
+    reduced = dict(zip(keys, totals[2:]))
+    return {"loss": totals[0] / max(totals[1], 1), **model.metrics(reduced)}
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands: all a checkpoint needs besides parameters, optimiser and messages."""
+
+    epoch: int = 0
+    batch: int = 0                  # batches of `epoch` done
+    step: int = 0
+    best_val: float = float("inf")
+    epochs_without_gain: int = 0
+    previous_phase: str | None = None
+    totals: list = field(default_factory=lambda: [0.0] * 4)   # loss, samples, correct, variables
+    sweeps: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LoopState":
+        return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
 def _injected_fault() -> tuple[int, int] | None:
@@ -123,6 +192,12 @@ def _injected_fault() -> tuple[int, int] | None:
     (rank 0 if unset); (step, rank), or None when the switch is off.  Read once per run."""
     step = os.environ.get("DSTRAIN_FAULT_STEP")
     return None if step is None else (int(step), int(os.environ.get("DSTRAIN_FAULT_RANK", "0")))
+
+
+def _log_line(epoch: int, phase: str, train_loss: float, val: dict, seconds: float) -> str:
+    shown = "  ".join(f"{name} {100 * value:.2f}%" for name, value in val.items() if name != "loss")
+    return (f"epoch {epoch:3d} {phase:9s} train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
+            f"{shown}  ({seconds:.1f}s)")
 
 
 def train(config: Config, run_dir: str | Path | None = None, progress: bool = True,
@@ -148,21 +223,23 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         run_dir.mkdir(parents=True, exist_ok=True)
         ensure_data(config, say)
     comm.barrier()   # the data exists before any rank opens it
-    path = Path(config.data.path)
-    with open_words(path, "train") as train_split, open_words(path, "val") as val_split:
+    task, path = get_task(config.task), Path(config.data.path)
+    with task.open(path, "train") as train_split, task.open(path, "val") as val_split:
         # this rank's rows, read once into memory (a step must not decompress chunks from disk)
         owned = shard(train_split.num_samples, comm.rank, comm.world_size)
         num_train = train_split.num_samples
-        train_x, train_y, train_len = train_split.read(owned)
-        val_rows = shard(val_split.num_samples, comm.rank, comm.world_size)
-        val_x, val_y, val_len = val_split.read(val_rows)
+        train_x, train_y = train_split.read(owned)
+        val_x, val_y = val_split.read(shard(val_split.num_samples, comm.rank, comm.world_size))
         device = resolve_device(config.run.device, comm.local_rank)
         model = build_model(config, train_split, device)
+    options = InferenceOptions.from_config(config.inference)
+    check_inference(model, train_y, options)
     kernels = kernel_set(device, config.run.dtype)   # None: the CPU engine
     numpy_dtype = torch.empty(0, dtype=getattr(torch, config.run.dtype)).numpy().dtype
     train_x, val_x = train_x.astype(numpy_dtype, copy=False), val_x.astype(numpy_dtype, copy=False)
-    if kernels is not None:   # the shard's images live on the device: no copy per step
-        train_x = torch.from_numpy(train_x).to(device)
+    train_x = torch.from_numpy(train_x)
+    if kernels is not None:   # the shard's inputs live on the device: no copy per step
+        train_x = train_x.to(device)
     position = np.full(num_train, -1)
     position[owned] = np.arange(len(owned))   # global sample id -> row in this rank's arrays
     # gradients on a GPU go to MPI through pinned host memory unless the MPI handles device memory
@@ -174,53 +251,45 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     if root:
         save_config(config, run_dir / "config.yaml")
     optimizer = build_optimizer(config, model)
-    options = InferenceOptions.from_config(config.inference)
-    store = None
-    if options.algorithm == "blend" and config.model.order > 0:
-        sizes = message_sizes(train_len, model.num_classes, model.order)
-        store = MessageStore(owned, sizes) if kernels is None else \
-            MessageStore(owned, sizes, xp=kernels.xp, dtype=kernels.dtype)
+    store = message_store(model, owned, train_y, kernels) if options.algorithm == "blend" else None
+    if options.algorithm == "blend" and store is None:   # no edges: no messages to keep
+        options = options.but(algorithm="local")
 
-    # the loop's position and state: all a checkpoint needs besides parameters and messages
-    loop = {"epoch": 0, "batch": 0, "step": 0, "best_val": float("inf"), "epochs_without_gain": 0,
-            "previous_phase": None, "totals": [0.0] * 4, "sweeps": 0}
+    loop = LoopState()
     if resume:
         where = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
         if where is None:
-            raise FileNotFoundError(f"--resume auto: no complete checkpoint in {checkpoint_dir(run_dir)}")
-        loop = load_checkpoint(where, model, optimizer, store)
-        say(f"resumed from {where}: epoch {loop['epoch'] + 1}, step {loop['step']}")
+            raise InputError(f"--resume auto: no complete checkpoint in {checkpoint_dir(run_dir)}")
+        loop = LoopState.from_dict(load_checkpoint(where, model, optimizer, store))
+        say(f"resumed from {where}: epoch {loop.epoch + 1}, step {loop.step}")
     config_yaml = config_to_yaml(config)
+    start = loop   # where this run began: the first epoch may continue a partial one
 
     def checkpoint(batch_in_epoch: int) -> None:
-        loop.update(epoch=epoch, batch=batch_in_epoch, step=step, best_val=best_val,
-                    epochs_without_gain=epochs_without_gain, previous_phase=previous_phase,
-                    totals=[float(v) for v in totals], sweeps=int(sweeps))
-        save_checkpoint(checkpoint_dir(run_dir) / f"step-{step:09d}.h5", model, optimizer, loop,
-                        config_yaml, store, comm)
+        state = LoopState(epoch, batch_in_epoch, step, best_val, epochs_without_gain,
+                          previous_phase, [float(v) for v in totals], int(sweeps))
+        save_checkpoint(checkpoint_dir(run_dir) / f"step-{step:09d}.h5", model, optimizer,
+                        state.to_dict(), config_yaml, store, comm)
 
     metrics_path = run_dir / "metrics.jsonl"
     if root and not resume:
         metrics_path.write_text("")
     best_val, epochs_without_gain, previous_phase = \
-        loop["best_val"], loop["epochs_without_gain"], loop["previous_phase"]
-    step, last, stopped = loop["step"], {}, False
-    epoch, totals, sweeps = loop["epoch"] - 1, np.zeros(4), 0   # as they stand if no epoch runs
+        start.best_val, start.epochs_without_gain, start.previous_phase
+    step, last, stopped = start.step, {}, False
+    epoch, totals, sweeps = start.epoch - 1, np.zeros(4), 0   # as they stand if no epoch runs
     t = config.train
     fault = _injected_fault()
-    for epoch in range(loop["epoch"], t.epochs):
+    for epoch in range(start.epoch, t.epochs):
         phase = phase_of(t.variant, epoch, t.pretrain_epochs)
         if phase != previous_phase:   # a new loss: its plateau is measured afresh
             best_val, epochs_without_gain, previous_phase = float("inf"), 0, phase
-        order = 0 if phase == "unary" else model.order
-        step_options = options if phase == "joint" and order > 0 else \
-            InferenceOptions(**{**options.__dict__, "algorithm": "local"})
+        families, step_options = families_of(model, phase), phase_options(options, phase)
         started, steps_before = time.perf_counter(), step
-        continuing = epoch == loop["epoch"] and loop["batch"] > 0
-        first_batch = loop["batch"] if continuing else 0
-        # loss, words, correct characters (belief argmax), characters
-        totals = np.array(loop["totals"] if continuing else [0.0] * 4)
-        sweeps, reduce_seconds = (loop["sweeps"] if continuing else 0), 0.0
+        continuing = epoch == start.epoch and start.batch > 0
+        first_batch = start.batch if continuing else 0
+        totals = np.array(start.totals if continuing else [0.0] * 4)
+        sweeps, reduce_seconds = (start.sweeps if continuing else 0), 0.0
         batches = epoch_batches(config, epoch, owned, num_train, comm.rank)
         # disable=None: a bar only on a terminal, not in log files (Slurm output, pipes)
         bar = tqdm(batches[first_batch:], desc=f"epoch {epoch + 1}/{t.epochs} {phase}",
@@ -232,14 +301,11 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
             rows = position[ids]
             reducer.zero_grad()
             if len(rows):
-                images = train_x[rows] if kernels is None else \
-                    train_x[torch.as_tensor(rows, device=device)]
-                source, layout, result = batch_loss(model, images, train_y[rows], train_len[rows],
-                                                    order, step_options, store, ids, kernels)
-                backward(source, result)    # summed over this rank's samples
-                beliefs = result.beliefs if result.beliefs is not None else result.character_beliefs
-                totals += [result.loss.sum(), len(rows),
-                           layout.correct_characters(beliefs, train_y[rows]), train_len[rows].sum()]
+                x = train_x[rows] if kernels is None else train_x[torch.as_tensor(rows, device=device)]
+                batch = Batch(x, train_y[rows], ids)
+                potentials, result = train_step(model, batch, families, step_options, store, kernels)
+                correct, counted = potentials.layout.correct_variables(result.unary_beliefs, batch.y)
+                totals += [result.loss.sum(), len(rows), correct, counted]
                 sweeps += result.sweeps
             finite = reducer.gradients_finite() and (not len(rows) or np.isfinite(result.loss).all())
             reduce_started = time.perf_counter()
@@ -257,7 +323,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                 raise RuntimeError(f"parameters differ between ranks after step {step}")
             if not bar.disable:
                 bar.set_postfix(loss=f"{totals[0] / max(totals[1], 1):.3f}",
-                                char_acc=f"{100 * totals[2] / max(totals[3], 1):.1f}%")
+                                acc=f"{100 * totals[2] / max(totals[3], 1):.1f}%")
             if signalled:   # Slurm's warning before preemption: save, then end cleanly
                 checkpoint(batch_in_epoch)
                 say(f"stopped by signal {stop_signals[0]} after step {step}: checkpoint written; "
@@ -275,8 +341,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         train_seconds = time.perf_counter() - started
         comm.allreduce_(totals)
         model.eval()
-        val = evaluate(model, val_x, val_y, val_len, 0 if phase == "unary" else model.order,
-                       step_options if phase != "joint" else options, comm, kernels=kernels)
+        val = evaluate(model, val_x, val_y, step_options, families, comm, kernels=kernels)
         model.train()
         if val["loss"] < best_val - 1e-9:
             best_val, epochs_without_gain = val["loss"], 0
@@ -288,19 +353,17 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                 epochs_without_gain = 0
         last = {"epoch": epoch + 1, "phase": phase, "step": step,
                 "lr": optimizer.param_groups[0]["lr"], "train_loss": totals[0] / max(totals[1], 1),
-                "train_char_accuracy": totals[2] / max(totals[3], 1),
+                f"train_{model.variable_name}_accuracy": totals[2] / max(totals[3], 1),
                 "sweeps_per_step": sweeps / max(step - steps_before, 1),
-                "val_loss": val["loss"], "val_char_accuracy": val["char_accuracy"],
-                "val_word_accuracy": val["word_accuracy"], "seconds": train_seconds,
+                **{f"val_{name}": value for name, value in val.items()},
+                "seconds": train_seconds,
                 "samples_per_second": totals[1] / max(train_seconds, 1e-9),
                 "allreduce_seconds": reduce_seconds,
                 "ranks": comm.world_size}
         if root:
             with metrics_path.open("a") as out:
                 out.write(json.dumps(last) + "\n")
-        say(f"epoch {epoch + 1:3d} {phase:9s} train loss {last['train_loss']:.4f}  val loss "
-            f"{val['loss']:.4f}  char {100 * val['char_accuracy']:.2f}%  word "
-            f"{100 * val['word_accuracy']:.2f}%  ({train_seconds:.1f}s)")
+        say(_log_line(epoch + 1, phase, last["train_loss"], val, train_seconds))
         if t.max_steps and step >= t.max_steps:
             break
     if config.run.checkpoint_every and not stopped:

@@ -1,5 +1,8 @@
-"""Potential nets (torch modules) and how their outputs fill a batch's flat potential vector."""
-from .potentials import PairwiseTables, UnaryCNN, UnaryMLP
-from .word_model import ChainLayout, WordCRF
+"""The model interface (StructuredModel, Batch, RegionPotentials, RegionLayout) and the potential
+nets models are built from (unary MLP and CNN, pair tables)."""
+from .base import Batch, NoOptions, RegionPotentials, StructuredModel, stacked_potentials
+from .layout import RegionLayout
+from .potentials import Linear, PairwiseTables, UnaryCNN, UnaryMLP
 
-__all__ = ["UnaryMLP", "UnaryCNN", "PairwiseTables", "WordCRF", "ChainLayout"]
+__all__ = ["StructuredModel", "Batch", "RegionPotentials", "RegionLayout", "NoOptions", "stacked_potentials",
+           "UnaryMLP", "UnaryCNN", "PairwiseTables", "Linear"]
