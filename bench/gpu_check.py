@@ -1,4 +1,4 @@
-"""Issue #5's GPU check: one prepared run on a GPU machine (DESIGN.md §9).  Run it through
+"""Issue #5's GPU check: one prepared run on a GPU machine (docs/design.md §9).  Run it through
 bench/gpu_check.sh (sets PYTHONPATH, OUT, copies the table):
 
     bash bench/gpu_check.sh                       # on the GPU machine; results in $OUT

@@ -4,7 +4,7 @@ that bench/gpu_check.py times the CUDA kernels against.
     python bench/torch_sweep.py         # check_against_cpu(): float64 messages == ConvexBP's
 
 Fast pairs only (1st/2nd-order chains, fully connected binary, pairwise trees and grids): every
-region is a unary, every parent a pair with two unary children (DESIGN.md §2, dstrain/graph/batch.py
+region is a unary, every parent a pair with two unary children (docs/design.md §2, dstrain/graph/batch.py
 FastGroup).  Then for the edges r -> p of one colour
 
     mu_{p->r}(y_r)     = eps c_p logsumexp_{y_o} ((f_p(y_r, y_o) + lambda_{o->p}(y_o)) / (eps c_p))

@@ -1,4 +1,4 @@
-// Convex belief propagation on a flattened batch of region graphs (DESIGN.md §2), one colour at a
+// Convex belief propagation on a flattened batch of region graphs (docs/design.md §2), one colour at a
 // time: the kernels behind dstrain/gpu/engine.py, which mirrors the CPU engine
 // dstrain/inference/bp.py and builds every index array these kernels read.
 //

@@ -1,4 +1,4 @@
-"""Tests of the data layer: the word generator and the HDF5 contract reader (DESIGN.md §5)."""
+"""Tests of the data layer: the word generator and the HDF5 contract reader (docs/design.md §5)."""
 from __future__ import annotations
 
 import re

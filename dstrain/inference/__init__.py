@@ -1,4 +1,4 @@
-"""Inference on region graphs: the small, stable functional API (DESIGN.md §8) and the engines.
+"""Inference on region graphs: the small, stable functional API (docs/design.md §8) and the engines.
 
     beliefs, dual = marginals(cardinalities, regions, potentials,
                               counting_numbers="convex", eps=1.0, max_sweeps=1000, tol=1e-6)

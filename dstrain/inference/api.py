@@ -1,4 +1,4 @@
-"""The functional API of DESIGN.md §8: one sample's region graph in, numpy out."""
+"""The functional API of docs/design.md §8: one sample's region graph in, numpy out."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,6 @@
 """Convex belief propagation on a flattened batch: block coordinate descent on the dual, vectorised.
 
-The formulas are those of DESIGN.md §2.  For a region r with parents P(r), updated as one block:
+The formulas are those of docs/design.md §2.  For a region r with parents P(r), updated as one block:
 
     mu_{p->r}(y_r)    = eps c_p log sum_{y_p \\ y_r} exp((fhat_p(y_p) - lambda_{r->p}(y_r)) / (eps c_p))
     s_r(y_r)          = f_r(y_r) + sum_{c in C(r)} lambda_{c->r}(y_c) + sum_{p in P(r)} mu_{p->r}(y_r)

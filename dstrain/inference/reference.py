@@ -1,6 +1,6 @@
 """Loop-based convex belief propagation on one sample: slow, written to be obviously right.
 
-Messages live in a dict keyed by (child, parent) region indices; every formula of DESIGN.md §2 is
+Messages live in a dict keyed by (child, parent) region indices; every formula of docs/design.md §2 is
 written out per region and per parent with plain numpy on that region's table.  Tests compare the
 vectorised engine against this, update for update; the benchmark uses it as the naive baseline.
 """

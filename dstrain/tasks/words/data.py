@@ -14,7 +14,7 @@ classifies single characters gets roughly 70 % test character accuracy, leaving 
 pairwise (word-level) potentials of a structured model to help, as in the paper.
 
 Fonts are the TrueType files shipped inside matplotlib, so nothing is downloaded. The result is
-written to HDF5 following the contract of DESIGN.md section 5 (see ``dstrain.data.hdf5``).
+written to HDF5 following the words contract of docs/data.md (see ``dstrain.data.hdf5``).
 
 Reproducibility: every random draw comes from ``np.random.default_rng`` generators derived from
 ``seed``; the same arguments give byte-identical files on the same software stack (FreeType or
@@ -388,7 +388,7 @@ def choose_vocabulary(rng: np.random.Generator, size: int = VOCABULARY_SIZE) -> 
 
 def generate_words(out_path, num_train: int = 10000, num_val: int = 2000, num_test: int = 2000,
                    seed: int = 0, image_size: int = 28, progress: bool = True) -> Path:
-    """Generate the word data set and write it atomically to ``out_path`` (HDF5, DESIGN.md §5).
+    """Generate the word data set and write it atomically to ``out_path`` (HDF5, docs/data.md).
 
     Train, val and test are independent random draws of (word, distortions); each split has its
     own random stream, so the test set does not change when ``num_train`` does. Returns the path.
