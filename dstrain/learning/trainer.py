@@ -154,16 +154,22 @@ def evaluate(model: StructuredModel, x, y, options: InferenceOptions, families=N
             if len(batch):
                 potentials = model.potentials(batch, families)
                 result = structured_loss(potentials, batch.y, options, kernels=kernels)
-                predicted = model.decode(batch, potentials, result.unary_beliefs)
+                beliefs = result.unary_beliefs
+                predicted = model.decode(batch, potentials, beliefs)
                 loss += float(result.loss.sum())
             else:   # a rank without samples still contributes (zero) sums of every key
-                predicted = np.full(np.shape(batch.y), -1)
-            part = model.metric_sums(batch, predicted)
+                predicted, beliefs = np.full(np.shape(batch.y), -1), []
+            part = {k: np.asarray(v, dtype=np.float64)
+                    for k, v in model.metric_sums(batch, predicted, beliefs).items()}
             sums = part if sums is None else {k: sums[k] + part[k] for k in sums}
-    keys = sorted(sums)
-    totals = comm.allreduce_(np.array([loss, len(y)] + [float(sums[k]) for k in keys]))
-    reduced = dict(zip(keys, totals[2:]))
-    return {"loss": totals[0] / max(totals[1], 1), **model.metrics(reduced)}
+    keys = sorted(sums)   # every rank sends every key, in one order: one Allreduce
+    totals = comm.allreduce_(np.concatenate([[loss, len(y)]] + [sums[k].ravel() for k in keys]))
+    reduced, at = {}, 2
+    for k in keys:
+        reduced[k] = totals[at:at + sums[k].size].reshape(sums[k].shape)
+        at += sums[k].size
+    return {"loss": float(totals[0] / max(totals[1], 1)),
+            **{k: float(v) for k, v in model.metrics(reduced).items()}}
 
 
 @dataclass

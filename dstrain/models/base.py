@@ -103,8 +103,9 @@ class StructuredModel(nn.Module):
             flat[samples[:, None], np.arange(guess.shape[1])] = guess
         return labels
 
-    def metric_sums(self, batch: Batch, predicted: np.ndarray) -> dict[str, float]:
-        """Counts summed over batches and ranks, from which ``metrics`` computes the report."""
+    def metric_sums(self, batch: Batch, predicted: np.ndarray, unary_beliefs: list) -> dict:
+        """Numbers or arrays summed over batches and ranks, from which ``metrics`` computes the
+        report; `unary_beliefs` as in ``decode`` (e.g. for a ranking metric)."""
         y = np.asarray(batch.y).reshape(len(batch.y), -1)
         predicted = predicted.reshape(len(y), -1)
         valid = y >= 0

@@ -1,6 +1,7 @@
 """Potentials as torch modules: unary nets on each character image, non-parametric pair tables."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -57,11 +58,11 @@ class Linear(nn.Linear):
 
 
 class UnaryMLP(nn.Module):
-    """The paper's unary net: an MLP on the flattened image, ReLU between layers (H1 or H1, H2)."""
+    """The paper's unary net: an MLP on the flattened input, ReLU between layers (H1 or H1, H2)."""
 
-    def __init__(self, image_shape: tuple[int, int], hidden: list[int], num_classes: int):
+    def __init__(self, image_shape: tuple[int, ...], hidden: list[int], num_classes: int):
         super().__init__()
-        sizes = [image_shape[0] * image_shape[1], *hidden]
+        sizes = [int(np.prod(image_shape)), *hidden]
         layers: list[nn.Module] = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += [Linear(n_in, n_out), nn.ReLU()]
@@ -74,12 +75,14 @@ class UnaryMLP(nn.Module):
 
 
 class UnaryCNN(nn.Module):
-    """A small CNN: (3x3 conv, ReLU, 2x2 max-pool) per channel count, then a linear classifier."""
+    """A small CNN: (3x3 conv, ReLU, 2x2 max-pool) per channel count, then a linear classifier.
+    `image_shape`: (H, W) grey images or (C, H, W)."""
 
-    def __init__(self, image_shape: tuple[int, int], channels: list[int], num_classes: int):
+    def __init__(self, image_shape: tuple[int, ...], channels: list[int], num_classes: int):
         super().__init__()
         layers: list[nn.Module] = []
-        height, width, n_in = image_shape[0], image_shape[1], 1
+        self.grey = len(image_shape) == 2
+        n_in, height, width = (1, *image_shape) if self.grey else image_shape
         for n_out in channels:
             layers += [nn.Conv2d(n_in, n_out, 3, padding=1), nn.ReLU()]
             if min(height, width) >= 2:     # small images (16x8) run out of room to pool
@@ -90,7 +93,7 @@ class UnaryCNN(nn.Module):
         self.classifier = Linear(n_in * height * width, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(images.unsqueeze(1)).flatten(1))
+        return self.classifier(self.features(images.unsqueeze(1) if self.grey else images).flatten(1))
 
 
 class PairwiseTables(nn.Module):
