@@ -39,6 +39,9 @@ def device_structured_loss(potentials: torch.Tensor, layout: RegionLayout, label
     truth, owner = (torch.as_tensor(a, device=potentials.device) for a in layout.truth(labels))
     gradient = beliefs.clone()
     gradient[truth] -= 1.0            # one truth entry per region: positions are distinct
+    ignored = layout.ignored(labels)
+    if len(ignored):                  # regions with an unlabelled variable: no signal
+        gradient[torch.as_tensor(ignored, device=potentials.device)] = 0.0
     score = torch.zeros(layout.num_samples, dtype=potentials.dtype, device=potentials.device)
     score.index_add_(0, owner, potentials[truth])
     loss = (dual - score).double().cpu().numpy()

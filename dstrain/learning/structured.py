@@ -229,11 +229,13 @@ def flat_structured_loss(potentials: np.ndarray, layout: RegionLayout, labels: n
                          options: InferenceOptions, store: MessageStore | None = None,
                          sample_ids=None) -> StructuredResult:
     """The loss on the batch's flat potential vector (float64): the reference path, which
-    on_device.py mirrors.  ``flat_gradient`` is d loss / d potentials; no source gradient."""
+    on_device.py mirrors.  ``flat_gradient`` is d loss / d potentials; no source gradient.
+    Regions with an unlabelled variable (label < 0) get no truth term and a zero gradient."""
     beliefs, dual, sweeps = beliefs_and_dual(potentials, layout, options, store, sample_ids)
     truth, owner = layout.truth(labels)
     gradient = beliefs.copy()
     gradient[truth] -= 1.0           # one truth entry per region: positions are distinct
+    gradient[layout.ignored(labels)] = 0.0   # regions with an unlabelled variable: no signal
     score = np.bincount(owner, potentials[truth], layout.num_samples)
     unary = [None if u is None else beliefs[u] for u in layout.unary_positions()]
     return StructuredResult(dual - score, (), sweeps, unary, beliefs, gradient)
@@ -248,7 +250,8 @@ def source_structured_loss(source: np.ndarray, layout: RegionLayout, labels: np.
     counting numbers take unary beliefs from the pairs), neither the flat potentials nor the
     pairs' beliefs are formed; otherwise flat_source_loss runs."""
     check_algorithm(options)
-    shared = None if options.algorithm == "exact" else \
+    # (unlabelled variables: their regions' gradient is zeroed on the flat path)
+    shared = None if options.algorithm == "exact" or len(layout.ignored(labels)) else \
         _sharing(layout_engine(layout, options), layout)
     if shared is None:
         return flat_source_loss(source, layout, labels, options, store, sample_ids)

@@ -200,8 +200,10 @@ def _injected_fault() -> tuple[int, int] | None:
     return None if step is None else (int(step), int(os.environ.get("DSTRAIN_FAULT_RANK", "0")))
 
 
-def _log_line(epoch: int, phase: str, train_loss: float, val: dict, seconds: float) -> str:
-    shown = "  ".join(f"{name} {100 * value:.2f}%" for name, value in val.items() if name != "loss")
+def _log_line(epoch: int, phase: str, train_loss: float, val: dict, seconds: float,
+              names=None) -> str:
+    shown = "  ".join(f"{name} {100 * value:.2f}%" for name, value in val.items()
+                      if name != "loss" and (names is None or name in names))
     return (f"epoch {epoch:3d} {phase:9s} train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
             f"{shown}  ({seconds:.1f}s)")
 
@@ -369,7 +371,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         if root:
             with metrics_path.open("a") as out:
                 out.write(json.dumps(last) + "\n")
-        say(_log_line(epoch + 1, phase, last["train_loss"], val, train_seconds))
+        say(_log_line(epoch + 1, phase, last["train_loss"], val, train_seconds, model.logged_metrics))
         if t.max_steps and step >= t.max_steps:
             break
     if config.run.checkpoint_every and not stopped:

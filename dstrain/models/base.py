@@ -71,6 +71,7 @@ class StructuredModel(nn.Module):
     families: ClassVar[tuple[str, ...]] = ("unary", "pairwise")
     Options: ClassVar[type] = NoOptions
     variable_name: ClassVar[str] = "variable"   # the running train accuracy's key: train_<name>_accuracy
+    logged_metrics: ClassVar[tuple[str, ...] | None] = None   # shown in the log line (None: all)
 
     @classmethod
     def from_data(cls, data, options) -> "StructuredModel":
@@ -123,27 +124,38 @@ class StructuredModel(nn.Module):
 def stacked_potentials(graph: GraphSpec, tables: Sequence[torch.Tensor]) -> RegionPotentials:
     """Potentials of a batch whose samples all have `graph`, from tables stacked by region.
 
-    ``tables[k]`` has shape (B, R_k, *shape) -- the next R_k regions of every sample, in graph
-    order, each with its table -- or (1, R_k, *shape) for tables shared by all samples (a
-    pairwise table per edge learned for the whole data set, say).  The graph's regions must be
-    covered in order: unaries (B, V, C), then pairs (B, E, C, C), and so on.
+    ``tables[k]`` has shape (B, R_k, *shape): the next R_k regions of every sample, in graph
+    order, each with its table.  Tables can be tied: a leading dimension of 1 (or one expanded
+    with ``torch.expand``) shares the tables among all samples (a pair table per edge learned
+    for the whole data set), and an expanded region dimension shares one table among the R_k
+    regions (one table per direction of a grid, say); a tied table is one block of the source,
+    read by every region that uses it.  The graph's regions must be covered in order: unaries
+    (B, V, C), then pairs (B, E, C, C), and so on.
     """
     batch = max(t.shape[0] for t in tables)
-    shapes = tuple((tuple(t.shape[1:]), t.shape[0] == 1 and batch > 1) for t in tables)
-    layout = _stacked_layout(graph, batch, shapes)
-    return RegionPotentials(torch.cat([t.reshape(-1) for t in tables]), layout)
+    blocks, keys = [], []
+    for t in tables:
+        by_sample = t.shape[0] == 1 or t.stride(0) == 0
+        by_region = t.shape[1] > 1 and t.stride(1) == 0
+        blocks.append(t[:1 if by_sample else None, :1 if by_region else None].reshape(-1))
+        keys.append((tuple(t.shape[1:]), by_sample and batch > 1, by_region))
+    return RegionPotentials(torch.cat(blocks), _stacked_layout(graph, batch, tuple(keys)))
 
 
 @functools.lru_cache(maxsize=256)
-def _stacked_layout(graph: GraphSpec, batch: int, shapes: tuple) -> RegionLayout:
-    sizes = [int(np.prod(shape)) for shape, _ in shapes]
+def _stacked_layout(graph: GraphSpec, batch: int, keys: tuple) -> RegionLayout:
+    sizes = [int(np.prod(shape)) for shape, _, _ in keys]
     per_sample = sum(sizes)
     if per_sample != graph.num_potentials:
         raise ValueError(f"stacked_potentials: the tables hold {per_sample} entries per sample, "
                          f"the graph {graph.graph} has {graph.num_potentials}")
     parts, start = [], 0
-    for (shape, shared), size in zip(shapes, sizes):
-        rows = np.zeros(batch, dtype=np.int64) if shared else np.arange(batch)
-        parts.append(start + rows[:, None] * size + np.arange(size))
-        start += size * (1 if shared else batch)
+    for (shape, by_sample, by_region), size in zip(keys, sizes):
+        count, table = shape[0], size // shape[0]        # regions, entries of one region's table
+        region = np.zeros(count, np.int64) if by_region else np.arange(count)
+        within = (region[:, None] * table + np.arange(table)).ravel()    # (size,)
+        block = table * (1 if by_region else count)      # source entries per sample
+        rows = np.zeros(batch, np.int64) if by_sample else np.arange(batch)
+        parts.append(start + rows[:, None] * block + within)
+        start += block * (1 if by_sample else batch)
     return RegionLayout([graph] * batch, np.concatenate(parts, axis=1).ravel(), start)

@@ -53,7 +53,7 @@ class _SpecTables:
         self.unary_start = None
         if self.num_states is not None and len(unary) == len(cards):
             self.unary_start = self.region_offset[[unary[v] for v in range(len(cards))]]
-        self.joint_states = int(np.prod(cards.astype(float)))
+        self.log_joint_states = float(np.log(cards.astype(float)).sum())   # no overflow
         self.is_short_chain = spec.builder is chain and len(spec.args) >= 3 and spec.args[2] <= 1
 
 
@@ -112,24 +112,52 @@ class RegionLayout:
 
     # --- ground truth ---------------------------------------------------------------------
     def truth(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Flat positions of the ground-truth entry of every region, and each region's sample.
+        """Flat positions of the ground-truth entry of every labelled region, and its sample.
 
         `labels` (B, V_max): sample s's variables take labels[s, :V_s] (its graph's variables in
-        order); entries beyond are ignored."""
+        order); entries beyond are ignored.  A label < 0 marks a variable without ground truth
+        (an "ignore" pixel): regions that contain one have no truth entry (see ``ignored``)."""
+        positions, owners = [], []
+        for spec, samples, y, labelled in self._labelled_groups(labels):
+            t = _tables(spec)
+            within = (y[:, t.variables] * t.strides).sum(axis=2) + t.region_offset
+            where = self.offset[samples, None] + within
+            positions.append(where.ravel() if labelled is None else where[labelled])
+            owners.append(np.repeat(samples, t.num_regions) if labelled is None
+                          else np.broadcast_to(samples[:, None], where.shape)[labelled])
+        return np.concatenate(positions), np.concatenate(owners)
+
+    def ignored(self, labels: np.ndarray) -> np.ndarray:
+        """Flat positions of every entry of the regions without ground truth (empty when every
+        variable is labelled): the learner leaves their gradient at zero."""
+        out = [np.zeros(0, dtype=np.int64)]
+        for spec, samples, _, labelled in self._labelled_groups(labels):
+            if labelled is None:
+                continue
+            t = _tables(spec)
+            sizes = np.diff(np.append(t.region_offset, spec.num_potentials))
+            sample, region = np.nonzero(~labelled)
+            starts = self.offset[samples[sample]] + t.region_offset[region]
+            out.append(np.repeat(starts - np.cumsum(np.append(0, sizes[region][:-1])),
+                                 sizes[region]) + np.arange(sizes[region].sum()))
+        return np.concatenate(out)
+
+    def _labelled_groups(self, labels):
+        """Per group: (spec, samples, labels (S, V) with unlabelled as 0, None if every region
+        is labelled else the (S, R) mask of labelled regions)."""
         labels = np.asarray(labels)
         labels = labels.reshape(len(labels), -1)
-        positions, owners = [], []
         for spec, samples in self.groups:
             t = _tables(spec)
             y = labels[samples, :t.num_variables]
-            if y.shape[1] < t.num_variables or (y.size and y.min() < 0):
-                raise InputError(f"labels: every variable of a sample's graph needs a label >= 0 "
-                                 f"(a graph of {t.num_variables} variables got "
-                                 f"{y.shape[1]} labels, smallest {y.min() if y.size else None})")
-            within = (y[:, t.variables] * t.strides).sum(axis=2) + t.region_offset
-            positions.append((self.offset[samples, None] + within).ravel())
-            owners.append(np.repeat(samples, t.num_regions))
-        return np.concatenate(positions), np.concatenate(owners)
+            if y.shape[1] < t.num_variables:
+                raise InputError(f"labels: a graph of {t.num_variables} variables got "
+                                 f"{y.shape[1]} labels per sample")
+            if not y.size or y.min() >= 0:
+                yield spec, samples, y, None
+                continue
+            missing = (y[:, t.variables] < 0) & (t.strides > 0)
+            yield spec, samples, np.maximum(y, 0), ~missing.any(axis=2)
 
     # --- variables' unary entries ---------------------------------------------------------
     def unary_positions(self) -> list[np.ndarray | None]:
@@ -174,11 +202,12 @@ def exact_kind(spec: GraphSpec) -> str:
     t = _tables(spec)
     if t.is_short_chain:
         return "chain"
-    if t.joint_states <= EXACT_MAX_STATES:
+    if t.log_joint_states <= np.log(EXACT_MAX_STATES) + 1e-9:
         return "enumerate"
     raise InputError(f"inference.algorithm exact needs a first-order chain (forward-backward) or "
                      f"a graph of at most {EXACT_MAX_STATES} joint states (enumeration); this "
-                     f"graph has {t.joint_states:.3g} ({spec.graph}): use converge or blend")
+                     f"graph has 10^{t.log_joint_states / np.log(10):.1f} ({spec.graph}): use "
+                     f"converge or blend")
 
 
 def _unary_positions(layout: RegionLayout) -> list:
@@ -198,7 +227,8 @@ def enumeration_tables(spec: GraphSpec) -> tuple[np.ndarray, np.ndarray]:
     """(joint states (S, V), entry of every region at every joint state (S, R)), sample-relative."""
     t = _tables(spec)
     cards = spec.graph.cardinalities
-    states = np.stack(np.unravel_index(np.arange(t.joint_states), cards), axis=1).astype(np.int64)
+    count = int(np.prod(cards))
+    states = np.stack(np.unravel_index(np.arange(count), cards), axis=1).astype(np.int64)
     entries = (states[:, t.variables] * t.strides).sum(axis=2) + t.region_offset
     return states, entries
 

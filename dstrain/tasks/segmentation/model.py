@@ -1,0 +1,128 @@
+"""Semantic segmentation on a 4-connected grid CRF: a fully convolutional net gives each pixel's
+class scores, and each pair of neighbouring pixels a C x C table -- one per direction, learned
+for the whole data set (``pairwise: table``), or computed from the net's features at both pixels
+and the direction (``pairwise: net``: input-dependent, zero at start).  Inference is convex BP
+on the grid (``converge``, or ``blend`` with each image's messages kept by global id).  Pixels
+labelled -1 (ignore) contribute no gradient.  Metrics: pixel accuracy, mean IoU and each
+class's IoU, from a confusion matrix summed over ranks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...graph import GraphSpec, chain, grid
+from ...models import Batch, RegionPotentials, StructuredModel, stacked_potentials
+
+
+@dataclass
+class GridOptions:
+    """The config's ``model`` keys of the grid segmentation model."""
+
+    depth: int = field(default=3, metadata={"low": 1})     # 3x3 conv layers of the unary net
+    width: int = field(default=32, metadata={"low": 1})    # their channels
+    pairwise: Literal["table", "net"] = "net"   # per direction, or per edge from the features
+
+
+class PixelNet(nn.Module):
+    """A fully convolutional net: `depth` 3x3 convolutions with ReLU, no downsampling (so any
+    image size from 1x1 works); returns the last hidden features (B, width, H, W)."""
+
+    def __init__(self, in_channels: int, width: int, depth: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for k in range(depth):
+            layers += [nn.Conv2d(in_channels if k == 0 else width, width, 3, padding=1), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def confusion(predicted: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) counts of (true class, predicted class) over the labelled pixels (y >= 0)."""
+    valid = y >= 0
+    return np.bincount(y[valid] * num_classes + predicted[valid],
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def segmentation_metrics(matrix: np.ndarray, class_names) -> dict[str, float]:
+    """Pixel accuracy, mean IoU over the classes that occur (in truth or prediction), per-class IoU."""
+    hits = np.diag(matrix)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - hits
+    iou = np.where(union > 0, hits / np.maximum(union, 1), np.nan)
+    report = {"pixel_accuracy": hits.sum() / max(matrix.sum(), 1),
+              "mean_iou": float(np.nanmean(iou)) if np.any(union > 0) else 0.0}
+    report.update({f"iou_{name}": float(0.0 if np.isnan(v) else v)
+                   for name, v in zip(class_names, iou)})
+    return report
+
+
+class SegmentationMetrics:
+    """Metrics shared by the segmentation models (mixed into StructuredModel subclasses)."""
+
+    variable_name = "pixel"
+    logged_metrics = ("pixel_accuracy", "mean_iou")
+
+    def metric_sums(self, batch: Batch, predicted: np.ndarray, unary_beliefs) -> dict:
+        y = np.asarray(batch.y)
+        return {"confusion": confusion(predicted.reshape(y.shape), y, self.num_classes)}
+
+    def metrics(self, sums) -> dict[str, float]:
+        return segmentation_metrics(sums["confusion"], self.class_names)
+
+
+class GridCRF(SegmentationMetrics, StructuredModel):
+    Options = GridOptions
+    families = ("unary", "pairwise")
+
+    def __init__(self, image_shape, num_classes: int, class_names=None, depth: int = 3,
+                 width: int = 32, pairwise: str = "net"):
+        super().__init__()
+        channels, self.height, self.width = image_shape
+        self.num_classes, self.pairwise_kind = num_classes, pairwise
+        self.class_names = list(class_names or [f"class{c}" for c in range(num_classes)])
+        self.features = PixelNet(channels, width, depth)
+        self.unary_head = nn.Conv2d(width, num_classes, 1)
+        C2 = num_classes * num_classes
+        if pairwise == "table":   # (horizontal, vertical)
+            self.tables = nn.Parameter(torch.zeros(2, num_classes, num_classes))
+        else:   # both pixels' features -> C x C scores, one head per direction
+            self.pair_heads = nn.ModuleList(nn.Conv2d(2 * width, C2, 1) for _ in range(2))
+            for head in self.pair_heads:
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+
+    @classmethod
+    def from_data(cls, data, options: GridOptions) -> "GridCRF":
+        return cls(data.image_shape, data.num_classes, data.class_names, options.depth,
+                   options.width, options.pairwise)
+
+    def graph(self, families: Sequence[str]) -> GraphSpec:
+        if "pairwise" in families:
+            return GraphSpec(grid, (self.height, self.width, self.num_classes))
+        return GraphSpec(chain, (self.height * self.width, self.num_classes, 0))   # unaries
+
+    def graphs(self, batch: Batch, families=families) -> list[GraphSpec]:
+        return [self.graph(families)] * len(batch)
+
+    def potentials(self, batch: Batch, families=families) -> RegionPotentials:
+        B, C = len(batch), self.num_classes
+        hidden = self.features(batch.x)                                   # (B, F, H, W)
+        unary = self.unary_head(hidden).permute(0, 2, 3, 1).reshape(B, -1, C)
+        tables = [unary]
+        if "pairwise" in families:
+            H, W = self.height, self.width
+            if self.pairwise_kind == "table":
+                tables += [self.tables[0].expand(1, H * (W - 1), C, C),
+                           self.tables[1].expand(1, (H - 1) * W, C, C)]
+            else:
+                right = torch.cat([hidden[..., :, :-1], hidden[..., :, 1:]], dim=1)
+                down = torch.cat([hidden[..., :-1, :], hidden[..., 1:, :]], dim=1)
+                for head, ends in zip(self.pair_heads, (right, down)):
+                    tables.append(head(ends).permute(0, 2, 3, 1).reshape(B, -1, C, C))
+        return stacked_potentials(self.graph(families), tables)

@@ -1,0 +1,148 @@
+"""The segmentation task's grid CRF on the model interface: its gradient against brute force
+(with ignored pixels), the metrics, and training through the CLI (mpirun parity, bitwise resume
+with blend messages by global image id, the emulated GPU path)."""
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dstrain.learning import InferenceOptions, backward, structured_loss
+from dstrain.learning.params import load_messages
+from dstrain.models import Batch
+from dstrain.tasks.segmentation import generate_segmentation
+from dstrain.tasks.segmentation.model import GridCRF, confusion, segmentation_metrics
+from helpers import run_params
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def tiny(pairwise, seed=0, H=2, W=3, C=2):
+    torch.manual_seed(seed)
+    model = GridCRF((3, H, W), C, depth=1, width=4, pairwise=pairwise).double()
+    with torch.no_grad():   # pairs away from their zero start, so they matter
+        for name, p in model.named_parameters():
+            if "table" in name or "pair" in name:
+                p.normal_(std=0.7)
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, (4, H, W))
+    return model, Batch(torch.from_numpy(rng.normal(size=(4, 3, H, W))), y)
+
+
+def brute_force(model, batch):
+    """Per image: log Z and the beliefs of every region, enumerating all joint states (autograd)."""
+    potentials = model.potentials(batch)
+    layout = potentials.layout
+    flat = potentials.source[torch.from_numpy(layout.source_index)].reshape(len(batch), -1)
+    graph = layout.specs[0].graph
+    states = list(itertools.product(range(model.num_classes), repeat=len(graph.cardinalities)))
+    offsets = np.concatenate([[0], np.cumsum(graph.sizes)[:-1]])
+
+    def entries(y):   # flat entry of every region at joint state y
+        return [o + np.ravel_multi_index(tuple(y[v] for v in r), s)
+                for o, r, s in zip(offsets, graph.regions, graph.shapes)]
+    every = torch.stack([flat[:, entries(y)].sum(1) for y in states], dim=1)
+    return flat, every, [entries(y) for y in states], offsets, graph
+
+
+@pytest.mark.parametrize("pairwise", ["table", "net"])
+def test_gradient_with_ignored_pixels(pairwise):
+    """Exact inference: the loss is log Z - (scores of the labelled regions) and the gradient of a
+    region is belief - truth where every pixel of it is labelled, zero where one is not."""
+    model, batch = tiny(pairwise)
+    batch.y[0, 0, 1] = -1
+    batch.y[2, 1, :] = -1
+    potentials = model.potentials(batch)
+    result = structured_loss(potentials, batch.y, InferenceOptions(algorithm="exact"))
+    model.zero_grad()
+    backward(potentials, result)
+    ours = [p.grad.clone() for p in model.parameters()]
+
+    flat, every, state_entries, offsets, graph = brute_force(model, batch)
+    log_z = torch.logsumexp(every, dim=1)
+    p = torch.softmax(every, dim=1).detach()
+    target = torch.zeros_like(flat)   # the gradient w.r.t. the flat potentials, by hand
+    labels = batch.y.reshape(len(batch.y), -1)
+    for s in range(len(batch.y)):
+        beliefs = torch.zeros(flat.shape[1], dtype=flat.dtype)
+        for k, where in enumerate(state_entries):
+            beliefs[where] += p[s, k]
+        for o, r, size in zip(offsets, graph.regions, graph.sizes):
+            if np.all(labels[s, list(r)] >= 0):
+                target[s, o:o + size] = beliefs[o:o + size]
+                target[s, o + np.ravel_multi_index(tuple(labels[s, list(r)]),
+                                                   graph.shapes[graph.regions.index(r)])] -= 1
+    scored = [sum(flat[s, o + np.ravel_multi_index(tuple(labels[s, list(r)]), sh)]
+                  for o, r, sh in zip(offsets, graph.regions, graph.shapes)
+                  if np.all(labels[s, list(r)] >= 0)) for s in range(len(batch.y))]
+    np.testing.assert_allclose(result.loss, (log_z - torch.stack(scored)).detach().numpy(),
+                               rtol=1e-10)
+    model.zero_grad()
+    torch.autograd.backward(flat, target)
+    for mine, p in zip(ours, model.parameters()):
+        torch.testing.assert_close(mine, p.grad, rtol=1e-9, atol=1e-10)
+
+
+def test_metrics_ignore_unlabelled_pixels():
+    y = np.array([[0, 1, -1], [2, 2, 1]])
+    predicted = np.array([[0, 2, 2], [2, 1, 1]])
+    matrix = confusion(predicted, y, 3)
+    assert matrix.sum() == 5 and matrix[0, 0] == 1 and matrix[1, 2] == 1
+    report = segmentation_metrics(matrix, ["a", "b", "c"])
+    assert report["pixel_accuracy"] == pytest.approx(3 / 5)
+    # IoU: a 1/1, b 1/3 (hits 1; truth 2, predicted 2), c 1/3 (hits 1; truth 2, predicted 2)
+    assert report["iou_a"] == 1.0 and report["iou_b"] == pytest.approx(1 / 3)
+    assert report["mean_iou"] == pytest.approx((1 + 1 / 3 + 1 / 3) / 3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate_segmentation(tmp_path_factory.mktemp("seg") / "seg.h5", num_train=24,
+                                 num_val=8, num_test=4, height=6, width=5, num_classes=3,
+                                 seed=1, progress=False)
+
+
+def train(run_dir, data, *extra, ranks=0, resume=None, env=None):
+    launcher = [MPIRUN, "-n", str(ranks), "--oversubscribe"] if ranks else []
+    command = [*launcher, sys.executable, "-m", "dstrain.cli", "train", "--no-progress",
+               "--config", str(ROOT / "configs" / "segmentation_grid.yaml"),
+               "--run-dir", str(run_dir), *(["--resume", resume] if resume else []),
+               "--set", f"data.path={data}", "data.generate=false", "train.epochs=3",
+               "train.pretrain_epochs=1", "train.batch_size=5", "train.batching=global",
+               "model.depth=1", "model.width=4", "run.dtype=float64", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**ENV, **(env or {})})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_params(run_dir), load_messages(run_dir / "messages.h5")
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(MPIRUN is None, reason="no mpirun")
+def test_two_ranks_reproduce_one_process(data, tmp_path):
+    one, one_messages = train(tmp_path / "one", data)
+    two, two_messages = train(tmp_path / "two", data, ranks=2)
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-10, err_msg=name)
+    assert sorted(two_messages) == list(range(24))
+    for i in one_messages:
+        np.testing.assert_allclose(two_messages[i], one_messages[i], atol=1e-10)
+
+
+def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, tmp_path):
+    whole, whole_messages = train(tmp_path / "whole", data, "run.checkpoint_every=4")
+    train(tmp_path / "part", data, "run.checkpoint_every=4", "train.max_steps=7")
+    resumed, resumed_messages = train(tmp_path / "part", data, "run.checkpoint_every=4",
+                                      resume="auto")
+    for name in whole:
+        assert np.array_equal(resumed[name], whole[name]), name
+    assert all(np.array_equal(resumed_messages[i], whole_messages[i]) for i in whole_messages)
+    device, device_messages = train(tmp_path / "device", data, env={"DSTRAIN_EMULATE_KERNELS": "1"})
+    for name in whole:
+        np.testing.assert_allclose(device[name], whole[name], rtol=0, atol=1e-10, err_msg=name)
