@@ -26,7 +26,11 @@ from pathlib import Path
 
 EXIT_BAD_INPUT = 2
 # the tasks with data generators: name -> (help, default train / val / test sizes)
-GENERATORS = {"words": ("the paper-like word-recognition set (HDF5)", 10000, 2000, 2000)}
+GENERATORS = {"words": ("the paper-like word-recognition set (HDF5)", 10000, 2000, 2000),
+              "tagging": ("a Flickr-like image-tagging set: 38 tags, 32x32 RGB (HDF5)", 10000, 2000,
+                          10000),
+              "segmentation": ("synthetic scenes of shapes: 5 classes, 32x32 RGB (HDF5)", 2000, 200,
+                               500)}
 
 
 def _version(module: str) -> str:

@@ -52,6 +52,26 @@ def world(tmp_path_factory):
         "badyaml": base / "bad.yaml", "file": base / "a-file",
         "notckpt": variant("notckpt.h5", lambda f: None),
     }
+    tagging = base / "tagging.h5"
+    with h5py.File(tagging, "w") as f:   # a good feature-vector tagging file, and variants of it
+        f.attrs.update(task="tagging", num_labels=4)
+        for split in ("train", "val", "test"):
+            f[f"{split}/x"] = np.zeros((12, 6), np.float32)
+            f[f"{split}/y"] = np.zeros((12, 4), np.uint8)
+
+    def tagging_variant(name, edit):
+        path = base / name
+        path.write_bytes(tagging.read_bytes())
+        with h5py.File(path, "r+") as f:
+            edit(f)
+        return path
+
+    files.update({
+        "tag_labels": tagging_variant("tag_labels.h5", lambda f: replace(f, "train/y", np.full((12, 4), 2))),
+        "tag_k": tagging_variant("tag_k.h5", lambda f: replace(f, "train/y", np.zeros((12, 5), np.uint8))),
+        "tag_x3d": tagging_variant("tag_x3d.h5", lambda f: replace(f, "train/x", np.zeros((12, 6, 2), np.float32))),
+        "tag_noval": tagging_variant("tag_noval.h5", lambda f: f.__delitem__("val")),
+    })
     files["truncated"].write_bytes(good.read_bytes()[:2000])
     files["text"].write_text("not HDF5\n")
     files["badyaml"].write_text("train: {lr: [0.1\n")
@@ -59,9 +79,13 @@ def world(tmp_path_factory):
     return files
 
 
-def data_args(path):
-    return ["train", "--config", DEBUG, "--no-progress", "--set", f"data.path={path}",
+def data_args(path, config=DEBUG):
+    return ["train", "--config", config, "--no-progress", "--set", f"data.path={path}",
             "data.generate=false"]
+
+
+def tagging_args(path):
+    return data_args(path, str(ROOT / "configs" / "tagging_debug.yaml"))
 
 
 CASES = {   # name: (arguments from the world, fragment the one-line message must contain)
@@ -73,6 +97,10 @@ CASES = {   # name: (arguments from the world, fragment the one-line message mus
     "labels out of range": (lambda w: data_args(w["labels"]), "train/y"),
     "no task attribute": (lambda w: data_args(w["notask"]), "task"),
     "no validation split": (lambda w: data_args(w["noval"]), "val"),
+    "tagging labels not in {0, 1}": (lambda w: tagging_args(w["tag_labels"]), "train/y"),
+    "tagging K not num_labels": (lambda w: tagging_args(w["tag_k"]), "num_labels"),
+    "tagging x of the wrong rank": (lambda w: tagging_args(w["tag_x3d"]), "train/x"),
+    "tagging without a validation split": (lambda w: tagging_args(w["tag_noval"]), "val"),
     "unknown config key": (lambda w: ["train", "--config", DEBUG, "--set", "train.lrr=0.1"], "train.lrr"),
     "bad --set value": (lambda w: ["train", "--config", DEBUG, "--set", "train.lr=fast"], "train.lr"),
     "--set without =": (lambda w: ["train", "--config", DEBUG, "--set", "train.lr"], "train.lr"),

@@ -146,3 +146,50 @@ def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, t
     device, device_messages = train(tmp_path / "device", data, env={"DSTRAIN_EMULATE_KERNELS": "1"})
     for name in whole:
         np.testing.assert_allclose(device[name], whole[name], rtol=0, atol=1e-10, err_msg=name)
+
+
+def train_dense(run_dir, data, *extra, ranks=0, resume=None):
+    launcher = [MPIRUN, "-n", str(ranks), "--oversubscribe"] if ranks else []
+    command = [*launcher, sys.executable, "-m", "dstrain.cli", "train", "--no-progress",
+               "--config", str(ROOT / "configs" / "segmentation.yaml"),
+               "--run-dir", str(run_dir), *(["--resume", resume] if resume else []),
+               "--set", f"data.path={data}", "data.generate=false", "train.epochs=3",
+               "train.pretrain_epochs=1", "train.batch_size=5", "train.batching=global",
+               "model.depth=1", "model.width=4", "model.iterations=3", "run.dtype=float64", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, env=ENV)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_params(run_dir), done.stdout
+
+
+def test_dense_crf_model_learns_its_kernels_and_resumes_bitwise(data, tmp_path):
+    whole, log = train_dense(tmp_path / "whole", data, "run.checkpoint_every=4")
+    assert "mean_iou" in log
+    # the kernel weights and the compatibility moved from their start (1, 1; Potts)
+    assert not np.allclose(whole["kernel_weights"], [1.0, 1.0])
+    assert not np.allclose(whole["compatibility"], 1 - np.eye(3))
+    train_dense(tmp_path / "part", data, "run.checkpoint_every=4", "train.max_steps=7")
+    resumed, _ = train_dense(tmp_path / "part", data, "run.checkpoint_every=4", resume="auto")
+    for name in whole:
+        assert np.array_equal(resumed[name], whole[name]), name
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(MPIRUN is None, reason="no mpirun")
+def test_dense_crf_two_ranks_reproduce_one_process(data, tmp_path):
+    one, _ = train_dense(tmp_path / "one", data)
+    two, _ = train_dense(tmp_path / "two", data, ranks=2)
+    for name in one:
+        np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-10, err_msg=name)
+
+
+def test_blend_messages_take_the_stated_bytes_per_image_and_split_over_ranks():
+    """docs/models.md: a 4-connected H x W grid with C classes keeps 2 C (H (W - 1) + (H - 1) W)
+    message entries per image (8 bytes each on the CPU): 155 KiB for 32 x 32 and 5 classes;
+    each rank keeps only its shard's."""
+    from dstrain.learning.trainer import message_store, shard
+    model = GridCRF((3, 32, 32), 5, depth=1, width=2)
+    assert model.graph(model.families).num_messages == 2 * 5 * (32 * 31 + 31 * 32) == 19840
+    labels = np.zeros((101, 32, 32), dtype=np.int64)
+    stores = [message_store(model, shard(101, rank, 2), labels[shard(101, rank, 2)])
+              for rank in range(2)]
+    assert [s.values.nbytes for s in stores] == [50 * 19840 * 8, 51 * 19840 * 8]

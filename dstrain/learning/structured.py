@@ -30,7 +30,7 @@ import torch
 from ..graph import GraphBatch
 from ..inference import ConvexBP
 from ..inference.exact import chain_marginals
-from ..models import RegionLayout, RegionPotentials
+from ..models import DenseCRFPotentials, RegionLayout, RegionPotentials
 from ..models.layout import enumeration_tables
 from .messages import MessageStore
 
@@ -102,6 +102,27 @@ def backward(potentials, result: StructuredResult) -> None:
 def check_algorithm(options: InferenceOptions) -> None:
     if options.algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm = {options.algorithm!r}: expected one of {ALGORITHMS}")
+
+
+# ------------------------------------------------------------------ mean-field (dense CRFs)
+
+@register_inference(DenseCRFPotentials)
+def meanfield_loss(potentials, labels, options, store=None, sample_ids=None, kernels=None):
+    """Mean-field on a dense CRF (``potentials.crf``: kernels fixed for the batch), then the loss
+    and its gradients with the marginals held fixed: unary Q - truth, and the kernel weights'
+    and compatibility's from filtering Q and the truth (dstrain.inference.dense_crf)."""
+    if options.algorithm == "local":
+        from ..errors import InputError
+        raise InputError("a dense CRF has no piecewise training: use train.variant unary, joint "
+                         "or pretrain_joint")
+    crf = potentials.crf
+    crf.eps = float(options.eps)
+    result = crf.loss_and_gradients(potentials.unary, np.asarray(labels), potentials.weights,
+                                    potentials.compatibility)
+    q = result.marginals.permute(0, 2, 3, 1).reshape(len(labels), -1, result.marginals.shape[1])
+    return StructuredResult(result.loss.double().cpu().numpy(),
+                            (result.grad_unary, result.grad_weights, result.grad_compatibility),
+                            crf.iterations, [q.detach()])
 
 
 # ------------------------------------------------------------------ region graphs
@@ -214,6 +235,8 @@ def message_passing(potentials, layout: RegionLayout, options: InferenceOptions,
     `potentials` is the source vector (ConvexBP.run)."""
     engine = layout_engine(layout, options, kernels)
     shared = {} if sharing is None else {"sharing": sharing}
+    if options.algorithm == "blend" and not engine.batch.num_messages:   # nothing to keep
+        return engine.run(potentials, None, max_sweeps=options.sweeps, tol=0.0, **shared)
     if options.algorithm == "blend":
         if store is None or sample_ids is None:
             raise ValueError("algorithm 'blend' needs a MessageStore and the batch's sample ids")

@@ -260,8 +260,6 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         save_config(config, run_dir / "config.yaml")
     optimizer = build_optimizer(config, model)
     store = message_store(model, owned, train_y, kernels) if options.algorithm == "blend" else None
-    if options.algorithm == "blend" and store is None:   # no edges: no messages to keep
-        options = options.but(algorithm="local")
 
     loop = LoopState()
     if resume:

@@ -57,6 +57,23 @@ class RegionPotentials:
 
 
 @dataclass
+class DenseCRFPotentials:
+    """A batch's dense CRF (Gaussian kernels over pixels, inferred by mean-field): unary scores
+    (B, C, H, W), kernel weights (2,) and label compatibility (C, C), all differentiable, and the
+    kernels built from the batch's images (``dstrain.inference.DenseCRF``: fixed features)."""
+
+    unary: torch.Tensor
+    weights: torch.Tensor
+    compatibility: torch.Tensor
+    crf: object
+    layout: RegionLayout            # the unaries alone: decoding and running scores read it
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.unary, self.weights, self.compatibility)
+
+
+@dataclass
 class NoOptions:
     """A model without config keys of its own."""
 

@@ -17,8 +17,12 @@ from pathlib import Path
 from ..errors import InputError
 
 # built-in names -> where they live (imported on first use)
-TASKS = {"words": "dstrain.tasks.words:WordsTask"}
-MODELS = {"words": "dstrain.tasks.words.model:WordCRF"}
+TASKS = {"words": "dstrain.tasks.words:WordsTask", "tagging": "dstrain.tasks.tagging:TaggingTask",
+         "segmentation": "dstrain.tasks.segmentation:SegmentationTask"}
+MODELS = {"words": "dstrain.tasks.words.model:WordCRF",
+          "tagging": "dstrain.tasks.tagging.model:TaggingCRF",
+          "segmentation_grid": "dstrain.tasks.segmentation.model:GridCRF",
+          "segmentation_dense": "dstrain.tasks.segmentation.model:DenseCRFModel"}
 
 
 class Task:

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ...graph import GraphSpec, chain, grid
-from ...models import Batch, RegionPotentials, StructuredModel, stacked_potentials
+from ...models import (Batch, DenseCRFPotentials, RegionPotentials, StructuredModel,
+                       stacked_potentials)
 
 
 @dataclass
@@ -126,3 +127,68 @@ class GridCRF(SegmentationMetrics, StructuredModel):
                 for head, ends in zip(self.pair_heads, (right, down)):
                     tables.append(head(ends).permute(0, 2, 3, 1).reshape(B, -1, C, C))
         return stacked_potentials(self.graph(families), tables)
+
+
+# ------------------------------------------------------------------ the dense CRF (mean-field)
+
+@dataclass
+class DenseOptions:
+    """The config's ``model`` keys of the dense-CRF segmentation model."""
+
+    depth: int = field(default=3, metadata={"low": 1})     # 3x3 conv layers of the unary net
+    width: int = field(default=32, metadata={"low": 1})    # their channels
+    iterations: int = field(default=5, metadata={"low": 1})   # mean-field updates per step
+    spatial_sxy: float = field(default=3.0, metadata={"low": 0})     # smoothness kernel, pixels
+    bilateral_sxy: float = field(default=8.0, metadata={"low": 0})   # appearance kernel, pixels
+    bilateral_srgb: float = field(default=13.0, metadata={"low": 0})  # ... and colour (0..255)
+    spatial_weight: float = 1.0     # the kernels' weights at start (learned)
+    bilateral_weight: float = 1.0
+
+
+class DenseCRFModel(SegmentationMetrics, StructuredModel):
+    """Per-pixel scores from a fully convolutional net and a fully connected CRF with Gaussian
+    kernels (smoothness: position; appearance: position and colour, from the first three input
+    channels in 0..255 units); mean-field inference, trained by the paper's algorithm: the
+    gradients of the unary scores, kernel weights and compatibility come from filtering the
+    marginals and the truth (dstrain.inference.DenseCRF), not from autograd through the
+    iterations.  ``inference.eps`` is the temperature; the algorithm is always mean-field."""
+
+    Options = DenseOptions
+    families = ("unary", "pairwise")
+
+    def __init__(self, image_shape, num_classes: int, class_names=None, options=DenseOptions()):
+        super().__init__()
+        channels, self.height, self.width = image_shape
+        self.num_classes, self.options = num_classes, options
+        self.class_names = list(class_names or [f"class{c}" for c in range(num_classes)])
+        self.features = PixelNet(channels, options.width, options.depth)
+        self.unary_head = nn.Conv2d(options.width, num_classes, 1)
+        self.kernel_weights = nn.Parameter(torch.tensor([options.spatial_weight,
+                                                         options.bilateral_weight]))
+        self.compatibility = nn.Parameter(1.0 - torch.eye(num_classes))   # Potts at start
+
+    @classmethod
+    def from_data(cls, data, options: DenseOptions) -> "DenseCRFModel":
+        return cls(data.image_shape, data.num_classes, data.class_names, options)
+
+    def unary_graph(self) -> GraphSpec:
+        return GraphSpec(chain, (self.height * self.width, self.num_classes, 0))
+
+    def graphs(self, batch: Batch, families=families) -> list[GraphSpec]:
+        return [self.unary_graph()] * len(batch)   # no region graph: mean-field has no messages
+
+    def potentials(self, batch: Batch, families=families):
+        from ...inference.dense_crf import DenseCRF
+
+        B, C = len(batch), self.num_classes
+        unary = self.unary_head(self.features(batch.x))                    # (B, C, H, W)
+        unaries = stacked_potentials(self.unary_graph(),
+                                     [unary.permute(0, 2, 3, 1).reshape(B, -1, C)])
+        if "pairwise" not in families:
+            return unaries
+        o = self.options
+        colours = batch.x[:, :3].detach() * 255
+        crf = DenseCRF(colours, o.spatial_sxy, o.bilateral_sxy, o.bilateral_srgb,
+                       iterations=o.iterations, channels_last=False, dtype=unary.dtype)
+        return DenseCRFPotentials(unary, self.kernel_weights, self.compatibility, crf,
+                                  unaries.layout)
