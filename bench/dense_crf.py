@@ -142,8 +142,8 @@ def worker(threads, repeats):
 
 
 def run_worker(threads, repeats) -> list[dict]:
-    """One fresh process per thread count: its OpenMP pool is made with that many threads (a
-    pool shrunk to 1 and grown back to 2 in one process measured up to 10x slower here)."""
+    """One fresh process per thread count, so that its OpenMP pool is made with that many
+    threads and no state carries over from the other count's run."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     done = subprocess.run([sys.executable, __file__, "--worker", str(threads),
                            "--repeats", str(repeats)], env=env, capture_output=True, text=True,
@@ -212,7 +212,9 @@ def main(argv=None):
         "`DenseCRF2D`, `setUnaryEnergy`, `addPairwiseGaussian`, `addPairwiseBilateral`.  "
         "*total*: pydensecrf setup + `inference(5)` against one `dense_crf_marginals` call "
         "(warm).  pydensecrf runs single-threaded in every row; > 1 in the *faster by* columns "
-        "means dstrain is faster.", ""], args.out)
+        "means dstrain is faster.  With 2 threads on 2 cores dstrain needs both cores: runs "
+        "made while other jobs were busy here had 2-thread medians up to 10x slower and wide "
+        "quartiles; 1-thread rows moved far less.", ""], args.out)
 
 
 if __name__ == "__main__":
