@@ -135,7 +135,7 @@ def test_read_touches_only_chunks_of_requested_rows(tmp_path):
         dataset = data._x
 
         class Spy:
-            chunks = dataset.chunks
+            chunks, dtype, shape = dataset.chunks, dataset.dtype, dataset.shape
 
             def __getitem__(self, index):
                 requested.append((index.start, index.stop))

@@ -137,9 +137,9 @@ def test_lattice_filters_what_pydensecrfs_lattice_filters(rng, dim):
 def test_lattice_approximates_the_gaussian_on_image_features(rng):
     """The lattice is an approximation: the normalised filter (as the CRF uses it) against brute
     force, relative errors.  Over 20 such images the mean error was at most 0.9 % (spatial) and
-    2.8 % (bilateral), the 99th percentile at most 4 % and 15 %; the few largest (up to 100 %+
-    for the bilateral) sit at isolated colours.  The tolerances are about twice those; the errors
-    are the lattice's own, not this code's: pydensecrf's lattice gives the same values."""
+    2.8 % (bilateral), the 99th percentile at most 4 % and 15 %; above it the bilateral's
+    reached 115 %.  The tolerances are about twice those; the errors are the lattice's own, not
+    this code's: pydensecrf's lattice gives the same values (test above)."""
     image, _ = shapes_image(rng, 24, 32)
     values = torch.from_numpy(rng.random((24 * 32, 4)))
     for features, mean_tol, p99_tol in ((pixel_features(image, 3.0), 0.02, 0.08),
@@ -272,9 +272,10 @@ def test_lattice_mean_field_is_close_to_the_exact_one(rng):
                    dtype=torch.float64)
     lattice = DenseCRF(image[None], **options).mean_field(unary, weights, mu)
     exact = DenseCRF(image[None], exact=True, **options).mean_field(unary, weights, mu)
-    # the lattice's own approximation error (see the filter test), measured 0.006 here
+    # the lattice's own approximation error (see the filter test): mean 0.003 and 99.4 % equal
+    # MAP labels here, at worst 0.014 and 96.6 % over ten other seeds
     assert (lattice - exact).abs().mean() < 0.02
-    assert (lattice.argmax(1) == exact.argmax(1)).double().mean() > 0.97
+    assert (lattice.argmax(1) == exact.argmax(1)).double().mean() > 0.95
 
 
 def test_zero_iterations_give_the_softmax_and_layouts_agree(rng):

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["DataError", "ArraySplit", "open_hdf5", "read_rows", "as_row_array", "check_task", "positive_int_attr",
+__all__ = ["DataError", "ArraySplit", "SplitReader", "open_hdf5", "read_rows", "as_row_array", "check_task", "positive_int_attr",
            "split_group", "file_task"]
 
 CHUNK_CACHE_BYTES = 32 * 2**20  # per-dataset chunk cache: random row reads re-hit recent chunks
@@ -120,7 +120,54 @@ def split_group(file: h5py.File, path: Path, split: str, datasets: dict[str, str
     return out
 
 
-class ArraySplit:
+class SplitReader:
+    """What every split reader shares: rows on demand, closing.  A subclass opens its file and
+    validates it, then sets ``path``, ``split``, ``num_samples``, ``_file``, ``_x`` and ``_y``
+    (the split's datasets).  ``read(rows)`` -> (x float32, scaled to [0, 1] when stored as uint8;
+    y int64), only those rows, in the order asked (repeats allowed)."""
+
+    _file = None
+
+    def read(self, rows):
+        rows = as_row_array(rows)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.num_samples):
+            bad = rows[(rows < 0) | (rows >= self.num_samples)][0]
+            raise IndexError(f"{self._where('x')}: row {bad} out of range [0, {self.num_samples})")
+        unique, order = np.unique(rows, return_inverse=True)
+        if unique.size == 0:
+            x = np.zeros((0,) + self._x.shape[1:], np.float32)
+            y = np.zeros((0,) + self._y.shape[1:], np.int64)
+        else:
+            try:
+                x = read_rows(self._x, unique)[order]
+                y = read_rows(self._y, unique)[order].astype(np.int64, copy=False)
+            except OSError as error:
+                raise DataError(f"{self._where('x')}: cannot read rows ({error}); the file looks "
+                                f"truncated or corrupt") from None
+        x = x.astype(np.float32, copy=False)
+        if self._x.dtype == np.uint8:
+            x /= 255  # uint8 0..255 -> float32 0..1 (exact at both ends)
+        return x, y
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _where(self, dataset: str) -> str:
+        return f"{self.path}: dataset '/{self.split}/{dataset}'"
+
+
+class ArraySplit(SplitReader):
     """One split of a file with ``/{split}/x`` (N, ...) and ``/{split}/y`` (N, ...) for a task
     whose contract needs no more checks than these (a user's own task, say): root attribute
     ``task`` equal to `task`, x uint8 or float32, y integer, one row of each per sample.
@@ -151,24 +198,3 @@ class ArraySplit:
             raise
         self.num_samples = int(self._y.shape[0])
         self.x_shape, self.y_shape = tuple(self._x.shape[1:]), tuple(self._y.shape[1:])
-
-    def read(self, rows):
-        rows = as_row_array(rows)
-        unique, order = np.unique(rows, return_inverse=True)
-        x = read_rows(self._x, unique)[order] if unique.size else np.zeros((0, *self.x_shape))
-        y = read_rows(self._y, unique)[order] if unique.size else np.zeros((0, *self.y_shape))
-        x = x.astype(np.float32, copy=False)
-        if self._x.dtype == np.uint8:
-            x /= 255
-        return x, y.astype(np.int64, copy=False)
-
-    def close(self) -> None:
-        if getattr(self, "_file", None) is not None:
-            self._file.close()
-            self._file = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()

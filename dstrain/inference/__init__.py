@@ -9,6 +9,6 @@ One sample in, numpy out.  Underneath: ``ConvexBP`` (vectorised, batched) on a `
 """
 from .api import map_assignment, marginals
 from .bp import BPResult, ConvexBP
-from .dense_crf import dense_crf_marginals
+from .dense_crf import DenseCRF, dense_crf_marginals
 
-__all__ = ["marginals", "map_assignment", "ConvexBP", "BPResult", "dense_crf_marginals"]
+__all__ = ["marginals", "map_assignment", "ConvexBP", "BPResult", "dense_crf_marginals", "DenseCRF"]

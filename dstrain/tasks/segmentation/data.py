@@ -40,7 +40,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from dstrain.data.hdf5 import (DataError, as_row_array, check_task, open_hdf5, positive_int_attr, read_rows,
+from dstrain.data.hdf5 import (DataError, SplitReader, check_task, open_hdf5, positive_int_attr,
                                split_group)
 
 __all__ = ["generate_segmentation", "open_segmentation", "SegmentationData", "SceneStyle",
@@ -416,7 +416,7 @@ def _write_split(file, split, count, renderer: SceneRenderer, rng, progress) -> 
 LABEL_CHECK_PIXELS = 2**22      # labels validated per read: bounded memory for any N, H, W
 
 
-class SegmentationData:
+class SegmentationData(SplitReader):
     """One split of a segmentation file: metadata on open, rows on demand.
 
     Attributes: ``path``, ``split``, ``num_samples`` (N), ``num_classes`` (C), ``image_shape``
@@ -442,54 +442,12 @@ class SegmentationData:
         except BaseException:
             self.close()
             raise
-        self._stores_bytes = self._x.dtype == np.uint8
-
-    def read(self, rows):
-        """Return ``(x, y)`` for ``rows`` (any iterable of ints, any order, repeats allowed).
-
-        ``x`` is float32 (n, channels, H, W), scaled to [0, 1] when the file stores uint8; ``y``
-        is int64 (n, H, W) with -1 on ignored pixels. Only the requested rows are read.
-        """
-        rows = as_row_array(rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.num_samples):
-            bad = rows[(rows < 0) | (rows >= self.num_samples)][0]
-            raise IndexError(f"{self._where('x')}: row {bad} out of range [0, {self.num_samples})")
-        if rows.size == 0:
-            return (np.zeros((0,) + self.image_shape, np.float32),
-                    np.zeros((0,) + self.image_shape[1:], np.int64))
-        unique, order = np.unique(rows, return_inverse=True)
-        try:
-            x = read_rows(self._x, unique)[order]
-            y = read_rows(self._y, unique)[order].astype(np.int64, copy=False)
-        except OSError as error:
-            raise DataError(f"{self._where('x')}: cannot read rows ({error}); the file looks "
-                            f"truncated or corrupt") from None
-        x = x.astype(np.float32, copy=False)
-        if self._stores_bytes:
-            x /= 255  # uint8 0..255 -> float32 0..1 (exact at both ends)
-        return x, y
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __enter__(self) -> "SegmentationData":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"SegmentationData({str(self.path)!r}, split={self.split!r}, "
                 f"num_samples={self.num_samples}, image_shape={self.image_shape}, "
                 f"num_classes={self.num_classes})")
 
-    def _where(self, dataset: str) -> str:
-        return f"{self.path}: dataset '/{self.split}/{dataset}'"
 
 
 def open_segmentation(path, split: str) -> SegmentationData:

@@ -178,7 +178,7 @@ class DenseCRFModel(SegmentationMetrics, StructuredModel):
         return [self.unary_graph()] * len(batch)   # no region graph: mean-field has no messages
 
     def potentials(self, batch: Batch, families=families):
-        from ...inference.dense_crf import DenseCRF
+        from ...inference import DenseCRF
 
         B, C = len(batch), self.num_classes
         unary = self.unary_head(self.features(batch.x))                    # (B, C, H, W)

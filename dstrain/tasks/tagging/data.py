@@ -62,7 +62,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from dstrain.data.hdf5 import (DataError, as_row_array, check_task, open_hdf5, positive_int_attr, read_rows,
+from dstrain.data.hdf5 import (DataError, SplitReader, check_task, open_hdf5, positive_int_attr,
                                split_group)
 
 __all__ = ["generate_tagging", "open_tagging", "TaggingData", "TAG_NAMES", "SCENES", "Difficulty"]
@@ -828,7 +828,7 @@ def _write_split(file, split, count, renderer: TagRenderer, rng, progress) -> No
 
 # ---------------------------------------------------------------------------------------- reader
 
-class TaggingData:
+class TaggingData(SplitReader):
     """One split of a tagging file: metadata on open, rows on demand.
 
     The contract: ``/{split}/x`` is (N, D) features or (N, C, H, W) images, uint8 or float32;
@@ -859,54 +859,11 @@ class TaggingData:
         except BaseException:
             self.close()
             raise
-        self._stores_bytes = self._x.dtype == np.uint8
-
-    def read(self, rows):
-        """Return ``(x, y)`` for ``rows`` (any iterable of ints, any order, repeats allowed).
-
-        ``x`` is float32 (n, *x_shape), scaled to [0, 1] when the file stores uint8; ``y`` is
-        int64 (n, K). Only the requested rows are read, then the requested order is restored.
-        """
-        rows = as_row_array(rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.num_samples):
-            bad = rows[(rows < 0) | (rows >= self.num_samples)][0]
-            raise IndexError(f"{self._where('x')}: row {bad} out of range [0, {self.num_samples})")
-        unique, order = np.unique(rows, return_inverse=True)
-        if unique.size == 0:
-            x = np.zeros((0,) + self.x_shape, np.float32)
-            y = np.zeros((0, self.num_labels), np.int64)
-        else:
-            try:
-                x = read_rows(self._x, unique)[order]
-                y = read_rows(self._y, unique)[order].astype(np.int64, copy=False)
-            except OSError as error:
-                raise DataError(f"{self._where('x')}: cannot read rows ({error}); the file looks "
-                                f"truncated or corrupt") from None
-        x = x.astype(np.float32, copy=False)
-        if self._stores_bytes:
-            x /= 255  # uint8 0..255 -> float32 0..1 (exact at both ends)
-        return x, y
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __enter__(self) -> "TaggingData":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"TaggingData({str(self.path)!r}, split={self.split!r}, num_samples={self.num_samples}, "
                 f"num_labels={self.num_labels}, x_shape={self.x_shape})")
 
-    def _where(self, dataset: str) -> str:
-        return f"{self.path}: dataset '/{self.split}/{dataset}'"
 
 
 def open_tagging(path, split: str) -> TaggingData:

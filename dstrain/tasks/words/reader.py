@@ -17,14 +17,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ...data.hdf5 import (DataError, as_row_array, check_task, open_hdf5, positive_int_attr,
-                          read_rows, split_group)
+from ...data.hdf5 import (DataError, SplitReader, check_task, open_hdf5, positive_int_attr,
+                          split_group)
 
 __all__ = ["WordsData", "open_words"]
 
 LABEL_CHECK_ROWS = 65536        # rows of y validated per read: bounded memory for any N
 
-class WordsData:
+class WordsData(SplitReader):
     """One split of a words file: metadata on open, rows on demand.
 
     Attributes: ``path``, ``split``, ``num_samples`` (N), ``max_length`` (L), ``image_shape``
@@ -50,56 +50,12 @@ class WordsData:
         except BaseException:
             self.close()
             raise
-        self._stores_bytes = self._x.dtype == np.uint8
-
-    def read(self, rows):
-        """Return ``(x, y)`` for ``rows`` (any iterable of ints, any order, repeats allowed).
-
-        ``x`` is float32 (n, L, H, W), scaled to [0, 1] when the file stores uint8; ``y`` is
-        int64 (``self.lengths[rows]`` are the words' lengths). Only the requested rows are read
-        (see :func:`read_rows`), then the requested order is restored in memory.
-        """
-        rows = as_row_array(rows)
-        if rows.size and (rows.min() < 0 or rows.max() >= self.num_samples):
-            bad = rows[(rows < 0) | (rows >= self.num_samples)][0]
-            raise IndexError(f"{self._where('x')}: row {bad} out of range [0, {self.num_samples})")
-        unique, order = np.unique(rows, return_inverse=True)
-        if unique.size == 0:
-            x = np.zeros((0, self.max_length) + self.image_shape, np.float32)
-            y = np.zeros((0, self.max_length), np.int64)
-        else:
-            try:
-                x = read_rows(self._x, unique)[order]
-                y = read_rows(self._y, unique)[order].astype(np.int64, copy=False)
-            except OSError as error:
-                raise DataError(f"{self._where('x')}: cannot read rows ({error}); the file looks "
-                                f"truncated or corrupt") from None
-        x = x.astype(np.float32, copy=False)
-        if self._stores_bytes:
-            x /= 255  # uint8 0..255 -> float32 0..1 (exact at both ends)
-        return x, y
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-    def __enter__(self) -> "WordsData":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return (f"WordsData({str(self.path)!r}, split={self.split!r}, num_samples={self.num_samples}, "
                 f"max_length={self.max_length}, image_shape={self.image_shape}, "
                 f"num_classes={self.num_classes})")
 
-    def _where(self, dataset: str) -> str:
-        return f"{self.path}: dataset '/{self.split}/{dataset}'"
 
 
 def open_words(path, split: str) -> WordsData:
