@@ -66,6 +66,28 @@ def world(tmp_path_factory):
             edit(f)
         return path
 
+    segmentation = base / "segmentation.h5"
+    with h5py.File(segmentation, "w") as f:   # a good 6 x 5 segmentation file, and variants of it
+        f.attrs.update(task="segmentation", num_classes=3)
+        for split in ("train", "val", "test"):
+            f[f"{split}/x"] = np.zeros((4, 3, 6, 5), np.uint8)
+            f[f"{split}/y"] = np.zeros((4, 6, 5), np.int16)
+
+    def segmentation_variant(name, edit):
+        path = base / name
+        path.write_bytes(segmentation.read_bytes())
+        with h5py.File(path, "r+") as f:
+            edit(f)
+        return path
+
+    files.update({
+        "seg_labels": segmentation_variant("seg_labels.h5", lambda f: replace(
+            f, "train/y", np.full((4, 6, 5), 3, np.int16))),
+        "seg_yshape": segmentation_variant("seg_yshape.h5", lambda f: replace(
+            f, "train/y", np.zeros((4, 6, 4), np.int16))),
+        "seg_x3d": segmentation_variant("seg_x3d.h5", lambda f: replace(
+            f, "train/x", np.zeros((4, 6, 5), np.uint8))),
+    })
     files.update({
         "tag_labels": tagging_variant("tag_labels.h5", lambda f: replace(f, "train/y", np.full((12, 4), 2))),
         "tag_k": tagging_variant("tag_k.h5", lambda f: replace(f, "train/y", np.zeros((12, 5), np.uint8))),
@@ -88,6 +110,10 @@ def tagging_args(path):
     return data_args(path, str(ROOT / "configs" / "tagging_debug.yaml"))
 
 
+def segmentation_args(path):
+    return data_args(path, str(ROOT / "configs" / "segmentation_debug.yaml"))
+
+
 CASES = {   # name: (arguments from the world, fragment the one-line message must contain)
     "missing data file": (lambda w: data_args(w["good"].with_name("absent.h5")), "dstrain data words"),
     "truncated data file": (lambda w: data_args(w["truncated"]), "truncated.h5"),
@@ -101,6 +127,9 @@ CASES = {   # name: (arguments from the world, fragment the one-line message mus
     "tagging K not num_labels": (lambda w: tagging_args(w["tag_k"]), "num_labels"),
     "tagging x of the wrong rank": (lambda w: tagging_args(w["tag_x3d"]), "train/x"),
     "tagging without a validation split": (lambda w: tagging_args(w["tag_noval"]), "val"),
+    "segmentation labels beyond num_classes": (lambda w: segmentation_args(w["seg_labels"]), "train/y"),
+    "segmentation y of the wrong shape": (lambda w: segmentation_args(w["seg_yshape"]), "train/y"),
+    "segmentation x not 4-D": (lambda w: segmentation_args(w["seg_x3d"]), "train/x"),
     "unknown config key": (lambda w: ["train", "--config", DEBUG, "--set", "train.lrr=0.1"], "train.lrr"),
     "bad --set value": (lambda w: ["train", "--config", DEBUG, "--set", "train.lr=fast"], "train.lr"),
     "--set without =": (lambda w: ["train", "--config", DEBUG, "--set", "train.lr"], "train.lr"),
