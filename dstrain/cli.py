@@ -5,6 +5,7 @@
     dstrain eval --run-dir DIR [--data FILE] [--split test] [--metrics-out FILE]
     dstrain data {words,...} --out FILE [--train N --val N --test N --seed 0]
     dstrain plot DIR
+    dstrain show DIR [--count 4]      (segmentation: images, truth, unary-only and CRF predictions)
     dstrain submit --config configs/words.yaml --nodes 2 --ntasks-per-node 4 [--dry-run]
     dstrain info
 
@@ -188,6 +189,35 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    import numpy as np
+
+    from .config import load_config
+    from .errors import InputError
+    from .learning.params import load_params
+    from .learning.structured import InferenceOptions
+    from .learning.trainer import build_model
+    from .tasks import get_task
+
+    run_dir = Path(args.run_dir)
+    for needed in ("config.yaml", "params.h5"):
+        if not (run_dir / needed).exists():
+            raise InputError(f"{run_dir / needed} is missing: is {run_dir} the run "
+                             "directory of a finished `dstrain train`?")
+    config = load_config(run_dir / "config.yaml")
+    task = get_task(config.task)
+    with task.open(args.data or config.data.path, args.split) as split:
+        x, y = split.read(np.arange(min(args.count, split.num_samples)))
+        model = build_model(config, split)
+    load_params(model, run_dir / "params.h5")
+    model.eval()
+    out = task.show(model, x.astype(np.dtype(config.run.dtype)), y,
+                    InferenceOptions.from_config(config.inference),
+                    Path(args.out) if args.out else run_dir / "predictions.png")
+    print(f"wrote {out}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="dstrain", description="Deep structured models, sample-parallel.")
     commands = top.add_subparsers(dest="command", required=True)
@@ -241,6 +271,15 @@ def parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir")
     plot.add_argument("--out", help="PNG path (default: RUN_DIR/curves.png)")
     plot.set_defaults(run=cmd_plot)
+
+    show = commands.add_parser("show", help="a few samples with truth and predictions as a PNG "
+                                           "(segmentation: unary only beside the CRF)")
+    show.add_argument("run_dir")
+    show.add_argument("--data", help="HDF5 file (default: the run's data.path)")
+    show.add_argument("--split", default="test", choices=("train", "val", "test"))
+    show.add_argument("--count", type=int, default=4, help="samples to draw")
+    show.add_argument("--out", help="PNG path (default: RUN_DIR/predictions.png)")
+    show.set_defaults(run=cmd_show)
 
     info = commands.add_parser("info", help="versions of dstrain and the libraries it can use")
     info.set_defaults(run=cmd_info)

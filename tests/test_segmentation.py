@@ -193,3 +193,24 @@ def test_blend_messages_take_the_stated_bytes_per_image_and_split_over_ranks():
     stores = [message_store(model, shard(101, rank, 2), labels[shard(101, rank, 2)])
               for rank in range(2)]
     assert [s.values.nbytes for s in stores] == [50 * 19840 * 8, 51 * 19840 * 8]
+
+
+def test_show_draws_truth_unary_and_crf_predictions(data, tmp_path):
+    from dstrain.cli import main
+    train_dense(tmp_path / "run", data)
+    assert main(["show", str(tmp_path / "run"), "--count", "3", "--out",
+                 str(tmp_path / "show.png")]) == 0
+    assert (tmp_path / "show.png").read_bytes()[:4] == b"\x89PNG"
+    from dstrain.tasks.segmentation.show import predictions
+    from dstrain.config import load_config
+    from dstrain.learning.params import load_params
+    from dstrain.learning.structured import InferenceOptions
+    from dstrain.learning.trainer import build_model
+    from dstrain.tasks.segmentation import open_segmentation
+    config = load_config(tmp_path / "run" / "config.yaml")
+    with open_segmentation(data, "test") as split:
+        x, y = split.read([0, 1])
+        model = build_model(config, split)
+    load_params(model, tmp_path / "run" / "params.h5")
+    unary, crf = predictions(model, x.astype(np.float64), y, InferenceOptions())
+    assert unary.shape == crf.shape == y.shape and unary.min() >= 0 and crf.max() < 3

@@ -43,6 +43,11 @@ class Task:
         raise InputError(f"task {self.name!r} has no data generator: give data.path of an "
                          f"existing file and data.generate: false")
 
+    def show(self, model, x, y, options, out: Path) -> Path:
+        """Draw some samples with their truth and predictions as a PNG (``dstrain show``)."""
+        raise InputError(f"task {self.name!r} has nothing to show; `dstrain plot` draws any "
+                         f"run's training curves")
+
 
 def load_reference(reference: str, what: str):
     """The object a ``module:Name`` or ``file.py:Name`` reference names."""

@@ -24,6 +24,10 @@ class SegmentationTask(Task):
                                      num_val=data_config.num_val, num_test=data_config.num_test,
                                      seed=data_config.seed, progress=progress)
 
+    def show(self, model, x, y, options, out):
+        from .show import show
+        return show(model, x, y, options, out)
+
 
 __all__ = ["SegmentationTask", "GridCRF", "SegmentationData", "open_segmentation",
            "generate_segmentation"]
