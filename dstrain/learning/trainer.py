@@ -245,9 +245,8 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     kernels = kernel_set(device, config.run.dtype)   # None: the CPU engine
     numpy_dtype = torch.empty(0, dtype=getattr(torch, config.run.dtype)).numpy().dtype
     train_x, val_x = train_x.astype(numpy_dtype, copy=False), val_x.astype(numpy_dtype, copy=False)
-    train_x = torch.from_numpy(train_x)
     if kernels is not None:   # the shard's inputs live on the device: no copy per step
-        train_x = train_x.to(device)
+        train_x = torch.from_numpy(train_x).to(device)
     position = np.full(num_train, -1)
     position[owned] = np.arange(len(owned))   # global sample id -> row in this rank's arrays
     # gradients on a GPU go to MPI through pinned host memory unless the MPI handles device memory
@@ -307,7 +306,9 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
             rows = position[ids]
             reducer.zero_grad()
             if len(rows):
-                x = train_x[rows] if kernels is None else train_x[torch.as_tensor(rows, device=device)]
+                # (numpy's row gather, then a view: cheaper than indexing a tensor with numpy rows)
+                x = torch.from_numpy(train_x[rows]) if kernels is None \
+                    else train_x[torch.as_tensor(rows, device=device)]
                 batch = Batch(x, train_y[rows], ids)
                 potentials, result = train_step(model, batch, families, step_options, store, kernels)
                 correct, counted = potentials.layout.correct_variables(result.unary_beliefs, batch.y)
