@@ -1,6 +1,10 @@
 """Random graphs and potentials shared by the inference tests."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -87,3 +91,23 @@ def assert_groups_close(mine, theirs, **tolerance) -> None:
             a = a.cpu().numpy() if hasattr(a, "cpu") else a
             b = b.cpu().numpy() if hasattr(b, "cpu") else b
             np.testing.assert_allclose(a, b, **tolerance)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+# Open MPI refuses to run as root (CI runs as root) unless told
+MPI_ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def dstrain_train(config, run_dir, data, *sets, ranks=0, resume=None, env=None, timeout=300):
+    """`dstrain train` in a subprocess (under `mpirun -n ranks` if ranks) on data file `data`
+    with --set overrides; asserts success and returns the finished process."""
+    launcher = [MPIRUN, "-n", str(ranks), "--oversubscribe"] if ranks else []
+    command = [*launcher, sys.executable, "-m", "dstrain.cli", "train", "--no-progress",
+               "--config", str(ROOT / "configs" / config), "--run-dir", str(run_dir),
+               *(["--resume", resume] if resume else []),
+               "--set", f"data.path={data}", "data.generate=false", *sets]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**MPI_ENV, **(env or {})})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

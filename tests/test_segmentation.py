@@ -2,11 +2,6 @@
 (with ignored pixels), the metrics, and training through the CLI (mpirun parity, bitwise resume
 with blend messages by global image id, the emulated GPU path)."""
 import itertools
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +12,8 @@ from dstrain.learning.params import load_messages
 from dstrain.models import Batch
 from dstrain.tasks.segmentation import generate_segmentation
 from dstrain.tasks.segmentation.model import GridCRF, confusion, segmentation_metrics
-from helpers import run_params
+from helpers import MPIRUN, dstrain_train, run_params
 
-ROOT = Path(__file__).resolve().parents[1]
-MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
-ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
 def tiny(pairwise, seed=0, H=2, W=3, C=2):
@@ -110,16 +102,10 @@ def data(tmp_path_factory):
 
 
 def train(run_dir, data, *extra, ranks=0, resume=None, env=None):
-    launcher = [MPIRUN, "-n", str(ranks), "--oversubscribe"] if ranks else []
-    command = [*launcher, sys.executable, "-m", "dstrain.cli", "train", "--no-progress",
-               "--config", str(ROOT / "configs" / "segmentation_grid.yaml"),
-               "--run-dir", str(run_dir), *(["--resume", resume] if resume else []),
-               "--set", f"data.path={data}", "data.generate=false", "train.epochs=3",
-               "train.pretrain_epochs=1", "train.batch_size=5", "train.batching=global",
-               "model.depth=1", "model.width=4", "run.dtype=float64", *extra]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**ENV, **(env or {})})
-    assert done.returncode == 0, done.stderr[-3000:]
+    dstrain_train("segmentation_grid.yaml", run_dir, data, "train.epochs=3",
+                  "train.pretrain_epochs=1", "train.batch_size=5", "train.batching=global",
+                  "model.depth=1", "model.width=4", "run.dtype=float64", *extra, ranks=ranks,
+                  resume=resume, env=env)
     return run_params(run_dir), load_messages(run_dir / "messages.h5")
 
 
@@ -149,15 +135,10 @@ def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, t
 
 
 def train_dense(run_dir, data, *extra, ranks=0, resume=None):
-    launcher = [MPIRUN, "-n", str(ranks), "--oversubscribe"] if ranks else []
-    command = [*launcher, sys.executable, "-m", "dstrain.cli", "train", "--no-progress",
-               "--config", str(ROOT / "configs" / "segmentation.yaml"),
-               "--run-dir", str(run_dir), *(["--resume", resume] if resume else []),
-               "--set", f"data.path={data}", "data.generate=false", "train.epochs=3",
-               "train.pretrain_epochs=1", "train.batch_size=5", "train.batching=global",
-               "model.depth=1", "model.width=4", "model.iterations=3", "run.dtype=float64", *extra]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300, env=ENV)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = dstrain_train("segmentation.yaml", run_dir, data, "train.epochs=3",
+                         "train.pretrain_epochs=1", "train.batch_size=5", "train.batching=global",
+                         "model.depth=1", "model.width=4", "model.iterations=3",
+                         "run.dtype=float64", *extra, ranks=ranks, resume=resume)
     return run_params(run_dir), done.stdout
 
 

@@ -2,11 +2,6 @@
 exhaustive search, the metrics against direct computations, and training through the CLI
 (mpirun parity, bitwise resume, the emulated GPU path)."""
 import itertools
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -17,11 +12,8 @@ from dstrain.learning import InferenceOptions, backward, structured_loss
 from dstrain.models import Batch
 from dstrain.tasks.tagging.model import (TaggingCRF, local_search, map_assignment,
                                          mean_average_precision, pairs_of, scores)
-from helpers import run_params
+from helpers import MPIRUN, dstrain_train, run_params
 
-ROOT = Path(__file__).resolve().parents[1]
-MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
-ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
 def tiny_model(num_tags, pairwise="table", seed=0):
@@ -147,17 +139,10 @@ def features_file(path, num_train=48, num_val=16, tags=5, seed=0):
 
 
 def train(run_dir, data, *extra, ranks=0, resume=None, env=None):
-    launcher = [MPIRUN, "-n", str(ranks), "--oversubscribe"] if ranks else []
-    command = [*launcher, sys.executable, "-m", "dstrain.cli", "train", "--no-progress",
-               "--config", str(ROOT / "configs" / "tagging_debug.yaml"), "--run-dir", str(run_dir),
-               *(["--resume", resume] if resume else []),
-               "--set", f"data.path={data}", "data.generate=false", "train.epochs=3",
-               "train.pretrain_epochs=1", "train.batch_size=10", "train.batching=global",
-               "model.unary=mlp", "model.hidden=[6]", "model.features=4", "run.dtype=float64",
-               *extra]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**ENV, **(env or {})})
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = dstrain_train("tagging_debug.yaml", run_dir, data, "train.epochs=3",
+                         "train.pretrain_epochs=1", "train.batch_size=10", "train.batching=global",
+                         "model.unary=mlp", "model.hidden=[6]", "model.features=4",
+                         "run.dtype=float64", *extra, ranks=ranks, resume=resume, env=env)
     return run_params(run_dir), done.stdout
 
 

@@ -2,9 +2,7 @@
 brute-force enumeration, training from the CLI and from Python, `mpirun -n 2` parity, bitwise
 resume, the GPU code path with emulated kernels; and learning/ knows no task."""
 import itertools
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,13 +15,11 @@ import dstrain
 from dstrain.learning import InferenceOptions, backward, structured_loss
 from dstrain.models import Batch
 from dstrain.tasks import load_reference
-from helpers import run_params
+from helpers import MPIRUN, dstrain_train, run_params
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ring_crf.py"
 CONFIG = ROOT / "configs" / "ring_example.yaml"
-MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
-ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 ring = load_reference(f"{EXAMPLE}:RingCRF", "model").__module__
 ring = sys.modules[ring]
 
@@ -67,16 +63,9 @@ def test_gradient_equals_brute_force_enumeration():
 
 
 def train(run_dir, data, *extra, ranks=0, resume=None, env=None):
-    launcher = [MPIRUN, "-n", str(ranks), "--oversubscribe"] if ranks else []
-    command = [*launcher, sys.executable, "-m", "dstrain.cli", "train", "--no-progress",
-               "--config", str(CONFIG), "--run-dir", str(run_dir),
-               *(["--resume", resume] if resume else []),
-               "--set", f"data.path={data}", "data.generate=false", "train.epochs=4",
-               "train.pretrain_epochs=1", "train.batch_size=16", "train.batching=global",
-               "model.hidden=8", *extra]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300,
-                          env={**ENV, **(env or {})})
-    assert done.returncode == 0, done.stderr[-3000:]
+    dstrain_train("ring_example.yaml", run_dir, data, "train.epochs=4", "train.pretrain_epochs=1",
+                  "train.batch_size=16", "train.batching=global", "model.hidden=8", *extra,
+                  ranks=ranks, resume=resume, env=env)
     return run_params(run_dir)
 
 

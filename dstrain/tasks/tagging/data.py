@@ -555,7 +555,7 @@ class TagRenderer:
 
     def _things(self, canvas: _Canvas, horizon) -> None:
         """Small objects on the ground or the water: flowers, boats, cars, animals, food."""
-        latent, s = self._latent, self.size
+        s = self.size
         ground_top = np.maximum(horizon, 0.45 * s)
 
         rows = self._rows("flower")  # a patch of blossoms of one colour
