@@ -121,12 +121,30 @@ def split_group(file: h5py.File, path: Path, split: str, datasets: dict[str, str
 
 
 class SplitReader:
-    """What every split reader shares: rows on demand, closing.  A subclass opens its file and
-    validates it, then sets ``path``, ``split``, ``num_samples``, ``_file``, ``_x`` and ``_y``
-    (the split's datasets).  ``read(rows)`` -> (x float32, scaled to [0, 1] when stored as uint8;
-    y int64), only those rows, in the order asked (repeats allowed)."""
+    """What every split reader shares: opening a file of task `task`, rows on demand, closing.
+    A subclass validates its contract in ``_validate(file)`` and sets ``num_samples``, ``_x`` and
+    ``_y`` (the split's datasets) there; anything it raises closes the file.  ``read(rows)`` ->
+    (x float32, scaled to [0, 1] when stored as uint8; y int64), only those rows, in the order
+    asked (repeats allowed)."""
 
     _file = None
+
+    def __init__(self, path, split: str, task: str):
+        self.path, self.split = Path(path), split
+        self._file = open_hdf5(self.path, task)
+        try:
+            check_task(self._file, self.path, task)
+            self._validate(self._file)
+        except OSError as error:  # h5py reports unreadable (e.g. truncated) data as OSError
+            self.close()
+            raise DataError(f"{self.path}: cannot read /{split} ({error}); the file looks "
+                            f"truncated or corrupt") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _validate(self, file: h5py.File) -> None:
+        raise NotImplementedError
 
     def read(self, rows):
         rows = as_row_array(rows)
@@ -176,25 +194,19 @@ class ArraySplit(SplitReader):
     ``read(rows)`` -> (x float32, scaled to [0, 1] when stored as uint8; y int64).
     """
 
-    def __init__(self, path, split: str, task: str):
-        self.path, self.split = Path(path), split
-        self._file = open_hdf5(self.path, task)
-        try:
-            check_task(self._file, self.path, task)
-            self.attrs = {k: _text(v) for k, v in self._file.attrs.items()}
-            self._x, self._y = split_group(self._file, self.path, split,
-                                           {"x": "(N, ...) inputs", "y": "(N, ...) labels"})
-            if self._x.dtype not in (np.uint8, np.float32):
-                raise DataError(f"{self.path}: dataset '/{split}/x' has dtype {self._x.dtype}; "
-                                f"expected uint8 or float32")
-            if self._y.dtype.kind not in "iu":
-                raise DataError(f"{self.path}: dataset '/{split}/y' has dtype {self._y.dtype}; "
-                                f"expected an integer type")
-            if self._x.shape[:1] != self._y.shape[:1]:
-                raise DataError(f"{self.path}: '/{split}/x' has {self._x.shape[0]} rows but "
-                                f"'/{split}/y' has {self._y.shape[0]}; expected one of each per sample")
-        except BaseException:
-            self.close()
-            raise
+    def _validate(self, file: h5py.File) -> None:
+        split = self.split
+        self.attrs = {k: _text(v) for k, v in file.attrs.items()}
+        self._x, self._y = split_group(file, self.path, split,
+                                       {"x": "(N, ...) inputs", "y": "(N, ...) labels"})
+        if self._x.dtype not in (np.uint8, np.float32):
+            raise DataError(f"{self.path}: dataset '/{split}/x' has dtype {self._x.dtype}; "
+                            f"expected uint8 or float32")
+        if self._y.dtype.kind not in "iu":
+            raise DataError(f"{self.path}: dataset '/{split}/y' has dtype {self._y.dtype}; "
+                            f"expected an integer type")
+        if self._x.shape[:1] != self._y.shape[:1]:
+            raise DataError(f"{self.path}: '/{split}/x' has {self._x.shape[0]} rows but "
+                            f"'/{split}/y' has {self._y.shape[0]}; expected one of each per sample")
         self.num_samples = int(self._y.shape[0])
         self.x_shape, self.y_shape = tuple(self._x.shape[1:]), tuple(self._y.shape[1:])

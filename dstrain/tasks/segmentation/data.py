@@ -40,8 +40,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from dstrain.data.hdf5 import (DataError, SplitReader, check_task, open_hdf5, positive_int_attr,
-                               split_group)
+from dstrain.data.hdf5 import (DataError, SplitReader, positive_int_attr, split_group)
 
 __all__ = ["generate_segmentation", "open_segmentation", "SegmentationData", "SceneStyle",
            "class_appearance", "IGNORE_LABEL"]
@@ -426,22 +425,15 @@ class SegmentationData(SplitReader):
     """
 
     def __init__(self, path, split: str):
-        self.path = Path(path)
-        self.split = split
-        self._file = open_hdf5(self.path, "segmentation")
-        try:
-            self.num_classes, self.class_names = _read_header(self._file, self.path)
-            self._x, self._y = _split_datasets(self._file, self.path, split)
-            self.num_samples = int(self._x.shape[0])
-            self.image_shape = tuple(int(n) for n in self._x.shape[1:])
-            _check_labels(self._y, self.num_classes, self._where("y"))
-        except OSError as error:  # h5py reports unreadable (e.g. truncated) data as OSError
-            self.close()
-            raise DataError(f"{self.path}: cannot read /{split} ({error}); the file looks "
-                            f"truncated or corrupt") from None
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(path, split, "segmentation")
+
+    def _validate(self, file) -> None:
+        split = self.split
+        self.num_classes, self.class_names = _read_header(file, self.path)
+        self._x, self._y = _split_datasets(file, self.path, split)
+        self.num_samples = int(self._x.shape[0])
+        self.image_shape = tuple(int(n) for n in self._x.shape[1:])
+        _check_labels(self._y, self.num_classes, self._where("y"))
 
     def __repr__(self) -> str:
         return (f"SegmentationData({str(self.path)!r}, split={self.split!r}, "
@@ -460,8 +452,7 @@ def _shown(value):
 
 
 def _read_header(file: h5py.File, path: Path):
-    """Check the root attributes; return (num_classes, class_names)."""
-    check_task(file, path, "segmentation")
+    """Check the root attributes (the task is checked on open); return (num_classes, class_names)."""
     num_classes = positive_int_attr(file, path, "num_classes")
     if num_classes < 2:
         raise DataError(f"{path}: root attribute 'num_classes' is {num_classes}; expected an integer "

@@ -62,8 +62,7 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from dstrain.data.hdf5 import (DataError, SplitReader, check_task, open_hdf5, positive_int_attr,
-                               split_group)
+from dstrain.data.hdf5 import (DataError, SplitReader, positive_int_attr, split_group)
 
 __all__ = ["generate_tagging", "open_tagging", "TaggingData", "TAG_NAMES", "SCENES", "Difficulty"]
 
@@ -841,24 +840,16 @@ class TaggingData(SplitReader):
     """
 
     def __init__(self, path, split: str):
-        self.path = Path(path)
-        self.split = split
-        self._file = open_hdf5(self.path, "tagging")
-        try:
-            check_task(self._file, self.path, "tagging")
-            self.num_labels = positive_int_attr(self._file, self.path, "num_labels")
-            self.tag_names = _tag_names(self._file, self.path, self.num_labels)
-            self._x, self._y = _split_datasets(self._file, self.path, split, self.num_labels)
-            self.num_samples = int(self._y.shape[0])
-            self.x_shape = tuple(int(n) for n in self._x.shape[1:])
-            _check_labels(self._y, self._where("y"))
-        except OSError as error:  # h5py reports unreadable (e.g. truncated) data as OSError
-            self.close()
-            raise DataError(f"{self.path}: cannot read /{split} ({error}); the file looks "
-                            f"truncated or corrupt") from None
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(path, split, "tagging")
+
+    def _validate(self, file) -> None:
+        split = self.split
+        self.num_labels = positive_int_attr(file, self.path, "num_labels")
+        self.tag_names = _tag_names(file, self.path, self.num_labels)
+        self._x, self._y = _split_datasets(file, self.path, split, self.num_labels)
+        self.num_samples = int(self._y.shape[0])
+        self.x_shape = tuple(int(n) for n in self._x.shape[1:])
+        _check_labels(self._y, self._where("y"))
 
     def __repr__(self) -> str:
         return (f"TaggingData({str(self.path)!r}, split={self.split!r}, num_samples={self.num_samples}, "

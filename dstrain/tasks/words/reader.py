@@ -17,8 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ...data.hdf5 import (DataError, SplitReader, check_task, open_hdf5, positive_int_attr,
-                          split_group)
+from ...data.hdf5 import (DataError, SplitReader, positive_int_attr, split_group)
 
 __all__ = ["WordsData", "open_words"]
 
@@ -33,23 +32,15 @@ class WordsData(SplitReader):
     """
 
     def __init__(self, path, split: str):
-        self.path = Path(path)
-        self.split = split
-        self._file = open_hdf5(self.path, "words")
-        try:
-            check_task(self._file, self.path, "words")
-            self.num_classes = positive_int_attr(self._file, self.path, "num_classes")
-            self._x, self._y = _split_datasets(self._file, self.path, split)
-            self.num_samples, self.max_length = (int(n) for n in self._y.shape)
-            self.image_shape = tuple(int(n) for n in self._x.shape[2:])
-            self.lengths = _checked_lengths(self._y, self.num_classes, self._where("y"))
-        except OSError as error:  # h5py reports unreadable (e.g. truncated) data as OSError
-            self.close()
-            raise DataError(f"{self.path}: cannot read /{split} ({error}); the file looks "
-                            f"truncated or corrupt") from None
-        except BaseException:
-            self.close()
-            raise
+        super().__init__(path, split, "words")
+
+    def _validate(self, file) -> None:
+        split = self.split
+        self.num_classes = positive_int_attr(file, self.path, "num_classes")
+        self._x, self._y = _split_datasets(file, self.path, split)
+        self.num_samples, self.max_length = (int(n) for n in self._y.shape)
+        self.image_shape = tuple(int(n) for n in self._x.shape[2:])
+        self.lengths = _checked_lengths(self._y, self.num_classes, self._where("y"))
 
     def __repr__(self) -> str:
         return (f"WordsData({str(self.path)!r}, split={self.split!r}, num_samples={self.num_samples}, "
