@@ -31,7 +31,7 @@ from ..graph import GraphBatch
 from ..inference import ConvexBP
 from ..inference.exact import chain_marginals
 from ..models import DenseCRFPotentials, RegionLayout, RegionPotentials
-from ..models.layout import enumeration_tables
+from ..models.layout import enumeration_tables, exact_kind
 from .messages import MessageStore
 
 ALGORITHMS = ("exact", "converge", "blend", "local")
@@ -190,7 +190,7 @@ def exact_beliefs_and_dual(potentials: np.ndarray, layout: RegionLayout, eps: fl
     dual = np.zeros(layout.num_samples)
     for spec, samples in layout.groups:
         start = layout.offset[samples, None]
-        if layout.exact_kind(spec) == "chain":
+        if exact_kind(spec) == "chain":
             n, C = spec.args[0], spec.args[1]
             unary, pairwise = layout.chain_view(potentials, spec, samples)
             node, pair, log_z = chain_marginals(unary, pairwise, np.full(len(samples), n), eps=eps)

@@ -193,8 +193,6 @@ class RegionLayout:
             len(samples), n - 1, C, C) if pairs else np.zeros((len(samples), max(n - 1, 0), C, C))
         return unary, pairwise
 
-    exact_kind = staticmethod(lambda spec: exact_kind(spec))
-
 
 def exact_kind(spec: GraphSpec) -> str:
     """How ``exact`` treats a graph: 'chain' (forward-backward on a first-order chain),
