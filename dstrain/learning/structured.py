@@ -207,11 +207,11 @@ def exact_beliefs_and_dual(potentials: np.ndarray, layout: RegionLayout, eps: fl
             peak = scores.max(axis=1, keepdims=True)
             log_z = peak[:, 0] + np.log(np.exp(scores - peak).sum(axis=1))
             p = np.exp(scores - log_z[:, None])
-            out = np.zeros_like(f)
+            out = np.zeros(f.size)
+            rows = np.arange(len(samples))[:, None] * spec.num_potentials
             for r in range(entries.shape[1]):   # each region's marginal: sum p over its states
-                for s in range(len(samples)):
-                    out[s] += np.bincount(entries[:, r], p[s], minlength=spec.num_potentials)
-            beliefs[start + np.arange(spec.num_potentials)] = out
+                out += np.bincount((rows + entries[:, r]).ravel(), p.ravel(), minlength=f.size)
+            beliefs[start + np.arange(spec.num_potentials)] = out.reshape(f.shape)
         dual[samples] = eps * log_z
     return beliefs, dual
 
@@ -250,15 +250,16 @@ def message_passing(potentials, layout: RegionLayout, options: InferenceOptions,
 
 def flat_structured_loss(potentials: np.ndarray, layout: RegionLayout, labels: np.ndarray,
                          options: InferenceOptions, store: MessageStore | None = None,
-                         sample_ids=None) -> StructuredResult:
+                         sample_ids=None, ignored=None) -> StructuredResult:
     """The loss on the batch's flat potential vector (float64): the reference path, which
     on_device.py mirrors.  ``flat_gradient`` is d loss / d potentials; no source gradient.
-    Regions with an unlabelled variable (label < 0) get no truth term and a zero gradient."""
+    Regions with an unlabelled variable (label < 0) get no truth term and a zero gradient
+    (`ignored`: their entries, ``layout.ignored(labels)``, if the caller has them)."""
     beliefs, dual, sweeps = beliefs_and_dual(potentials, layout, options, store, sample_ids)
     truth, owner = layout.truth(labels)
     gradient = beliefs.copy()
     gradient[truth] -= 1.0           # one truth entry per region: positions are distinct
-    gradient[layout.ignored(labels)] = 0.0   # regions with an unlabelled variable: no signal
+    gradient[layout.ignored(labels) if ignored is None else ignored] = 0.0   # unlabelled: no signal
     score = np.bincount(owner, potentials[truth], layout.num_samples)
     unary = [None if u is None else beliefs[u] for u in layout.unary_positions()]
     return StructuredResult(dual - score, (), sweeps, unary, beliefs, gradient)
@@ -273,11 +274,11 @@ def source_structured_loss(source: np.ndarray, layout: RegionLayout, labels: np.
     counting numbers take unary beliefs from the pairs), neither the flat potentials nor the
     pairs' beliefs are formed; otherwise flat_source_loss runs."""
     check_algorithm(options)
-    # (unlabelled variables: their regions' gradient is zeroed on the flat path)
-    shared = None if options.algorithm == "exact" or len(layout.ignored(labels)) else \
+    ignored = layout.ignored(labels)   # unlabelled variables: zeroed on the flat path
+    shared = None if options.algorithm == "exact" or len(ignored) else \
         _sharing(layout_engine(layout, options), layout)
     if shared is None:
-        return flat_source_loss(source, layout, labels, options, store, sample_ids)
+        return flat_source_loss(source, layout, labels, options, store, sample_ids, ignored)
     sharing, unary_rest = shared
     bp = message_passing(source, layout, options, store, sample_ids, sharing=sharing)
     truth, owner = layout.truth(labels)
@@ -293,11 +294,11 @@ def source_structured_loss(source: np.ndarray, layout: RegionLayout, labels: np.
 
 def flat_source_loss(source: np.ndarray, layout: RegionLayout, labels: np.ndarray,
                      options: InferenceOptions, store: MessageStore | None = None,
-                     sample_ids=None) -> StructuredResult:
+                     sample_ids=None, ignored=None) -> StructuredResult:
     """source_structured_loss by the flat path: the potentials gathered, flat_structured_loss,
     and its gradient pulled back onto the source."""
     result = flat_structured_loss(source[layout.source_index], layout, labels, options, store,
-                                  sample_ids)
+                                  sample_ids, ignored)
     result.gradients = (pull_back(layout, result.flat_gradient, len(source)),)
     return result
 
