@@ -24,7 +24,7 @@ import yaml
 from .errors import InputError
 
 ALGORITHMS = ("exact", "converge", "blend")
-COUNTING_NUMBERS = ("convex", "bethe")
+COUNTING_NUMBERS = ("convex", "bethe", "trw")
 VARIANTS = ("unary", "piecewise", "joint", "pretrain_joint")
 OPTIMIZERS = ("sgd", "adam")
 

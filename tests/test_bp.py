@@ -361,3 +361,34 @@ def test_sharing_is_refused_where_it_cannot_be_used():
         engine.sharing(np.arange(3), 3)
     with pytest.raises(ValueError, match="source"):
         engine.start(np.zeros(n), sharing=engine.sharing(layout.source_index, layout.source_size))
+
+
+@pytest.mark.parametrize("make", [lambda: fully_connected(6, 2, counting_numbers="trw"),
+                                  lambda: fully_connected(4, 3, counting_numbers="trw"),
+                                  lambda: grid(3, 3, 2, counting_numbers="trw")])
+def test_trw_counting_numbers_bound_the_log_partition_from_above(make):
+    """Tree-reweighted counting numbers give a convex free energy whose optimum is an upper bound
+    on log Z (exact on trees); the all-ones convex one is looser."""
+    graph = make()
+    pairs = [r for r, region in enumerate(graph.regions) if len(region) == 2]
+    rho = len(graph.cardinalities) - 1
+    np.testing.assert_allclose(graph.counting_numbers[pairs], rho / len(pairs))
+    for r, region in enumerate(graph.regions):
+        if len(region) == 1:
+            assert graph.counting_numbers[r] == pytest.approx(
+                1 - sum(graph.counting_numbers[p] for p in graph.parents[r]))
+    rng = np.random.default_rng(len(graph.regions))
+    for _ in range(5):
+        pots = random_potentials(rng, graph, scale=1.5)
+        _, log_z = enumerate_marginals(graph.cardinalities, graph.regions, pots)
+        _, trw = _run_batch([graph], [pots], max_sweeps=3000, tol=1e-10)
+        convex = RegionGraph(graph.cardinalities, graph.regions, counting_numbers="convex")
+        _, loose = _run_batch([convex], [pots], max_sweeps=3000, tol=1e-10)
+        assert log_z - 1e-6 <= trw.dual[0] <= loose.dual[0] + 1e-6
+
+
+def test_trw_counting_numbers_equal_bethe_on_trees_and_refuse_larger_regions():
+    np.testing.assert_allclose(chain(5, 3, counting_numbers="trw").counting_numbers,
+                               chain(5, 3, counting_numbers="bethe").counting_numbers)
+    with pytest.raises(ValueError, match="pairwise graphs"):
+        RegionGraph([2, 2, 2], [(0,), (1,), (2,), (0, 1, 2)], counting_numbers="trw")

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-COUNTING_PRESETS = ("convex", "bethe")
+COUNTING_PRESETS = ("convex", "bethe", "trw")
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,6 +176,8 @@ class RegionGraph:
                 for r in sorted(range(num), key=lambda r: -len(self.regions[r])):
                     c[r] = 1.0 - sum(c[p] for p in self.parents[r]) if self.parents[r] else 1.0
                 return c
+            if spec == "trw":
+                return self._trw_counting_numbers()
             raise ValueError(f"counting_numbers = {spec!r}: expected one of {COUNTING_PRESETS} "
                              f"or a list of {num} numbers")
         try:
@@ -187,6 +189,38 @@ class RegionGraph:
             raise ValueError(f"counting_numbers: expected {num} finite numbers (one per region), "
                              f"got shape {c.shape}")
         return c.copy()
+
+    def _trw_counting_numbers(self) -> np.ndarray:
+        """Tree-reweighted counting numbers of a pairwise graph: every edge of a connected part
+        with V variables and E edges gets rho = (V - 1) / E (its appearance probability under
+        the uniform mixture of spanning trees when all edges are alike: complete graphs, cycles,
+        tori; exact, = Bethe, on trees), every variable 1 - sum of its edges' rho.  A convex free
+        energy that, unlike ``convex``, does not count each edge's entropy in full."""
+        if any(len(r) > 2 for r in self.regions):
+            raise ValueError("counting_numbers = 'trw' is defined for pairwise graphs (regions of one "
+                             "or two variables); give the counting numbers as a list instead")
+        root = list(range(len(self.cardinalities)))
+
+        def find(v):
+            while root[v] != v:
+                root[v] = root[root[v]]
+                v = root[v]
+            return v
+        pairs = [r for r in range(len(self.regions)) if len(self.regions[r]) == 2]
+        for r in pairs:
+            a, b = (find(v) for v in self.regions[r])
+            root[a] = b
+        part = np.array([find(v) for v in range(len(self.cardinalities))])
+        variables = np.bincount(part, minlength=len(part))
+        edges = np.bincount([part[self.regions[r][0]] for r in pairs], minlength=len(part))
+        c = np.zeros(len(self.regions))
+        for r in pairs:
+            p = part[self.regions[r][0]]
+            c[r] = (variables[p] - 1) / edges[p]
+        for r in range(len(self.regions)):
+            if len(self.regions[r]) == 1:
+                c[r] = 1.0 - sum(c[p] for p in self.parents[r])
+        return c
 
     def _check_solvable(self):
         c = self.counting_numbers
