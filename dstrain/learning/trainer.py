@@ -92,7 +92,7 @@ def epoch_batches(config: Config, epoch: int, owned: np.ndarray, num_samples: in
 
 def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum or Adam, fused (one kernel over all parameters) where torch has it for
-    the parameters' device and dtype (bench/results/cpu_linear.md has the CPU measurements)."""
+    the parameters' device and dtype."""
     t = config.train
     if t.optimizer == "sgd":
         kind, options = torch.optim.SGD, dict(lr=t.lr, momentum=t.momentum,
