@@ -287,11 +287,8 @@ class RunConfig:
     SECTION: ClassVar[str] = "run"
     dir: str = "runs/words"
     seed: int = 0
-    # torch CPU threads; 0 = torch default.  1 by default: measured on a 2-core VM, a small MLP
-    # step with MKL on 2 OpenMP threads took 13x longer than on 1 (and MPI runs one rank per core);
-    # on another 2-core VM (AMD EPYC, 2026-12-01) 2 threads made a debug blend step 19 % faster,
-    # and the debug MLP's forward+backward 0.68 ms against 0.96, but 2.93 ms against 1.05 while
-    # another process kept one core busy (OpenMP threads wait for the one that lost its core)
+    # torch CPU threads; 0 = torch default.  1 by default: MPI runs one rank per core, and small
+    # nets on 2 threads were many times slower once a core was busy (bench/results/choices.md)
     threads: int = 1
     dtype: str = "float32"          # parameters and activations; float64 for exact parity checks
     communicator: str = "auto"      # auto: MPI when a launcher started several processes; mpi; none
