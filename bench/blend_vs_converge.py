@@ -13,7 +13,8 @@ configuration in turn.  Training time is summed per epoch from each run's metric
 unary epochs (the same work for both) included and evaluation (the same for both) not.  Because
 a converge run of n epochs is the first n epochs of a longer one (the learning-rate plateau only
 looks back), the bench also reports the speed-up against converge runs of a half and a quarter of
-the joint epochs.  Issue #3's target: blend reaches converge's final accuracy at least 3x sooner.
+the joint epochs.  The project's target: blend reaches converge's final accuracy at least 3x
+sooner.
 """
 from __future__ import annotations
 
