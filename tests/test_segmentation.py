@@ -322,11 +322,13 @@ def test_dense_crf_two_ranks_reproduce_one_process(data, tmp_path):
 
 def test_blend_messages_take_the_stated_bytes_per_image_and_split_over_ranks():
     """docs/models.md: a 4-connected H x W grid with C classes keeps 2 C (H (W - 1) + (H - 1) W)
-    message entries per image (8 bytes each on the CPU): 155 KiB for 32 x 32 and 5 classes;
-    each rank keeps only its shard's."""
+    message entries per image (8 bytes each on the CPU): 155 KiB for 32 x 32 and 5 classes
+    (8-connected: 305 KiB); each rank keeps only its shard's."""
     from dstrain.learning.trainer import message_store, shard
     model = GridCRF((3, 32, 32), 5, depth=1, width=2)
     assert model.graph(model.families).num_messages == 2 * 5 * (32 * 31 + 31 * 32) == 19840
+    eight = GridCRF((3, 32, 32), 5, depth=1, width=2, connectivity=8)   # 305 KiB per image
+    assert eight.graph(eight.families).num_messages == 2 * 5 * (2 * 32 * 31 + 2 * 31 * 31) == 39060
     labels = np.zeros((101, 32, 32), dtype=np.int64)
     stores = [message_store(model, shard(101, rank, 2), labels[shard(101, rank, 2)])
               for rank in range(2)]
