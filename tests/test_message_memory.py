@@ -129,6 +129,10 @@ def test_refused_before_anything_is_written_and_the_store_holds_what_was_checked
         f"limit of {ALL_BYTES - 1:,} bytes (run.message_memory = {ALL_BYTES - 1}): run with "
         f"mpirun -n 2 or raise run.message_memory")
     assert not (tmp_path / "refused").exists()
+    # unary training never writes a message: the same limit does not stop it
+    unary = config.but(train={"variant": "unary", "pretrain_epochs": 0})
+    train(unary, run_dir=tmp_path / "unary", progress=False, log=lambda *_: None)
+    assert (tmp_path / "unary" / "params.h5").exists()
     lines = []
     train(config.but(run={"message_memory": ALL_BYTES}), run_dir=tmp_path / "fits",
           progress=False, log=lines.append)

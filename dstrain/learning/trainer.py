@@ -250,7 +250,9 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     if options.algorithm == "blend":   # before anything is written: every rank's shard must fit
         sizes = message_sizes(model, train_y)
         itemsize = np.dtype(np.float64 if kernels is None else kernels.dtype).itemsize
-        message_limit = check_message_memory(owned, sizes, itemsize, num_train,
+        # unary and piecewise training never write a message (the store's zeros stay uncommitted)
+        needed = slice(None) if config.train.variant in ("joint", "pretrain_joint") else slice(0)
+        message_limit = check_message_memory(owned[needed], sizes[needed], itemsize, num_train,
                                              config.run.message_memory, comm, shard, device)
     numpy_dtype = torch.empty(0, dtype=getattr(torch, config.run.dtype)).numpy().dtype
     train_x, val_x = train_x.astype(numpy_dtype, copy=False), val_x.astype(numpy_dtype, copy=False)
