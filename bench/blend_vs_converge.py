@@ -145,6 +145,9 @@ def main(argv=None):
     parser.add_argument("--sweeps", type=int, nargs="+", default=[1, 2],
                         help="blend's sweeps per step (inference.sweeps), one blend curve each")
     parser.add_argument("--set", nargs="+", default=[], help="extra config overrides for all runs")
+    parser.add_argument("--gradient-samples", type=int, default=500,
+                        help="training samples of the gradient-by-tolerance check (0: skip it; "
+                             "its tol 1e-10 reference is slow where BP converges slowly)")
     parser.add_argument("--seeds", type=int, default=5, help="runs (seeds 0, 1, ...) averaged per curve")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "blend_vs_converge.md"))
     args = parser.parse_args(argv)
@@ -175,7 +178,9 @@ def main(argv=None):
                 curves[name, value].append(curve)
                 ms_per_step[name, value].append(ms)
         accuracy_of_tol = gradient_error_by_tol(Path(tmp) / f"converge-{args.tols[0]:g}-seed0",
-                                                base, [1e-2, 1e-3, *args.tols])
+                                                base, [1e-2, 1e-3, *args.tols],
+                                                args.gradient_samples) \
+            if args.gradient_samples > 0 else []
     means = {key: mean_curve(runs_of_key) for key, runs_of_key in curves.items()}
     lines = ["# blend vs converge (`bench/blend_vs_converge.py`)", "",
              f"Measured {time.strftime('%Y-%m-%d')} on {machine()} with `{CONFIG.name}`"
