@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import os
 import sys
+import typing
 
 import numpy as np
 import torch
+
+from .config import Communicator
 
 # launcher -> (rank, local rank, world size) environment variables, checked in this order
 LAUNCHER_ENV = (
@@ -143,8 +146,8 @@ def mpi_cuda_query() -> tuple[str | None, bool | None]:
 
 def init(kind: str = "auto") -> SingleProcess:
     """`auto`: MPI if a launcher started more than one process; `mpi`: always; `none`: never."""
-    if kind not in ("auto", "mpi", "none"):
-        raise ValueError(f"communicator {kind!r}: expected auto, mpi or none")
+    if kind not in typing.get_args(Communicator):
+        raise ValueError(f"communicator {kind!r}: expected one of {', '.join(typing.get_args(Communicator))}")
     launched = launcher_environment()
     if kind == "mpi" or (kind == "auto" and launched is not None and launched[3] > 1):
         try:
