@@ -2,24 +2,18 @@
 DLPack hand-over, device-resident blend messages, gradient pull-back with index_add_, the
 trainer's device branch and checkpoints of device messages -- all against the CPU path.
 The same checks with CuPy on a real GPU are in tests/test_gpu.py."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from dstrain.tasks.words import generate_words
 from dstrain.gpu.emulator import EmulatedKernels
+from dstrain.gpu.kernels import kernel_set
 from dstrain.learning import InferenceOptions, MessageStore
 from dstrain.learning.params import load_messages
 from dstrain.learning.structured import backward
-from helpers import assert_groups_close, run_params
+from helpers import assert_groups_close, dstrain_train, run_params
 from test_learning import batch_loss, message_sizes, tiny_problem
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def gradients(model, images, labels, lengths, options, kernels=None, store=None):
@@ -92,15 +86,10 @@ def data(tmp_path_factory):
 def train(run_dir, data, *extra, emulate=False, resume=None):
     """`dstrain train` on the small data (the GPU code path with emulated kernels if `emulate`):
     (final parameters, blend messages)."""
-    command = [sys.executable, "-m", "dstrain.cli", "train", "--no-progress", "--config",
-               str(ROOT / "configs" / "words_debug.yaml"), "--run-dir", str(run_dir),
-               *(["--resume", resume] if resume else []), "--set",
-               f"data.path={data}", "data.generate=false", "train.variant=pretrain_joint",
-               "train.epochs=3", "train.pretrain_epochs=1", "train.batch_size=16",
-               "model.hidden=[16]", *extra]
-    env = {**os.environ, "DSTRAIN_EMULATE_KERNELS": "1" if emulate else "0"}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    dstrain_train("words_debug.yaml", run_dir, data, "train.variant=pretrain_joint",
+                  "train.epochs=3", "train.pretrain_epochs=1", "train.batch_size=16",
+                  "model.hidden=[16]", f"debug.emulate_kernels={str(emulate).lower()}", *extra,
+                  resume=resume)
     return run_params(run_dir), load_messages(run_dir / "messages.h5")
 
 
@@ -124,3 +113,11 @@ def test_resume_with_device_messages_is_bitwise(data, tmp_path):
     for name in whole:
         assert np.array_equal(resumed_params[name], whole[name]), name
     assert all(np.array_equal(resumed[i], whole_messages[i]) for i in whole_messages)
+
+
+def test_kernel_emulation_is_the_configs_switch_not_the_environments(monkeypatch):
+    monkeypatch.setenv("DSTRAIN_EMULATE_KERNELS", "1")     # the switch before the debug section
+    cpu = torch.device("cpu")
+    assert kernel_set(cpu, "float64") is None
+    emulated = kernel_set(cpu, "float64", emulate=True)   # debug.emulate_kernels
+    assert isinstance(emulated, EmulatedKernels) and emulated.dtype == np.float64

@@ -101,11 +101,11 @@ def data(tmp_path_factory):
                                  seed=1, progress=False)
 
 
-def train(run_dir, data, *extra, ranks=0, resume=None, env=None):
+def train(run_dir, data, *extra, ranks=0, resume=None):
     dstrain_train("segmentation_grid.yaml", run_dir, data, "train.epochs=3",
                   "train.pretrain_epochs=1", "train.batch_size=5", "train.batching=global",
                   "model.depth=1", "model.width=4", "run.dtype=float64", *extra, ranks=ranks,
-                  resume=resume, env=env)
+                  resume=resume)
     return run_params(run_dir), load_messages(run_dir / "messages.h5")
 
 
@@ -129,7 +129,7 @@ def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, t
     for name in whole:
         assert np.array_equal(resumed[name], whole[name]), name
     assert all(np.array_equal(resumed_messages[i], whole_messages[i]) for i in whole_messages)
-    device, device_messages = train(tmp_path / "device", data, env={"DSTRAIN_EMULATE_KERNELS": "1"})
+    device, device_messages = train(tmp_path / "device", data, "debug.emulate_kernels=true")
     for name in whole:
         np.testing.assert_allclose(device[name], whole[name], rtol=0, atol=1e-10, err_msg=name)
 
