@@ -46,6 +46,7 @@ def assert_same_run(a, b):
     assert (a / "metrics.jsonl").read_text().count("\n") == (b / "metrics.jsonl").read_text().count("\n")
 
 
+@pytest.mark.slow
 def test_exact_resume_in_one_process_is_bitwise(data, tmp_path):
     assert train(tmp_path / "straight", data).returncode == 0
     first = train(tmp_path / "stopped", data, "train.max_steps=7")

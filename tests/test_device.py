@@ -128,8 +128,12 @@ def test_resolve_device_names_what_is_missing(monkeypatch):
 
 def test_describe_has_a_gpu_and_a_cuda_aware_line():
     lines = describe("none (single process)")
-    assert any(line.strip().startswith("GPU") or line.strip().startswith("CuPy") for line in lines)
-    assert lines[-1].strip().startswith("CUDA-aware MPI")
+    if device.cupy_module() is None:     # says why there is no GPU
+        assert lines[0] == f"  GPU      no GPU visible: {device._cupy_error}" and "CuPy" in lines[0]
+    else:
+        assert lines[0].startswith("  CuPy     ")
+        assert any(line.startswith("  GPU ") for line in lines[1:])
+    assert lines[-1] == f"  CUDA-aware MPI  {cuda_aware_mpi('none (single process)')[1]}"
 
 
 def test_info_prints_the_gpu_section():

@@ -105,6 +105,7 @@ def test_training_on_the_device_path_equals_the_cpu_path(data, tmp_path, dtype, 
     assert worst <= tolerance * 100 and max(np.abs(m).max() for m in dev_messages.values()) > 0
 
 
+@pytest.mark.slow
 def test_resume_with_device_messages_is_bitwise(data, tmp_path):
     extra = ("run.checkpoint_every=3", "train.batching=global")
     whole, whole_messages = train(tmp_path / "whole", data, *extra, emulate=True)

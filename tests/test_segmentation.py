@@ -121,6 +121,7 @@ def test_two_ranks_reproduce_one_process(data, tmp_path):
         np.testing.assert_allclose(two_messages[i], one_messages[i], atol=1e-10)
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, tmp_path):
     whole, whole_messages = train(tmp_path / "whole", data, "run.checkpoint_every=4")
     train(tmp_path / "part", data, "run.checkpoint_every=4", "train.max_steps=7")
@@ -142,6 +143,7 @@ def train_dense(run_dir, data, *extra, ranks=0, resume=None):
     return run_params(run_dir), done.stdout
 
 
+@pytest.mark.slow
 def test_dense_crf_model_learns_its_kernels_and_resumes_bitwise(data, tmp_path):
     whole, log = train_dense(tmp_path / "whole", data, "run.checkpoint_every=4")
     assert "mean_iou" in log

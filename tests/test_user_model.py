@@ -75,6 +75,7 @@ def test_two_ranks_reproduce_one_process(data, tmp_path):
         np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-10, err_msg=name)
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, tmp_path):
     extra = ("run.checkpoint_every=3", "run.dtype=float64")
     whole = train(tmp_path / "whole", data, *extra)
