@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from dstrain.checkpoint import latest_checkpoint, load_checkpoint
+from dstrain.cli import main
 from dstrain.config import load_config
 from dstrain.tasks.words import generate_words, open_words
 from dstrain.learning.params import load_messages
@@ -34,8 +35,17 @@ def sets(data, *extra):
 
 
 def train(run_dir, data, *extra, ranks=1, resume=None):
+    """`dstrain train` in a subprocess (under mpirun for ranks > 1): a resumed run shares no
+    process state with the run it continues."""
     return dstrain(*train_args("words_debug.yaml", run_dir, *sets(data, *extra), resume=resume),
                    ranks=ranks if ranks > 1 else 0, timeout=240)
+
+
+def train_here(capfd, run_dir, data, *extra, resume=None):
+    """`dstrain train` in this process (the CLI's main): (exit code, stdout, stderr)."""
+    capfd.readouterr()
+    code = main(train_args("words_debug.yaml", run_dir, *sets(data, *extra), resume=resume))
+    return (code, *capfd.readouterr())
 
 
 def assert_same_run(a, b):
@@ -95,23 +105,23 @@ def test_elastic_resume_gives_every_sample_its_saved_messages(data, tmp_path, ne
     assert "epoch   3" in done.stdout
 
 
-def test_a_crash_while_writing_leaves_the_previous_checkpoint(data, tmp_path):
-    assert train(tmp_path / "run", data, "train.max_steps=4").returncode == 0
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(data, tmp_path, capfd):
+    assert train_here(capfd, tmp_path / "run", data, "train.max_steps=4")[0] == 0
     folder = tmp_path / "run" / "checkpoints"
     (folder / "step-000000006.h5.tmp").write_bytes(b"half a checkpoint")   # never renamed
     (folder / "step-000000005.h5").write_bytes(b"\x89HDF\r\n\x1a\n truncated")
     assert latest_checkpoint(tmp_path / "run").name == "step-000000004.h5"
-    done = train(tmp_path / "run", data, resume="auto")
-    assert done.returncode == 0 and "step 4" in done.stdout
+    code, out, _ = train_here(capfd, tmp_path / "run", data, resume="auto")
+    assert code == 0 and "resumed from" in out and "step 4" in out
 
 
-def test_a_checkpoint_of_another_model_is_refused_in_one_line(data, tmp_path):
-    assert train(tmp_path / "run", data, "train.max_steps=2").returncode == 0
-    done = train(tmp_path / "other", data, "model.hidden=[32]",
-                 resume=str(latest_checkpoint(tmp_path / "run")))
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "checkpoint" in done.stderr
-    assert "step-000000002.h5" in done.stderr
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(data, tmp_path, capfd):
+    assert train_here(capfd, tmp_path / "run", data, "train.max_steps=2")[0] == 0
+    code, _, err = train_here(capfd, tmp_path / "other", data, "model.hidden=[32]",
+                              resume=str(latest_checkpoint(tmp_path / "run")))
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "checkpoint" in err
+    assert "step-000000002.h5" in err
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data, tmp_path):

@@ -6,13 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+import dstrain
+from dstrain.config import load_config
 from dstrain.tasks.words import generate_words
 from dstrain.gpu.emulator import EmulatedKernels
 from dstrain.gpu.kernels import kernel_set
 from dstrain.learning import InferenceOptions, MessageStore
 from dstrain.learning.params import load_messages
 from dstrain.learning.structured import backward
-from helpers import assert_groups_close, dstrain_train, run_params
+from helpers import CONFIGS, assert_groups_close, dstrain_train, run_params
 from test_learning import batch_loss, message_sizes, tiny_problem
 
 
@@ -83,20 +85,34 @@ def data(tmp_path_factory):
     return path
 
 
+def settings(*extra, emulate=False):
+    """Overrides of configs/words_debug.yaml for a short run (the GPU code path with emulated
+    kernels if `emulate`)."""
+    return ["train.variant=pretrain_joint", "train.epochs=3", "train.pretrain_epochs=1",
+            "train.batch_size=16", "model.hidden=[16]",
+            f"debug.emulate_kernels={str(emulate).lower()}", *extra]
+
+
 def train(run_dir, data, *extra, emulate=False, resume=None):
-    """`dstrain train` on the small data (the GPU code path with emulated kernels if `emulate`):
+    """`dstrain train` in a subprocess (a resumed run shares nothing with the one it continues):
     (final parameters, blend messages)."""
-    dstrain_train("words_debug.yaml", run_dir, data, "train.variant=pretrain_joint",
-                  "train.epochs=3", "train.pretrain_epochs=1", "train.batch_size=16",
-                  "model.hidden=[16]", f"debug.emulate_kernels={str(emulate).lower()}", *extra,
+    dstrain_train("words_debug.yaml", run_dir, data, *settings(*extra, emulate=emulate),
                   resume=resume)
+    return run_params(run_dir), load_messages(run_dir / "messages.h5")
+
+
+def train_here(run_dir, data, *extra, emulate=False):
+    """The same run in this process (dstrain.train): (final parameters, blend messages)."""
+    config = load_config(CONFIGS / "words_debug.yaml", [f"data.path={data}", "data.generate=false",
+                                                        *settings(*extra, emulate=emulate)])
+    dstrain.train(config, run_dir, progress=False, log=lambda *_: None)
     return run_params(run_dir), load_messages(run_dir / "messages.h5")
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 2e-4)])
 def test_training_on_the_device_path_equals_the_cpu_path(data, tmp_path, dtype, tolerance):
-    cpu_params, cpu_messages = train(tmp_path / "cpu", data, f"run.dtype={dtype}")
-    dev_params, dev_messages = train(tmp_path / "dev", data, f"run.dtype={dtype}", emulate=True)
+    cpu_params, cpu_messages = train_here(tmp_path / "cpu", data, f"run.dtype={dtype}")
+    dev_params, dev_messages = train_here(tmp_path / "dev", data, f"run.dtype={dtype}", emulate=True)
     for name in cpu_params:
         scale = max(np.abs(cpu_params[name]).max(), 1.0)
         assert np.abs(dev_params[name] - cpu_params[name]).max() / scale <= tolerance, name

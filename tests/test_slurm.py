@@ -18,27 +18,31 @@ from pathlib import Path
 import pytest
 
 from dstrain.tasks.words import generate_words
-from helpers import dstrain
+from dstrain.cli import main
+from helpers import ROOT, dstrain
 
 GOLDEN = Path(__file__).parent / "golden" / "submit_dry_run.sbatch"
 BIN = str(Path(sys.executable).parent)
 
 
-def test_dry_run_matches_the_golden_file():
-    done = dstrain("submit", "--config", "configs/words_debug.yaml", "--nodes", "2",
-                   "--ntasks-per-node", "4", "--gpus-per-node", "4", "--partition", "gpu",
-                   "--time", "02:00:00", "--launcher", "mpirun", "--run-dir", "runs/cluster",
-                   "--set", "train.epochs=20", "model.hidden=[64]", "--dry-run")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == GOLDEN.read_text()
+def test_dry_run_matches_the_golden_file(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["submit", "--config", "configs/words_debug.yaml", "--nodes", "2",
+                 "--ntasks-per-node", "4", "--gpus-per-node", "4", "--partition", "gpu",
+                 "--time", "02:00:00", "--launcher", "mpirun", "--run-dir", "runs/cluster",
+                 "--set", "train.epochs=20", "model.hidden=[64]", "--dry-run"]) == 0
+    assert capsys.readouterr().out == GOLDEN.read_text()
 
 
-def test_submit_rejects_bad_options_before_anything_is_queued():
-    done = dstrain("submit", "--config", "configs/words_debug.yaml", "--time", "soon", "--dry-run")
-    assert done.returncode == 2 and "--time 'soon'" in done.stderr
-    done = dstrain("submit", "--config", "configs/words_debug.yaml", "--set", "train.lr=-1",
-                   "--dry-run")
-    assert done.returncode == 2 and "train.lr" in done.stderr
+def test_submit_rejects_bad_options_before_anything_is_queued(capsys):
+    config = str(ROOT / "configs" / "words_debug.yaml")
+    assert main(["submit", "--config", config, "--time", "soon", "--dry-run"]) == 2
+    assert "--time 'soon'" in capsys.readouterr().err
+    assert main(["submit", "--config", config, "--set", "train.lr=-1", "--dry-run"]) == 2
+    assert "train.lr" in capsys.readouterr().err
+    with pytest.raises(SystemExit):            # argparse's own choice check
+        main(["submit", "--config", config, "--launcher", "ssh", "--dry-run"])
+    assert "invalid choice: 'ssh'" in capsys.readouterr().err
 
 
 SLURM_BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
