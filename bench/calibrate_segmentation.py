@@ -16,12 +16,8 @@ all non-ignored test pixels, IoU per class, mean over classes) of:
   version of the dense CRF's appearance kernel), which can stop smoothing at colour edges.
 
 The Potts weight of the mean-field variants is picked on the validation split (grid), then
-applied to the test split. Independent of the rest of dstrain apart from the data layer.
-
-Default run (seed 0, one thread, 2 cores shared): generation 3.2 s alone (5 s under load), 8
-epochs ~10 s, about a minute in all. Test mean IoU: unary 65.2 %, box 5x5 66.2 %, MF spatial
-68.9 % (Potts weight 1), MF bilateral 70.9 % (weight 16, colour sigma 0.2); pixel accuracy
-88.1 / 88.4 / 89.4 / 90.5 %. Seed 1: 63.9 / 64.6 / 67.1 / 69.7 %.
+applied to the test split. Independent of the rest of dstrain apart from the data layer. The
+recorded runs are in bench/results/calibration.md.
 """
 from __future__ import annotations
 

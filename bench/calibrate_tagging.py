@@ -24,15 +24,7 @@ Generates a data set with ``dstrain.tasks.tagging.data.generate_tagging`` (timed
 
 Calibration target: the unary CNN at 6-12 % test Hamming error (the paper's Flickr unary-only:
 9.36 %), the proxies well below it (paper: piecewise 7.70 %, joint 7.25 %, 18 % and 23 % relative
-cuts). Measured with the defaults (torch 2.13 CPU, one thread; generation 6 s, CNN 32 s):
-
-    seed  all zeros  other true tags  unary CNN  stacked LR     stacked MLP    piecewise CRF
-    0     21.18 %    4.18 %           7.22 %     6.49 % (-10%)  5.77 % (-20%)  6.06 % (-16%)
-    1     21.43 %    4.23 %           7.82 %     6.97 % (-11%)  6.18 % (-21%)  6.56 % (-16%)
-
-The largest cuts are on the abstract tags (unions of scenes: "landscape" 9.2 -> 5.4 %, "family"
-11.1 -> 6.9 %, "sport" 13.0 -> 9.3 %) and the ambiguous scenes; object tags whose evidence is
-small (people, sun, tree, building, car) gain little.
+cuts). The recorded runs are in bench/results/calibration.md.
 
 Independent of the rest of dstrain apart from the data set it measures.
 """

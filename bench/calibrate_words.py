@@ -8,7 +8,8 @@ Generates a data set with ``dstrain.data.generate_words`` (timed), then trains a
 training words, inputs in [0, 1]. Prints train/val/test character accuracy and word accuracy of
 the per-character argmax. The generator is calibrated so that the default run lands at about
 68-75 % test character accuracy (the paper's unary-only 1-layer MLPs: 61-67 %), which leaves
-room for the pairwise potentials of a structured model.
+room for the pairwise potentials of a structured model. The recorded runs are in
+bench/results/calibration.md.
 
 Independent of the rest of dstrain apart from the data layer it measures.
 """

@@ -1,4 +1,4 @@
-"""Issue #5's GPU check: one prepared run on a GPU machine (docs/design.md §9).  Run it through
+"""The GPU check: one prepared run on a GPU machine (docs/design.md §9).  Run it through
 bench/gpu_check.sh (sets PYTHONPATH, OUT, copies the table):
 
     bash bench/gpu_check.sh                       # on the GPU machine; results in $OUT
@@ -12,7 +12,7 @@ b. ms per sweep (CUDA events, after warm-up) of DeviceBP on 2nd-order words and 
    against the plain-torch sweep of bench/torch_sweep.py (target >= 5x), side by side.
 c. training throughput, `dstrain train` with run.device=cuda against run.device=cpu (>= 20x).
 d. `mpirun -n 2` on the one GPU (host-staged gradients) against one process: params.h5 equal.
-e. bench/blend_vs_converge.py with run.device=cuda (issue #3's blend-vs-converge target).
+e. bench/blend_vs_converge.py with run.device=cuda (the blend-vs-converge target of 3x).
 
 Every result goes to OUT/gpu_check.json and OUT/gpu_check.md, rewritten after each step so a run
 cut short keeps what it measured.  Exit code 1 when a check failed or a step crashed; a missed
@@ -71,7 +71,7 @@ class Report:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "gpu_check.json").write_text(json.dumps(
             {"meta": self.meta, "rows": self.rows, "failed": self.failed}, indent=2) + "\n")
-        lines = ["# GPU check (issue #5)", ""] + [f"- {k}: {v}" for k, v in self.meta.items()]
+        lines = ["# GPU check (`bench/gpu_check.sh`)", ""] + [f"- {k}: {v}" for k, v in self.meta.items()]
         lines += ["", "| step | check | value | target | result |", "|---|---|---|---|---|"]
         lines += [f"| {r['step']} | {r['check']} | {r['value']} | {r['target']} | {r['status']} |"
                   for r in self.rows]
@@ -396,7 +396,7 @@ def step_mpi(args, device, report):
 
 
 def step_blend(args, device, report):
-    """bench/blend_vs_converge.py on the device (issue #3's target: blend reaches converge's final
+    """bench/blend_vs_converge.py on the device (the target: blend reaches converge's final
     validation word accuracy >= 3x sooner; bench/results/blend_vs_converge.md has the CPU's numbers);
     blend at 1 and 2 sweeps per step, joint from scratch for --blend-epochs epochs (the config as
     shipped, 30 epochs, would not fit a short device lease)."""
@@ -446,9 +446,8 @@ def describe(args) -> dict:
 # option: (GPU default, --emulate default, meaning)
 SIZES = {
     "check-samples": (200, 4, "graphs per correctness case"),
-    # the scale of issue #5's plain-torch figure (242 ns per sample at 65536); the host-side
-    # build takes ~18 s there (GraphBatch 17 s, DeviceBP 1.2 s) and ~5 GB of host memory,
-    # measured on this project's 2-core machine
+    # the batch of a reported plain-torch timing of this sweep on an H100 (242 ns per sample);
+    # building it on the host takes about 18 s and 5 GB of memory on a 2-core machine
     "words-batch": (65536, 32, "2nd-order word graphs in the timed batch"),
     "fc-vars": (38, 12, "variables of the fully connected graphs"),
     "fc-batch": (8192, 4, "fully connected graphs in the timed batch"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #5's GPU check (see bench/gpu_check.py): correctness of the CUDA kernels, ms per sweep
+# The GPU check (see bench/gpu_check.py): correctness of the CUDA kernels, ms per sweep
 # against a device copy and plain torch, training throughput GPU vs CPU, mpirun -n 2 parity.
 #
 #   bash bench/gpu_check.sh                 # on a GPU machine; OUT=... to choose where results go

@@ -24,7 +24,7 @@ from dstrain.tasks.words import open_words  # noqa: E402
 from dstrain.learning.params import load_params  # noqa: E402
 from dstrain.learning.structured import InferenceOptions  # noqa: E402
 from dstrain.learning.trainer import build_model, evaluate, train  # noqa: E402
-from report import write_report  # noqa: E402  (bench/report.py)
+from report import machine, write_report  # noqa: E402  (bench/report.py)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "words.yaml"
 ROWS = {   # name: (label, order, variant)
@@ -74,7 +74,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "paper_table.md"))
     args = parser.parse_args(argv)
     lines = ["# The paper's word-recognition table, in kind (`bench/paper_table.py`)", "",
-             f"Measured {time.strftime('%Y-%m-%d')}: 1-layer MLP, H1 = {args.hidden}, "
+             f"Measured {time.strftime('%Y-%m-%d')} on {machine()}: 1-layer MLP, H1 = {args.hidden}, "
              f"{args.epochs} epochs, config `configs/words.yaml` "
              f"{' '.join('--set ' + s for s in args.set)}; test split of the generated data "
              "(10k / 2k / 2k words). Paper: Chen et al., ICML 2015, same MLP size, their data.", "",

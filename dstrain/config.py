@@ -263,11 +263,8 @@ class RunConfig(Section):
     SECTION: ClassVar[str] = "run"
     dir: str = "runs/words"
     seed: int = field(default=0, metadata=AT_LEAST_0)
-    # torch CPU threads; 0 = torch default.  1 by default: measured on a 2-core VM, a small MLP
-    # step with MKL on 2 OpenMP threads took 13x longer than on 1 (and MPI runs one rank per core);
-    # on another 2-core VM (AMD EPYC, 2026-12-01) 2 threads made a debug blend step 19 % faster,
-    # and the debug MLP's forward+backward 0.68 ms against 0.96, but 2.93 ms against 1.05 while
-    # another process kept one core busy (OpenMP threads wait for the one that lost its core)
+    # torch CPU threads; 0 = torch default.  1 by default: MPI runs one rank per core, and small
+    # nets on 2 threads were many times slower once a core was busy (bench/results/choices.md)
     threads: int = field(default=1, metadata=AT_LEAST_0)
     dtype: Dtype = "float32"          # parameters and activations; float64 for exact parity checks
     communicator: Communicator = "auto"   # auto: MPI when a launcher started several processes
@@ -279,11 +276,41 @@ class RunConfig(Section):
     device: Device = "auto"   # cuda: one GPU per rank, by local rank (auto: if CuPy sees one)
     # hand device buffers to MPI (auto: when the MPI says it supports CUDA)
     cuda_aware_mpi: CudaAwareMpi = "auto"
+    # blend's messages per rank: bytes (int) or a size (300MiB, 2GiB, 1.5GB); auto: half the
+    # memory available at start (a GPU's own, or the node's shared by its ranks); unlimited
+    message_memory: int | str = "auto"
 
     def __post_init__(self):
         if isinstance(self.cuda_aware_mpi, bool):   # YAML 1.1 reads a bare yes / no as a boolean
             self.cuda_aware_mpi = "yes" if self.cuda_aware_mpi else "no"
         super().__post_init__()
+        if self.message_memory not in ("auto", "unlimited") \
+                and byte_count(self.message_memory) is None:
+            _fail("run.message_memory", "expects auto, unlimited, a number of bytes or a size "
+                  "such as 300MiB or 2GiB", self.message_memory)
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def byte_count(value) -> int | None:
+    """Bytes of a size: a positive int, or text like '300MiB', '2 GiB', '1.5GB' (decimal and
+    binary units); None when `value` is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real):   # a YAML float such as 2.5e+9 too, if whole
+        return int(value) if 1 <= value < 2**63 and float(value).is_integer() else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    number = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = text[len(number):].strip() if number else ""
+    try:
+        count = float(number) * _BYTE_UNITS[unit]
+    except (KeyError, ValueError):
+        return None
+    return int(count) if count >= 1 and count < 2**63 else None
 
 
 @dataclass

@@ -3,6 +3,7 @@ lent for minutes: its flow is checked here (--emulate: the kernels emulated, tin
 run is spent on measuring."""
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -40,3 +41,18 @@ def test_blend_vs_converge_speedup_reads_the_curves():
     other = [(t + 1.0, accuracy - 0.1, sweeps + 1.0) for t, accuracy, sweeps in converge]
     mean = mean_curve([converge, other[:2]])                  # as long as the shortest run
     assert len(mean) == 2 and mean[1] == (6.5, 0.25, 9.5)
+
+
+def test_readme_lists_every_benchmark_and_links_only_results_that_exist():
+    """README's benchmark list names every script under bench/ and links every results file;
+    every results file it links exists."""
+    readme = (ROOT / "README.md").read_text()
+    helpers = {"report.py", "gpu_check.py"}   # report.py writes results; gpu_check.sh runs gpu_check.py
+    scripts = {p.name for p in (ROOT / "bench").glob("*.py")} - helpers
+    missing = sorted(name for name in scripts if name not in readme)
+    assert not missing, f"bench scripts README.md does not mention: {missing}"
+    linked = set(re.findall(r"\]\((bench/results/[^)]+)\)", readme))
+    assert all((ROOT / path).is_file() for path in linked), \
+        sorted(p for p in linked if not (ROOT / p).is_file())
+    results = {f"bench/results/{p.name}" for p in (ROOT / "bench" / "results").glob("*.md")}
+    assert not results - linked, f"results files README.md does not link: {sorted(results - linked)}"

@@ -1,4 +1,4 @@
-"""GPU selection, CUDA-aware MPI detection and the reducer's routes to MPI (issue #5).
+"""GPU selection, CUDA-aware MPI detection and the reducer's routes to MPI.
 
 Everything runs without a GPU: the CUDA routes of the reducer (staging through a host buffer,
 handing the tensor itself to MPI) are forced onto CPU tensors and must give bit-identical results

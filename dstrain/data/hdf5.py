@@ -29,8 +29,8 @@ def read_rows(dataset: h5py.Dataset, sorted_rows: np.ndarray) -> np.ndarray:
 
     For chunked data, rows are grouped by the chunk that holds them and each group is read as one
     slice from its first to its last row, all inside that chunk, which HDF5 decompresses anyway.
-    This returns exactly h5py's fancy read but avoids its per-index selection cost (5000 random
-    rows of a 10k-word split: 0.6 s instead of 2.2 s). Unchunked data takes the plain fancy read.
+    This returns exactly h5py's fancy read but avoids its per-index selection cost, which
+    dominates random row reads (bench/results/choices.md). Unchunked data takes the plain fancy read.
     """
     if dataset.chunks is None:
         return dataset[sorted_rows]

@@ -1,4 +1,5 @@
-"""Region graphs of the applications: chains of order k (words), fully connected (tagging), grids.
+"""Region graphs of the applications: chains of order k (words), fully connected (tagging), grids
+(4- or 8-connected: segmentation).
 
 Region order is part of the contract with the potential nets: unaries first (variable order), then
 pairs.  For chains the pairs come by distance (all distance-1 pairs, then distance-2, ...).
@@ -26,14 +27,23 @@ def fully_connected(num_variables: int, num_states: int = 2, **graph_options) ->
     return RegionGraph([num_states] * num_variables, regions, **graph_options)
 
 
-def grid(height: int, width: int, num_states: int, **graph_options) -> RegionGraph:
-    """4-connected grid, variables row-major; horizontal pairs, then vertical (segmentation)."""
+def grid(height: int, width: int, num_states: int, connectivity: int = 4,
+         **graph_options) -> RegionGraph:
+    """A grid, variables row-major; horizontal pairs, then vertical (segmentation).  With
+    ``connectivity = 8`` diagonal pairs follow: down-right ((y, x), (y + 1, x + 1)), then
+    down-left ((y, x + 1), (y + 1, x)), each row-major by its upper-left corner (y, x)."""
     if height < 1 or width < 1:
         raise ValueError(f"grid: height = {height} and width = {width} must be >= 1")
+    if connectivity not in (4, 8):
+        raise ValueError(f"grid: connectivity must be 4 or 8, got {connectivity}")
     index = lambda y, x: y * width + x  # noqa: E731
     regions = [(i,) for i in range(height * width)]
     regions += [(index(y, x), index(y, x + 1)) for y in range(height) for x in range(width - 1)]
     regions += [(index(y, x), index(y + 1, x)) for y in range(height - 1) for x in range(width)]
+    if connectivity == 8:
+        corners = [(y, x) for y in range(height - 1) for x in range(width - 1)]
+        regions += [(index(y, x), index(y + 1, x + 1)) for y, x in corners]
+        regions += [(index(y, x + 1), index(y + 1, x)) for y, x in corners]
     return RegionGraph([num_states] * (height * width), regions, **graph_options)
 
 

@@ -33,8 +33,7 @@ _UNDERFLOW = 1e-250
 # the binary update's exp(g / (eps c)) stays far from overflow (and e * t from underflow) below this
 _BINARY_EXPONENT_LIMIT = 600.0
 # arrays at least this long take torch's exp and log (see _elementwise); shorter ones stay with
-# numpy: with torch from 2048 entries on, the binary sweeps of bench/inference.py's (b), dozens of
-# exp/log calls on ~3700 entries each, ran slower in fresh processes
+# numpy, which was faster on them (bench/results/choices.md)
 _TORCH_MIN_SIZE = 32768
 # runs of at least this many sweeps transpose the pair tables once in start (ConvexBP._orient)
 _TRANSPOSE_FROM_SWEEPS = 2
@@ -43,10 +42,9 @@ _TRANSPOSE_FROM_SWEEPS = 2
 def _elementwise(name: str, x: np.ndarray, out=None) -> np.ndarray:
     """np.<name>(x, out=out), computed by torch.<name> on large contiguous float64 arrays.
 
-    On the dev VM (numpy 2.4, a CPU without AVX-512) numpy's float64 exp took 2.2 ms for 236,600
-    entries and torch's 0.64 ms (log: 1.9 against 0.77 ms); torch's agree to 1 ulp and give the
-    same bits whatever the thread count or an entry's position (checked in tests/test_bp.py), so
-    runs stay reproducible.  Torch is imported on first use: dstrain depends on it anyway.
+    Torch's are vectorised where numpy's may be scalar loops (bench/results/choices.md); they
+    agree to 1 ulp and give the same bits whatever the thread count or an entry's position
+    (tests/test_bp.py), so runs stay reproducible.  Torch is imported on first use.
     """
     if x.size < _TORCH_MIN_SIZE or x.dtype != np.float64 or not x.flags.c_contiguous \
             or (out is not None and not out.flags.c_contiguous):
@@ -61,10 +59,9 @@ def _elementwise(name: str, x: np.ndarray, out=None) -> np.ndarray:
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a @ b for the shared tables' matrix products, computed by torch.
 
-    With torch on 2 threads, a shared-table sweep of 1000 2nd-order words took 28-36 ms with
-    numpy's matmul (its BLAS has a thread pool of its own), 5.5-7.9 ms with torch's and 9.7-9.9 ms
-    on the flat engine (2-core AMD EPYC VM, 2026-12-01, two runs each); probably the two thread
-    pools competing for the cores.  torch's matrix products run on torch's own pool.
+    numpy's was several times slower on 2 threads, probably because its BLAS thread pool
+    competes with torch's for the cores; torch's run on torch's own pool
+    (bench/results/choices.md).
     """
     import torch
     return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
@@ -389,8 +386,7 @@ class ConvexBP:
     @staticmethod
     def _orient(picked: np.ndarray, g, transpose: bool) -> np.ndarray:
         """A fast group's edge tables (`_edge_tables`), with r's states as rows if `transpose`
-        (a strided copy; measured on 50 2nd-order words: a sweep takes 0.85 ms on
-        transposed tables, 1.5 ms without, the copy 0.3 ms, so 2 sweeps gain by it), else as stored,
+        (a strided copy that pays from 2 sweeps per run: bench/results/choices.md), else as stored,
         and an edge from the pair's second variable multiplies from the left (see _edge_products)."""
         if not transpose or not g.transposed.any():
             return picked

@@ -31,7 +31,7 @@ from ..gpu.kernels import kernel_set
 from ..models import Batch, StructuredModel
 from ..models.layout import exact_kind
 from ..tasks import get_model_class, get_task
-from .messages import MessageStore
+from .messages import MessageStore, check_message_memory, message_memory_report
 from .params import save_messages, save_params
 from .structured import InferenceOptions, backward, structured_loss
 
@@ -91,7 +91,7 @@ def epoch_batches(config: Config, epoch: int, owned: np.ndarray, num_samples: in
 
 def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum or Adam, fused (one kernel over all parameters) where torch has it for
-    the parameters' device and dtype (bench/results/cpu_linear.md has the CPU measurements)."""
+    the parameters' device and dtype."""
     t = config.train
     if t.optimizer == "sgd":
         kind, options = torch.optim.SGD, dict(lr=t.lr, momentum=t.momentum,
@@ -104,13 +104,18 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
         return kind(model.parameters(), **options)
 
 
-def message_store(model: StructuredModel, owned: np.ndarray, labels: np.ndarray, kernels=None,
-                  chunk: int = 4096) -> MessageStore | None:
-    """blend's persistent messages for the samples a rank owns, sized by their full graphs;
-    None when the graphs have no edges."""
-    sizes = np.concatenate([[spec.num_messages for spec in model.graphs(
+def message_sizes(model: StructuredModel, labels: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Message entries of each sample (its full graph): what blend keeps per sample."""
+    return np.concatenate([[spec.num_messages for spec in model.graphs(
         Batch(None, labels[start:start + chunk]), model.families)]
         for start in range(0, len(labels), chunk)] or [np.zeros(0, np.int64)]).astype(np.int64)
+
+
+def message_store(model: StructuredModel, owned: np.ndarray, labels: np.ndarray, kernels=None,
+                  chunk: int = 4096, sizes: np.ndarray | None = None) -> MessageStore | None:
+    """blend's persistent messages for the samples a rank owns, sized by their full graphs;
+    None when the graphs have no edges."""
+    sizes = message_sizes(model, labels, chunk) if sizes is None else sizes
     if not sizes.sum():
         return None
     if kernels is None:
@@ -220,7 +225,6 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     if root:
-        run_dir.mkdir(parents=True, exist_ok=True)
         ensure_data(config, say)
     comm.barrier()   # the data exists before any rank opens it
     task, path = get_task(config.task), Path(config.data.path)
@@ -235,6 +239,13 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     options = InferenceOptions.from_config(config.inference)
     check_inference(model, train_y, options)
     kernels = kernel_set(device, config.run.dtype, config.debug.emulate_kernels)   # None: CPU engine
+    if options.algorithm == "blend":   # before anything is written: every rank's shard must fit
+        sizes = message_sizes(model, train_y)
+        itemsize = np.dtype(np.float64 if kernels is None else kernels.dtype).itemsize
+        # unary and piecewise training never write a message (the store's zeros stay uncommitted)
+        needed = slice(None) if config.train.variant in ("joint", "pretrain_joint") else slice(0)
+        message_limit = check_message_memory(owned[needed], sizes[needed], itemsize, num_train,
+                                             config.run.message_memory, comm, shard, device)
     numpy_dtype = torch.empty(0, dtype=getattr(torch, config.run.dtype)).numpy().dtype
     train_x, val_x = train_x.astype(numpy_dtype, copy=False), val_x.astype(numpy_dtype, copy=False)
     if kernels is not None:   # the shard's inputs live on the device: no copy per step
@@ -248,9 +259,13 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                               device_buffers=device_buffers)
     reducer.broadcast_parameters()
     if root:
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     optimizer = build_optimizer(config, model)
-    store = message_store(model, owned, train_y, kernels) if options.algorithm == "blend" else None
+    store = None
+    if options.algorithm == "blend":
+        store = message_store(model, owned, train_y, kernels, sizes=sizes)
+        say(message_memory_report(store, comm, message_limit))
 
     loop = LoopState()
     if resume:

@@ -21,11 +21,8 @@ _ONEDNN_LINEAR = _onednn_linear_op()
 class _OneDNNLinear(torch.autograd.Function):
     """F.linear whose three matrix products (forward, input and weight gradients) run in oneDNN.
 
-    torch sends float32 matrix products on the CPU to MKL, which on the AMD EPYC dev VM ran at
-    about half oneDNN's speed: one torch thread, the unary MLP of configs/words_debug.yaml (250
-    images, 784 -> 128 -> 26) took 1.33 and 1.39 ms forward and backward with F.linear and 0.78
-    and 0.90 ms with this (medians of two runs of bench/cpu_linear.py, which measures both side by
-    side).
+    torch sends float32 matrix products on the CPU to MKL, which was slower than oneDNN on the
+    unary MLP's small matrices (bench/results/choices.md).
     """
 
     @staticmethod

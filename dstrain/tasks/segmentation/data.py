@@ -68,13 +68,9 @@ ELLIPSE, RECTANGLE, BLOB = range(3)
 class SceneStyle:
     """Strengths of the random scene parameters.
 
-    Calibrated with ``bench/calibrate_segmentation.py`` on the default set (2000/200/500 images
-    of 32x32, 5 classes, seed 0): a unary-only 3-layer 3x3 conv net (16 channels, 8 epochs of
-    Adam) gets 65.2 % test mean IoU; 5 iterations of Potts mean field on its scores lift that to
-    68.9 % with a Gaussian spatial kernel and to 70.9 % with a colour-sensitive (bilateral) one.
-    The mottle is what leaves the unary net speckle to remove: a 7x7 receptive field cannot
-    average it away, a CRF over a whole object can. Without it (white noise std 0.05-0.15 only,
-    objects of radius 0.12-0.3) the same net got 80 % and mean field added only 1-3 points.
+    Calibrated with ``bench/calibrate_segmentation.py`` so that a small unary net leaves room for
+    a CRF (bench/results/calibration.md). The mottle is what leaves the unary net speckle to
+    remove: a 7x7 receptive field cannot average it away, a CRF over a whole object can.
 
     Lengths are in output pixels, relative ones as a fraction of min(H, W); colours in [0, 1].
     """

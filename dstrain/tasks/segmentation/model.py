@@ -1,5 +1,6 @@
-"""Semantic segmentation on a 4-connected grid CRF: a fully convolutional net gives each pixel's
-class scores, and each pair of neighbouring pixels a C x C table -- one per direction, learned
+"""Semantic segmentation on a 4- or 8-connected grid CRF: a fully convolutional net gives each
+pixel's class scores, and each pair of neighbouring pixels a C x C table -- one per direction
+(right, down; with 8 neighbours also down-right and down-left), learned
 for the whole data set (``pairwise: table``), or computed from the net's features at both pixels
 and the direction (``pairwise: net``: input-dependent, zero at start).  Inference is convex BP
 on the grid (``converge``, or ``blend`` with each image's messages kept by global id).  Pixels
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ...config import ConfigError
 from ...graph import GraphSpec, chain, grid
 from ...models import (Batch, DenseCRFPotentials, RegionPotentials, StructuredModel,
                        stacked_potentials)
@@ -27,6 +29,15 @@ class GridOptions:
     depth: int = field(default=3, metadata={"low": 1})     # 3x3 conv layers of the unary net
     width: int = field(default=32, metadata={"low": 1})    # their channels
     pairwise: Literal["table", "net"] = "net"   # per direction, or per edge from the features
+    # neighbours of a pixel: 4, or 8 (diagonal pairs too, with their own direction tables / heads)
+    connectivity: int = field(default=4, metadata={"low": 4, "high": 8})
+
+    def __post_init__(self):
+        # the config's field checks know int ranges, not int choices: 5, 6 and 7 are refused here
+        value = self.connectivity
+        if isinstance(value, int) and not isinstance(value, bool) and value not in (4, 8):
+            raise ConfigError(f"model.connectivity must be 4 or 8, got {value}",
+                              ["model.connectivity"])
 
 
 class PixelNet(nn.Module):
@@ -82,18 +93,22 @@ class GridCRF(SegmentationMetrics, StructuredModel):
     families = ("unary", "pairwise")
 
     def __init__(self, image_shape, num_classes: int, class_names=None, depth: int = 3,
-                 width: int = 32, pairwise: str = "net"):
+                 width: int = 32, pairwise: str = "net", connectivity: int = 4):
         super().__init__()
+        if connectivity not in (4, 8):
+            raise ValueError(f"GridCRF: connectivity must be 4 or 8, got {connectivity}")
         channels, self.height, self.width = image_shape
         self.num_classes, self.pairwise_kind = num_classes, pairwise
+        self.connectivity = connectivity
+        directions = 2 if connectivity == 4 else 4   # right, down (, down-right, down-left)
         self.class_names = list(class_names or [f"class{c}" for c in range(num_classes)])
         self.features = PixelNet(channels, width, depth)
         self.unary_head = nn.Conv2d(width, num_classes, 1)
         C2 = num_classes * num_classes
-        if pairwise == "table":   # (horizontal, vertical)
-            self.tables = nn.Parameter(torch.zeros(2, num_classes, num_classes))
+        if pairwise == "table":   # one per direction, in the graph's order of pair families
+            self.tables = nn.Parameter(torch.zeros(directions, num_classes, num_classes))
         else:   # both pixels' features -> C x C scores, one head per direction
-            self.pair_heads = nn.ModuleList(nn.Conv2d(2 * width, C2, 1) for _ in range(2))
+            self.pair_heads = nn.ModuleList(nn.Conv2d(2 * width, C2, 1) for _ in range(directions))
             for head in self.pair_heads:
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
@@ -101,11 +116,13 @@ class GridCRF(SegmentationMetrics, StructuredModel):
     @classmethod
     def from_data(cls, data, options: GridOptions) -> "GridCRF":
         return cls(data.image_shape, data.num_classes, data.class_names, options.depth,
-                   options.width, options.pairwise)
+                   options.width, options.pairwise, options.connectivity)
 
     def graph(self, families: Sequence[str]) -> GraphSpec:
         if "pairwise" in families:
-            return GraphSpec(grid, (self.height, self.width, self.num_classes))
+            # 4-connected keeps its old spec (no connectivity argument): same cache keys as before
+            extra = () if self.connectivity == 4 else (8,)
+            return GraphSpec(grid, (self.height, self.width, self.num_classes, *extra))
         return GraphSpec(chain, (self.height * self.width, self.num_classes, 0))   # unaries
 
     def graphs(self, batch: Batch, families=families) -> list[GraphSpec]:
@@ -118,14 +135,20 @@ class GridCRF(SegmentationMetrics, StructuredModel):
         tables = [unary]
         if "pairwise" in families:
             H, W = self.height, self.width
+            counts = [H * (W - 1), (H - 1) * W]   # pairs per direction
+            if self.connectivity == 8:
+                counts += [(H - 1) * (W - 1)] * 2
             if self.pairwise_kind == "table":
-                tables += [self.tables[0].expand(1, H * (W - 1), C, C),
-                           self.tables[1].expand(1, (H - 1) * W, C, C)]
-            else:
-                right = torch.cat([hidden[..., :, :-1], hidden[..., :, 1:]], dim=1)
-                down = torch.cat([hidden[..., :-1, :], hidden[..., 1:, :]], dim=1)
-                for head, ends in zip(self.pair_heads, (right, down)):
-                    tables.append(head(ends).permute(0, 2, 3, 1).reshape(B, -1, C, C))
+                tables += [self.tables[k].expand(1, n, C, C) for k, n in enumerate(counts)]
+            else:   # (first pixel, second pixel) of each pair, as the grid builder orders them
+                ends = [(hidden[..., :, :-1], hidden[..., :, 1:]),          # right
+                        (hidden[..., :-1, :], hidden[..., 1:, :])]          # down
+                if self.connectivity == 8:
+                    ends += [(hidden[..., :-1, :-1], hidden[..., 1:, 1:]),  # down-right
+                             (hidden[..., :-1, 1:], hidden[..., 1:, :-1])]  # down-left
+                for head, (first, second) in zip(self.pair_heads, ends):
+                    pair = head(torch.cat([first, second], dim=1))
+                    tables.append(pair.permute(0, 2, 3, 1).reshape(B, -1, C, C))
         return stacked_potentials(self.graph(families), tables)
 
 

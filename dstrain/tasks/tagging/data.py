@@ -40,7 +40,7 @@ The 38 tags (``TAG_NAMES``):
 So tags co-occur strongly and with structure (one scene at a time, unions of scenes, sand with
 sea, sun never at night, portraits indoors, ...), which a model over all tag pairs (a CRF) can use
 where a unary-only classifier sees weak evidence. The strengths are calibrated with
-``bench/calibrate_tagging.py`` (numbers in :class:`Difficulty`).
+``bench/calibrate_tagging.py`` (bench/results/calibration.md).
 
 Nothing is downloaded. The data set is written to HDF5 (the contract :func:`open_tagging` checks):
 
@@ -144,13 +144,8 @@ MAX_PEOPLE = 6
 class Difficulty:
     """Strengths of the random effects that weaken the visual evidence of the tags.
 
-    Calibrated with ``bench/calibrate_tagging.py`` on 10k/2k/10k images: a small CNN (two 3x3
-    conv layers of 16 and 32 channels, a linear layer, 10 epochs of Adam) predicting each tag on
-    its own gets 7.2 % test Hamming error (seed 0; 7.8 % with seed 1), all-zeros 21.2 %. Using
-    the other tags' CNN scores cuts that to 6.06 % with a fully connected pairwise CRF fitted on
-    the fixed scores (16 % relative), 6.49 % with a per-tag logistic regression on all scores
-    (10 %), 5.77 % with a one-hidden-layer network on them (20 %). Stronger colour jitter makes
-    the scenes more ambiguous but also the objects, and the relative gains shrink.
+    Calibrated with ``bench/calibrate_tagging.py`` so that a unary-only CNN leaves room for a
+    model over all tags (bench/results/calibration.md).
 
     Intensities are in [0, 1]; sizes are fractions of the image side.
     """

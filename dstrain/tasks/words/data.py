@@ -9,9 +9,10 @@ grayscale image with a random font and random distortions:
 - clutter: random lines, blobs and pieces of other letters, plus a smooth random gray texture,
 - random contrast, Gaussian blur and additive pixel noise.
 
-The strengths are calibrated (``bench/calibrate_words.py``) so that a one-hidden-layer MLP that
-classifies single characters gets roughly 70 % test character accuracy, leaving room for the
-pairwise (word-level) potentials of a structured model to help, as in the paper.
+The strengths are calibrated (``bench/calibrate_words.py``, bench/results/calibration.md) so
+that a one-hidden-layer MLP that classifies single characters gets roughly 70 % test character
+accuracy, leaving room for the pairwise (word-level) potentials of a structured model to help, as
+in the paper.
 
 Fonts are the TrueType files shipped inside matplotlib, so nothing is downloaded. The result is
 written to HDF5 following the words contract of docs/data.md (see ``dstrain.data.hdf5``).
@@ -93,9 +94,8 @@ CANDIDATE_FONTS = (
 class Distortion:
     """Strengths of the random per-character distortions.
 
-    Calibrated with ``bench/calibrate_words.py`` (seed 0, Adam, 20 epochs): a 784-512-26 MLP on
-    10k training words gets 72.1 % test character accuracy, a 784-128-26 MLP on 3k words 62.8 %.
-    Translation and rotation mostly cost the small-data setting; noise and blur cost both.
+    Calibrated with ``bench/calibrate_words.py``; the measurements are in
+    bench/results/calibration.md.
 
     Geometry is relative to the output image: ``em_fraction`` is the font's em size as a fraction
     of the image side at scale 1, ``translation`` the largest shift as a fraction of the side.
