@@ -146,8 +146,9 @@ def mpi_cuda_query() -> tuple[str | None, bool | None]:
 
 def init(kind: str = "auto") -> SingleProcess:
     """`auto`: MPI if a launcher started more than one process; `mpi`: always; `none`: never."""
-    if kind not in typing.get_args(Communicator):
-        raise ValueError(f"communicator {kind!r}: expected one of {', '.join(typing.get_args(Communicator))}")
+    kinds = typing.get_args(Communicator)
+    if kind not in kinds:
+        raise ValueError(f"communicator {kind!r}: expected one of {', '.join(kinds)}")
     launched = launcher_environment()
     if kind == "mpi" or (kind == "auto" and launched is not None and launched[3] > 1):
         try:
