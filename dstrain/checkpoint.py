@@ -6,8 +6,9 @@
     attrs: loop (JSON: epoch, batch, step, plateau state, partial epoch totals),
            optimizer_groups (JSON), config (YAML text), format
 
-Rank 0 writes (after gathering the messages); the file appears atomically (temporary file, fsync,
-rename), so a crash while writing leaves the previous checkpoint as the newest complete one.
+Rank 0 writes, receiving the messages one rank's shard at a time; the file appears atomically
+(temporary file, fsync, rename), so a crash while writing leaves the previous checkpoint as the
+newest complete one.
 On resume every rank reads the parameters and only its own samples' messages, so a run can
 resume on a different number of ranks.  No pickle: tensors are datasets, the rest JSON or YAML.
 """
@@ -23,7 +24,7 @@ import torch
 
 from .errors import InputError
 from .learning.messages import concatenated_ranges
-from .learning.params import gather_messages, read_params, write_messages, write_params
+from .learning.params import read_params, write_messages, write_params
 
 FORMAT = "dstrain-checkpoint-1"
 KEEP = 2   # complete checkpoints kept in a run directory
@@ -34,9 +35,10 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def save_checkpoint(path: Path, model, optimizer, loop: dict, config_yaml: str, store, comm) -> None:
-    """Collective: every rank calls it (the messages are gathered); rank 0 writes `path`."""
-    gathered = gather_messages(store, comm) if store is not None else None
+    """Collective: every rank calls it (the others send their messages); rank 0 writes `path`."""
     if not comm.is_root:
+        if store is not None:
+            write_messages(None, store, comm)
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,8 +54,8 @@ def save_checkpoint(path: Path, model, optimizer, loop: dict, config_yaml: str, 
             for key, value in values.items():
                 f.create_dataset(f"optimizer/{index}/{key}",
                                  data=torch.as_tensor(value).detach().cpu().numpy())
-        if gathered is not None:
-            write_messages(f.create_group("messages"), gathered)
+        if store is not None:
+            write_messages(f.create_group("messages"), store, comm)
         f.flush()
         os.fsync(f.id.get_vfd_handle())
     os.replace(tmp, path)

@@ -65,6 +65,12 @@ class SingleProcess:
         """Concatenate every rank's 1-D array on rank 0 (None elsewhere)."""
         return array
 
+    def send_(self, array: np.ndarray, dest: int) -> None:
+        raise RuntimeError(f"a single process has no rank {dest} to send to")
+
+    def recv_(self, array: np.ndarray, source: int) -> np.ndarray:
+        raise RuntimeError(f"a single process has no rank {source} to receive from")
+
     def barrier(self) -> None:
         pass
 
@@ -109,6 +115,13 @@ class MPIComm(SingleProcess):
         out = np.empty(int(counts.sum()), dtype=array.dtype) if self.is_root else None
         self.comm.Gatherv(array, [out, counts] if self.is_root else None, root=0)
         return out
+
+    def send_(self, array: np.ndarray, dest: int) -> None:
+        self.comm.Send(np.ascontiguousarray(array), dest=dest)
+
+    def recv_(self, array: np.ndarray, source: int) -> np.ndarray:
+        self.comm.Recv(array, source=source)
+        return array
 
     def barrier(self) -> None:
         self.comm.Barrier()

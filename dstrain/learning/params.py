@@ -56,33 +56,54 @@ def load_params(model: torch.nn.Module, path: str | Path) -> None:
         read_params(f, model, path, "parameters")
 
 
-def gather_messages(store, comm):
-    """Every rank's blend messages on rank 0, ordered by global sample id:
-    (sample_id, offset (one more than samples), values); None on the other ranks (collective)."""
-    ids, sizes, values = (comm.gather_rows(a) for a in (store.sample_ids, store.sizes,
-                                                         store.host_values()))
+def write_messages(group: h5py.Group | None, store, comm) -> None:
+    """Collective: every rank's blend messages into `group` on rank 0 (None on the others), by
+    global sample id.  Rank 0 receives and writes one rank's shard at a time, so it never holds
+    more than its own shard and one other: a data set whose messages only fit spread over the
+    ranks is saved the same way."""
+    ids, sizes = comm.gather_rows(store.sample_ids), comm.gather_rows(store.sizes)
+    counts = comm.gather_rows(np.array([store.offset[-1]], dtype=np.int64))
+    values = store.host_values()
+    # the trainer's shards are ascending blocks of ids in rank order: concatenated in rank order
+    # they are already sorted, which the readers need (they search the ids)
+    in_order = np.array([1 if comm.is_root and np.all(np.diff(ids) > 0) else 0], dtype=np.int64)
+    if not comm.broadcast_(in_order)[0]:
+        _write_gathered(group, ids, sizes, comm.gather_rows(values), comm)
+        return
     if not comm.is_root:
-        return None
+        comm.send_(values, dest=0)
+        return
+    offset = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    group.create_dataset("sample_id", data=ids)
+    group.create_dataset("offset", data=offset)
+    out = group.create_dataset("values", shape=(int(offset[-1]),), dtype=np.float64)
+    start = 0
+    for rank, count in enumerate(counts):
+        part = values if rank == 0 else comm.recv_(np.empty(int(count)), source=rank)
+        out[start:start + len(part)] = part
+        start += len(part)
+
+
+def _write_gathered(group, ids, sizes, values, comm) -> None:
+    """The general case (shards in any order): everything gathered on rank 0, then sorted."""
+    if not comm.is_root:
+        return
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
     order = np.argsort(ids, kind="stable")
-    return (ids[order], np.concatenate([[0], np.cumsum(sizes[order])]),
-            values[concatenated_ranges(starts[order], sizes[order])])
-
-
-def write_messages(group: h5py.Group, gathered) -> None:
-    for name, data in zip(("sample_id", "offset", "values"), gathered):
-        group.create_dataset(name, data=data)
+    group.create_dataset("sample_id", data=ids[order])
+    group.create_dataset("offset", data=np.concatenate([[0], np.cumsum(sizes[order])]))
+    group.create_dataset("values", data=values[concatenated_ranges(starts[order], sizes[order])])
 
 
 def save_messages(store, comm, path: str | Path) -> None:
-    """The persistent blend messages of all ranks in one file by global sample id (rank 0 writes)."""
-    gathered = gather_messages(store, comm)
-    if gathered is None:
+    """Collective: the persistent blend messages of all ranks in one file (rank 0 writes)."""
+    if not comm.is_root:
+        write_messages(None, store, comm)
         return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        write_messages(f, gathered)
+        write_messages(f, store, comm)
     os.replace(tmp, path)
 
 
