@@ -23,7 +23,7 @@ if mpi_missing():
 
 HERE = Path(__file__).resolve().parent
 # checks written for any number of ranks: each passes alone and under mpirun
-RANK_AGNOSTIC = ("test_comm_ranks.py", "test_checkpoint_ranks.py")
+RANK_AGNOSTIC = ("test_comm_ranks.py", "test_checkpoint_ranks.py", "test_message_saving.py")
 
 
 def mpirun(ranks, data, run_dir, *extra, timeout=120):
