@@ -11,7 +11,8 @@ import torch
 
 from dstrain.comm import GradientReducer, launcher_environment
 
-pytestmark = pytest.mark.timeout(120)   # a rank stuck in a collective fails instead of hanging
+# a rank stuck in a collective: the timeout thread ends its process, and mpirun the job
+pytestmark = pytest.mark.timeout(60, method="thread")
 
 
 def test_the_communicator_spans_the_launched_ranks(comm):

@@ -10,7 +10,8 @@ import pytest
 from dstrain.learning.messages import MessageStore
 from dstrain.learning.params import load_messages, save_messages
 
-pytestmark = pytest.mark.timeout(120)   # a rank stuck in a collective fails instead of hanging
+# a rank stuck in a collective: the timeout thread ends its process, and mpirun the job
+pytestmark = pytest.mark.timeout(60, method="thread")
 SAMPLES_PER_RANK, SIZE = 64, 4096      # 2 MiB of float64 messages per rank
 
 
