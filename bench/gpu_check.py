@@ -19,7 +19,7 @@ cut short keeps what it measured.  Exit code 1 when a check failed or a step cra
 performance target is reported (FAIL in the table), not an error.
 --emulate: step a on EmulatedKernels (the same .cu compiled by g++), step b with torch on the CPU
 (numpy copy bandwidth, perf_counter), steps c and d with run.device=cpu, the "GPU" side and the
-mpirun runs taking the GPU code path with emulated kernels (DSTRAIN_EMULATE_KERNELS=1).
+mpirun runs taking the GPU code path with emulated kernels (debug.emulate_kernels=true).
 """
 from __future__ import annotations
 
@@ -307,11 +307,9 @@ def train(args, run_dir: Path, device: str, settings, ranks: int = 0, gpu_path: 
         command = [args.mpirun, "-n", str(ranks), "--oversubscribe", "--bind-to", "none",
                    "-x", "PYTHONPATH", "-x", "PATH", *command]
     # --emulate: the "GPU" side still takes the GPU code path, with the kernels emulated
-    env = {**ENV, "DSTRAIN_EMULATE_KERNELS": "1" if gpu_path and args.emulate else "0"}
-    if ranks and gpu_path and args.emulate:
-        command[1:1] = ["-x", "DSTRAIN_EMULATE_KERNELS"]
+    command.append(f"debug.emulate_kernels={'true' if gpu_path and args.emulate else 'false'}")
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+    done = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=args.train_timeout)
     if done.returncode:
         raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-1500:]}")
@@ -411,9 +409,9 @@ def step_blend(args, device, report):
     else:
         sets = ["run.device=cuda", "train.variant=joint"]   # from scratch: fits the device time
         command = ["--epochs", str(args.blend_epochs), "--tols", "1e-4", "1e-6", "--seeds", "2"]
-    env = {**ENV, "DSTRAIN_EMULATE_KERNELS": "1" if args.emulate else "0"}
+    sets.append(f"debug.emulate_kernels={'true' if args.emulate else 'false'}")
     done = subprocess.run([sys.executable, "bench/blend_vs_converge.py", *command, "--out", str(out),
-                           "--set", *sets], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--set", *sets], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=args.train_timeout * 2)
     if done.returncode:
         raise RuntimeError(f"exit {done.returncode}: {done.stderr.strip()[-1500:]}")

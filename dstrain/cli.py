@@ -85,10 +85,14 @@ def cmd_train(args) -> int:
     # Slurm sends SIGTERM (or SIGUSR1 with --signal) before preemption and at the time limit:
     # the trainer then checkpoints at the end of the step and returns; exit 0 so a requeue resumes
     stop_signals: list[int] = []
-    for number in (signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(number, lambda received, _frame: stop_signals.append(received))
-    train(config, run_dir=args.run_dir, progress=not args.no_progress, comm=args.comm,
-          resume=args.resume, stop_signals=stop_signals)
+    previous = {number: signal.signal(number, lambda received, _frame: stop_signals.append(received))
+                for number in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        train(config, run_dir=args.run_dir, progress=not args.no_progress, comm=args.comm,
+              resume=args.resume, stop_signals=stop_signals)
+    finally:   # main() called from Python (tests, notebooks) gets its process's handlers back
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return 0
 
 
@@ -219,6 +223,8 @@ def cmd_show(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .submit import LAUNCHERS
+
     top = argparse.ArgumentParser(prog="dstrain", description="Deep structured models, sample-parallel.")
     commands = top.add_subparsers(dest="command", required=True)
 
@@ -260,8 +266,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--gpus-per-node", type=int, default=0)
     sub.add_argument("--time", default="01:00:00", help="wall-time limit, Slurm's format")
     sub.add_argument("--partition")
-    sub.add_argument("--launcher", default="srun", choices=("srun", "mpirun"),
-                     help="srun (PMIx/PMI2) or mpirun inside the allocation")
+    sub.add_argument("--launcher", default="srun", choices=LAUNCHERS,
+                     help="srun --mpi=pmix (needs Slurm's PMIx plugin) or Open MPI's mpirun inside "
+                          "the allocation (docs/launching.md)")
     sub.add_argument("--run-dir", help="default: run.dir of the config")
     sub.add_argument("--dry-run", action="store_true", help="print the script, submit nothing")
     sub.add_argument("--wait", action="store_true", help="wait for the job; exit with its code")

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import os
 import sys
+import typing
 
 import numpy as np
 import torch
+
+from .config import Communicator
 
 # launcher -> (rank, local rank, world size) environment variables, checked in this order
 LAUNCHER_ENV = (
@@ -156,8 +159,9 @@ def mpi_cuda_query() -> tuple[str | None, bool | None]:
 
 def init(kind: str = "auto") -> SingleProcess:
     """`auto`: MPI if a launcher started more than one process; `mpi`: always; `none`: never."""
-    if kind not in ("auto", "mpi", "none"):
-        raise ValueError(f"communicator {kind!r}: expected auto, mpi or none")
+    kinds = typing.get_args(Communicator)
+    if kind not in kinds:
+        raise ValueError(f"communicator {kind!r}: expected one of {', '.join(kinds)}")
     launched = launcher_environment()
     if kind == "mpi" or (kind == "auto" and launched is not None and launched[3] > 1):
         try:

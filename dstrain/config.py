@@ -1,10 +1,15 @@
-"""Typed configuration: one dataclass per section, validated in ``__post_init__``, read from YAML.
+"""Typed configuration: one dataclass per section, read from YAML, checked by its annotations.
 
-A config file has the sections ``data``, ``model``, ``inference``, ``train`` and ``run``; every key
-has a default, so an empty file (or ``Config()``) is a valid configuration::
+A config file has the sections ``data``, ``model``, ``inference``, ``train``, ``run`` and
+``debug``; every key has a default, so an empty file (or ``Config()``) is a valid configuration::
 
     config = load_config("configs/words_debug.yaml", overrides=["train.lr=0.1", "model.hidden=[64, 32]"])
     save_config(config, "runs/words_debug/config.yaml")   # reloads to an equal Config
+
+Each key is declared once: its type (``int``, ``float``, ``bool``, ``str``, ``list[int]``, or a
+``Literal`` of the allowed choices) and, in the field's metadata, its range (``low``, ``high``,
+``low_open``, ``high_open``, ``min_len``, ``max_len``).  ``check_fields`` checks any such
+dataclass by those declarations (the sections, and the model classes' ``Options``).
 
 Every problem raises :class:`ConfigError`, one line that starts with where the value came from
 (the file, or the ``--set`` override) and names the key path, e.g.
@@ -17,16 +22,23 @@ import numbers
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Literal, Mapping
 
 import yaml
 
 from .errors import InputError
+from .graph.region_graph import COUNTING_PRESETS
 
-ALGORITHMS = ("exact", "converge", "blend")
-COUNTING_NUMBERS = ("convex", "bethe", "trw")
-VARIANTS = ("unary", "piecewise", "joint", "pretrain_joint")
-OPTIMIZERS = ("sgd", "adam")
+# the choices of the config's keys, each declared once
+Algorithm = Literal["exact", "converge", "blend"]
+CountingNumbers = Literal[COUNTING_PRESETS]     # the engine's presets (dstrain.graph)
+Variant = Literal["unary", "piecewise", "joint", "pretrain_joint"]
+Optimizer = Literal["sgd", "adam"]
+Batching = Literal["local", "global"]
+Dtype = Literal["float32", "float64"]
+Communicator = Literal["auto", "mpi", "none"]
+Device = Literal["auto", "cpu", "cuda"]
+CudaAwareMpi = Literal["auto", "yes", "no"]
 
 
 class ConfigError(InputError):
@@ -38,37 +50,14 @@ class ConfigError(InputError):
         super().__init__(f"{source}: {detail}" if source else detail)
 
 
-# ---------------------------------------------------------------- checks used by __post_init__
-# Each takes the section object and a field name, checks (and normalises) the value in place.
-
-def _key(section, name: str) -> str:
-    return f"{section.SECTION}.{name}" if section.SECTION else name
-
+# ---------------------------------------------------------------- the one check
 
 def _show(value) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _fail(section, name: str, expected: str, value, hint: str = "") -> typing.NoReturn:
-    raise ConfigError(f"{_key(section, name)} {expected}, got {_show(value)}{hint}", [_key(section, name)])
-
-
-def _choice(section, name: str, options: tuple[str, ...]) -> None:
-    value = getattr(section, name)
-    if not isinstance(value, str) or value not in options:
-        _fail(section, name, f"must be one of {', '.join(options)}", value)
-
-
-def _bool(section, name: str) -> None:
-    value = getattr(section, name)
-    if not isinstance(value, bool):
-        _fail(section, name, "expects true or false", value)
-
-
-def _str(section, name: str) -> None:
-    value = getattr(section, name)
-    if not isinstance(value, str) or not value:
-        _fail(section, name, "expects a non-empty string", value)
+def _fail(key: str, expected: str, value) -> typing.NoReturn:
+    raise ConfigError(f"{key} {expected}, got {_show(value)}", [key])
 
 
 def _range_text(low, high, low_open: bool, high_open: bool) -> str:
@@ -79,72 +68,96 @@ def _range_text(low, high, low_open: bool, high_open: bool) -> str:
     return f"{'<' if high_open else '<='} {high}"
 
 
-def _in_range(value, low, high, low_open: bool, high_open: bool) -> bool:
-    return ((low is None or (value > low if low_open else value >= low))
-            and (high is None or (value < high if high_open else value <= high)))
+def _check_range(key: str, value, meta: Mapping) -> None:
+    low, high = meta.get("low"), meta.get("high")
+    low_open, high_open = meta.get("low_open", False), meta.get("high_open", False)
+    if ((low is not None and not (value > low if low_open else value >= low))
+            or (high is not None and not (value < high if high_open else value <= high))):
+        _fail(key, f"must be {_range_text(low, high, low_open, high_open)}", value)
 
 
-def _int(section, name: str, low=None, high=None) -> None:
-    value = getattr(section, name)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        _fail(section, name, "expects an integer", value)
-    if not _in_range(value, low, high, False, False):
-        _fail(section, name, f"must be {_range_text(low, high, False, False)}", value)
-    setattr(section, name, int(value))
+def check_value(key: str, kind, value, meta: Mapping = {}):
+    """``value`` checked against the annotation ``kind`` and the range in ``meta``; returns it
+    normalised (ints taken for floats, a YAML 1.1 string such as '1e-4' taken as the number)."""
+    if typing.get_origin(kind) is Literal:
+        choices = typing.get_args(kind)
+        if not any(type(value) is type(choice) and value == choice for choice in choices):
+            _fail(key, f"must be one of {', '.join(map(str, choices))}", value)
+    elif kind is bool:
+        if not isinstance(value, bool):
+            _fail(key, "expects true or false", value)
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            _fail(key, "expects an integer", value)
+        value = int(value)
+        _check_range(key, value, meta)
+    elif kind is float:
+        if isinstance(value, str):   # YAML 1.1 reads exponents without a dot (1e-4) as strings
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            _fail(key, "expects a number", value)
+        value = float(value)
+        _check_range(key, value, meta)
+    elif kind is str:
+        if not isinstance(value, str) or not value:
+            _fail(key, "expects a non-empty string", value)
+    elif typing.get_origin(kind) is list and typing.get_args(kind) == (int,):
+        if not isinstance(value, (list, tuple)) or any(
+                isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
+            _fail(key, "expects a list of integers", value)
+        min_len, max_len = meta.get("min_len", 0), meta.get("max_len")
+        if len(value) < min_len or (max_len is not None and len(value) > max_len):
+            count = f"{min_len} to {max_len}" if max_len is not None else f"at least {min_len}"
+            _fail(key, f"expects {count} entries", list(value))
+        low = meta.get("low", 1)
+        for i, v in enumerate(value):
+            if v < low:
+                raise ConfigError(f"{key}[{i}] must be >= {low}, got {v}", [key])
+        value = [int(v) for v in value]
+    return value
 
 
-def _number(section, name: str, low=None, high=None, low_open=False, high_open=False) -> None:
-    """A float field; ints are accepted and converted."""
-    value = getattr(section, name)
-    if isinstance(value, str):
-        # YAML 1.1 reads exponents without a dot (1e-4) as strings; take them as the number meant
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        _fail(section, name, "expects a number", value)
-    if not _in_range(value, low, high, low_open, high_open):
-        _fail(section, name, f"must be {_range_text(low, high, low_open, high_open)}", value)
-    setattr(section, name, float(value))
-
-
-def _int_list(section, name: str, min_len: int = 1, max_len: int | None = None, low: int = 1) -> None:
-    value = getattr(section, name)
-    if not isinstance(value, (list, tuple)) or any(
-            isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
-        _fail(section, name, "expects a list of integers", value)
-    if len(value) < min_len or (max_len is not None and len(value) > max_len):
-        count = f"{min_len} to {max_len}" if max_len is not None else f"at least {min_len}"
-        _fail(section, name, f"expects {count} entries", list(value))
-    for i, v in enumerate(value):
-        if v < low:
-            raise ConfigError(f"{_key(section, name)}[{i}] must be >= {low}, got {v}", [_key(section, name)])
-    setattr(section, name, [int(v) for v in value])
+def check_fields(section, name: str):
+    """Check (and normalise in place) every field of the dataclass ``section`` by its type
+    annotation and metadata; ``name`` prefixes the key paths in messages.  Returns the section."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        key = f"{name}.{f.name}" if name else f.name
+        setattr(section, f.name, check_value(key, hints[f.name], getattr(section, f.name), f.metadata))
+    return section
 
 
 # ---------------------------------------------------------------- the sections
 
+POSITIVE = {"low": 0, "low_open": True}
+AT_LEAST_0 = {"low": 0}
+AT_LEAST_1 = {"low": 1}
+
+
 @dataclass
-class DataConfig:
+class Section:
+    """A config section: its keys are the dataclass fields, checked by ``check_fields``."""
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self):
+        check_fields(self, self.SECTION)
+
+
+@dataclass
+class DataConfig(Section):
     SECTION: ClassVar[str] = "data"
     path: str = "data/words.h5"
     # the task (application) of the data: a built-in name (words), package.module:Name of a
     # Task subclass, or auto: the data file's root attribute 'task' (words if the file is missing)
     task: str = "auto"
     generate: bool = True       # create the file (with the settings below) if it is missing
-    num_train: int = 10000
-    num_val: int = 2000
-    num_test: int = 2000
-    seed: int = 0
-
-    def __post_init__(self):
-        _str(self, "path")
-        _str(self, "task")
-        _bool(self, "generate")
-        for name in ("num_train", "num_val", "num_test"):
-            _int(self, name, low=1)
-        _int(self, "seed", low=0)
+    num_train: int = field(default=10000, metadata=AT_LEAST_1)
+    num_val: int = field(default=2000, metadata=AT_LEAST_1)
+    num_test: int = field(default=2000, metadata=AT_LEAST_1)
+    seed: int = field(default=0, metadata=AT_LEAST_0)
 
 
 class ModelConfig:
@@ -159,7 +172,7 @@ class ModelConfig:
     def __init__(self, cls: str = "auto", options=None, **values):
         self.cls, self.options, self.values = cls, options, values
         if not isinstance(cls, str) or not cls:
-            _fail(self, "class", "expects a model name", cls)
+            _fail("model.class", "expects a model name", cls)
 
     def resolve(self, task: str | None) -> None:
         """Check the option keys against the model class's Options (found through the task)."""
@@ -198,126 +211,82 @@ class ModelConfig:
         return f"ModelConfig({self.to_dict()})"
 
 
-def check_fields(section, name: str):
-    """Check a dataclass's values by their type annotations (int, float, bool, str, Literal
-    choices, list[int]) and the ranges in each field's metadata (low, high, min_len, max_len);
-    ints are accepted for floats.  Returns the section."""
-    hints = typing.get_type_hints(type(section))
-    section.SECTION = name
-    try:
-        for f in dataclasses.fields(section):
-            kind, meta = hints[f.name], f.metadata
-            if typing.get_origin(kind) is typing.Literal:
-                _choice(section, f.name, typing.get_args(kind))
-            elif kind is bool:
-                _bool(section, f.name)
-            elif kind is int:
-                _int(section, f.name, meta.get("low"), meta.get("high"))
-            elif kind is float:
-                _number(section, f.name, meta.get("low"), meta.get("high"))
-            elif kind is str:
-                _str(section, f.name)
-            elif typing.get_origin(kind) is list and typing.get_args(kind) == (int,):
-                _int_list(section, f.name, meta.get("min_len", 0), meta.get("max_len"),
-                          meta.get("low", 1))
-    finally:
-        del section.SECTION
-    return section
-
-
 @dataclass
-class InferenceConfig:
+class InferenceConfig(Section):
+    """The ``inference`` section; the learner runs it as ``dstrain.learning.InferenceOptions``."""
     SECTION: ClassVar[str] = "inference"
-    algorithm: str = "blend"
-    counting_numbers: str = "convex"
-    eps: float = 1.0
-    sweeps: int = 1                 # blend: sweeps per step
-    max_sweeps: int = 100           # converge: sweep budget
-    tol: float = 1e-4               # converge: stop when the largest message change is below
+    algorithm: Algorithm = "blend"
+    counting_numbers: CountingNumbers = "convex"
+    eps: float = field(default=1.0, metadata=POSITIVE)
+    sweeps: int = field(default=1, metadata=AT_LEAST_1)         # blend: sweeps per step
+    max_sweeps: int = field(default=100, metadata=AT_LEAST_1)   # converge: sweep budget
+    # converge: stop when the largest message change is below
+    tol: float = field(default=1e-4, metadata=AT_LEAST_0)
 
-    def __post_init__(self):
-        _choice(self, "algorithm", ALGORITHMS)
-        _choice(self, "counting_numbers", COUNTING_NUMBERS)
-        _number(self, "eps", low=0, low_open=True)
-        _int(self, "sweeps", low=1)
-        _int(self, "max_sweeps", low=1)
-        _number(self, "tol", low=0)
+    def but(self, **changes):
+        """A checked copy with some keys changed."""
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     SECTION: ClassVar[str] = "train"
-    variant: str = "joint"
-    epochs: int = 20
-    pretrain_epochs: int = 5        # pretrain_joint: unary-only epochs before joint training
-    batch_size: int = 50
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    plateau_factor: float = 0.5     # lr *= factor after `patience` epochs without a better val loss
-    patience: int = 2
-    max_steps: int = 0              # stop after this many steps; 0 = no limit
+    variant: Variant = "joint"
+    epochs: int = field(default=20, metadata=AT_LEAST_1)
+    # pretrain_joint: unary-only epochs before joint training
+    pretrain_epochs: int = field(default=5, metadata=AT_LEAST_0)
+    batch_size: int = field(default=50, metadata=AT_LEAST_1)
+    optimizer: Optimizer = "sgd"
+    lr: float = field(default=0.05, metadata=POSITIVE)
+    momentum: float = field(default=0.9, metadata={"low": 0, "high": 1, "high_open": True})
+    weight_decay: float = field(default=1e-4, metadata=AT_LEAST_0)
+    # lr *= factor after `patience` epochs without a better val loss
+    plateau_factor: float = field(default=0.5, metadata={"low": 0, "high": 1, "low_open": True,
+                                                         "high_open": True})
+    patience: int = field(default=2, metadata=AT_LEAST_0)
+    max_steps: int = field(default=0, metadata=AT_LEAST_0)   # stop after this many steps; 0 = no limit
     # local: each rank shuffles its own shard (seed, epoch, rank); global: every step takes the
     # same global samples whatever the number of ranks (reproducible across rank counts: tests)
-    batching: str = "local"
+    batching: Batching = "local"
 
     def __post_init__(self):
-        _choice(self, "variant", VARIANTS)
-        _choice(self, "batching", ("local", "global"))
-        _int(self, "epochs", low=1)
-        _int(self, "pretrain_epochs", low=0)
+        super().__post_init__()
         if self.variant == "pretrain_joint" and self.pretrain_epochs >= self.epochs:
             raise ConfigError(
                 f"train.pretrain_epochs must be < train.epochs ({self.epochs}) when train.variant is "
                 f"pretrain_joint, got {self.pretrain_epochs}",
                 ["train.pretrain_epochs", "train.epochs", "train.variant"])
-        _int(self, "batch_size", low=1)
-        _choice(self, "optimizer", OPTIMIZERS)
-        _number(self, "lr", low=0, low_open=True)
-        _number(self, "momentum", low=0, high=1, high_open=True)
-        _number(self, "weight_decay", low=0)
-        _number(self, "plateau_factor", low=0, high=1, low_open=True, high_open=True)
-        _int(self, "patience", low=0)
-        _int(self, "max_steps", low=0)
 
 
 @dataclass
-class RunConfig:
+class RunConfig(Section):
     SECTION: ClassVar[str] = "run"
     dir: str = "runs/words"
-    seed: int = 0
+    seed: int = field(default=0, metadata=AT_LEAST_0)
     # torch CPU threads; 0 = torch default.  1 by default: MPI runs one rank per core, and small
     # nets on 2 threads were many times slower once a core was busy (bench/results/choices.md)
-    threads: int = 1
-    dtype: str = "float32"          # parameters and activations; float64 for exact parity checks
-    communicator: str = "auto"      # auto: MPI when a launcher started several processes; mpi; none
-    bucket_mb: float = 25.0         # gradient Allreduce bucket size (MiB)
-    check_sync_every: int = 0       # debug: every N steps check that all ranks' parameters agree
-    checkpoint_every: int = 0       # write RUN_DIR/checkpoints/step-*.h5 every N steps and at the end
-    device: str = "auto"            # auto | cpu | cuda: one GPU per rank, by local rank (auto: if CuPy sees one)
-    # auto | yes | no: hand device buffers to MPI (auto: when the MPI says it supports CUDA)
-    cuda_aware_mpi: str = "auto"
+    threads: int = field(default=1, metadata=AT_LEAST_0)
+    dtype: Dtype = "float32"          # parameters and activations; float64 for exact parity checks
+    communicator: Communicator = "auto"   # auto: MPI when a launcher started several processes
+    bucket_mb: float = field(default=25.0, metadata=POSITIVE)   # gradient Allreduce bucket (MiB)
+    # every N steps check that all ranks' parameters agree (0: never)
+    check_sync_every: int = field(default=0, metadata=AT_LEAST_0)
+    # write RUN_DIR/checkpoints/step-*.h5 every N steps and at the end (0: never)
+    checkpoint_every: int = field(default=0, metadata=AT_LEAST_0)
+    device: Device = "auto"   # cuda: one GPU per rank, by local rank (auto: if CuPy sees one)
+    # hand device buffers to MPI (auto: when the MPI says it supports CUDA)
+    cuda_aware_mpi: CudaAwareMpi = "auto"
     # blend's messages per rank: bytes (int) or a size (300MiB, 2GiB, 1.5GB); auto: half the
     # memory available at start (a GPU's own, or the node's shared by its ranks); unlimited
     message_memory: int | str = "auto"
 
     def __post_init__(self):
-        _str(self, "dir")
-        _int(self, "seed", low=0)
-        _int(self, "threads", low=0)
-        _choice(self, "dtype", ("float32", "float64"))
-        _choice(self, "communicator", ("auto", "mpi", "none"))
-        _number(self, "bucket_mb", low=0, low_open=True)
-        _int(self, "check_sync_every", low=0)
-        _int(self, "checkpoint_every", low=0)
-        _choice(self, "device", ("auto", "cpu", "cuda"))
         if isinstance(self.cuda_aware_mpi, bool):   # YAML 1.1 reads a bare yes / no as a boolean
             self.cuda_aware_mpi = "yes" if self.cuda_aware_mpi else "no"
-        _choice(self, "cuda_aware_mpi", ("auto", "yes", "no"))
+        super().__post_init__()
         if self.message_memory not in ("auto", "unlimited") \
                 and byte_count(self.message_memory) is None:
-            _fail(self, "message_memory", "expects auto, unlimited, a number of bytes or a size "
+            _fail("run.message_memory", "expects auto, unlimited, a number of bytes or a size "
                   "such as 300MiB or 2GiB", self.message_memory)
 
 
@@ -345,6 +314,19 @@ def byte_count(value) -> int | None:
 
 
 @dataclass
+class DebugConfig(Section):
+    """Switches for testing dstrain itself; a normal run leaves them off."""
+    SECTION: ClassVar[str] = "debug"
+    # raise an error at this step (counted from 1) on rank fault_rank, so tests can check that
+    # one failing rank ends the whole job; 0: off
+    fault_step: int = field(default=0, metadata=AT_LEAST_0)
+    fault_rank: int = field(default=0, metadata=AT_LEAST_0)
+    # on the CPU, run inference through the CUDA kernels compiled for the host
+    # (dstrain.gpu.emulator): the GPU code path, checked against the CPU path without a GPU
+    emulate_kernels: bool = False
+
+
+@dataclass
 class Config:
     SECTION: ClassVar[str] = ""
     data: DataConfig = field(default_factory=DataConfig)
@@ -352,6 +334,7 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self):
         hints = typing.get_type_hints(Config)
@@ -361,7 +344,7 @@ class Config:
             if isinstance(value, Mapping):
                 setattr(self, f.name, _from_dict(cls, value))
             elif not isinstance(value, cls):
-                _fail(self, f.name, f"expects a {cls.__name__}", type(value).__name__)
+                _fail(f.name, f"expects a {cls.__name__}", type(value).__name__)
         self.model.resolve(self.task)
 
     def but(self, **sections) -> "Config":

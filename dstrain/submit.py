@@ -11,11 +11,17 @@ import re
 import shlex
 import shutil
 import subprocess
+import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from .errors import InputError
+
+# how the job starts its ranks: srun with Slurm's MPI plugin (pmix), or Open MPI's mpirun
+Launcher = Literal["srun", "mpirun"]
+LAUNCHERS = typing.get_args(Launcher)
 
 
 @dataclass
@@ -26,7 +32,7 @@ class SubmitOptions:
     gpus_per_node: int = 0
     time: str = "01:00:00"
     partition: str | None = None
-    launcher: str = "srun"
+    launcher: Launcher = "srun"
     overrides: tuple[str, ...] = ()
     run_dir: str = "runs/words"
     job_name: str = "dstrain"
@@ -39,8 +45,8 @@ class SubmitOptions:
             raise InputError(f"--gpus-per-node must be >= 0, got {self.gpus_per_node}")
         if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", self.time):
             raise InputError(f"--time {self.time!r}: expected Slurm's [D-]HH:MM:SS, HH:MM or minutes")
-        if self.launcher not in ("srun", "mpirun"):
-            raise InputError(f"--launcher {self.launcher!r}: expected srun or mpirun")
+        if self.launcher not in LAUNCHERS:
+            raise InputError(f"--launcher {self.launcher!r}: expected one of {', '.join(LAUNCHERS)}")
 
 
 def template_text() -> str:

@@ -2,6 +2,8 @@
 
 - Tests marked ``gpu`` are skipped unless CuPy imports and sees at least one CUDA device.
 - The ``rng`` fixture gives each test a freshly seeded numpy Generator.
+- The ``comm`` fixture is this process's communicator: MPI when the tests run under `mpirun`
+  (the rank-agnostic files, see tests/test_mpi.py), the single-process one otherwise.
 """
 import numpy as np
 import pytest
@@ -31,3 +33,11 @@ def pytest_collection_modifyitems(config, items):
 def rng():
     """A numpy Generator with a fixed seed, fresh for every test."""
     return np.random.default_rng(SEED)
+
+
+@pytest.fixture(scope="session")
+def comm():
+    """This process's communicator (MPI only when a launcher started several processes)."""
+    from dstrain.comm import init
+
+    return init("auto")

@@ -1,10 +1,14 @@
-"""Random graphs and potentials shared by the inference tests."""
+"""What several test files share: random graphs and potentials for the inference tests, and the
+wrappers that run `dstrain` (or pytest) in a subprocess, alone or under `mpirun`."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -94,20 +98,74 @@ def assert_groups_close(mine, theirs, **tolerance) -> None:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+# the mpirun of the venv's Open MPI (the test extras) before any other on PATH
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
 # Open MPI refuses to run as root (CI runs as root) unless told
 MPI_ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
+def mpi_missing() -> str | None:
+    """Why real `mpirun` jobs cannot run here, or None when they can."""
+    if MPIRUN is None:
+        return "no mpirun on PATH or beside the interpreter"
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install 'dstrain[mpi]')"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _open_mpi() -> bool:
+    return "Open MPI" in subprocess.run([MPIRUN, "--version"], capture_output=True, text=True).stdout
+
+
+def launcher(ranks: int) -> list[str]:
+    """`mpirun -n ranks` (oversubscribed with Open MPI: the tests start more ranks than there are
+    cores), or nothing for ranks=0."""
+    if not ranks:
+        return []
+    return [MPIRUN, "-n", str(ranks), *(["--oversubscribe"] if _open_mpi() else [])]
+
+
+def run(command, ranks=0, env=None, cwd=ROOT, timeout=300) -> subprocess.CompletedProcess:
+    """`command` (a list) in a subprocess, under `mpirun -n ranks` if ranks; text output."""
+    return subprocess.run([*launcher(ranks), *map(str, command)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, env={**MPI_ENV, **(env or {})})
+
+
+def dstrain(*args, ranks=0, env=None, cwd=ROOT, timeout=300) -> subprocess.CompletedProcess:
+    """The `dstrain` command (`python -m dstrain.cli ARGS`) in a subprocess, as a user runs it."""
+    return run([sys.executable, "-m", "dstrain.cli", *args], ranks, env, cwd, timeout)
+
+
+def train_args(config, run_dir, *sets, resume=None) -> list[str]:
+    """`dstrain train` arguments: a config of configs/ (or a path), a run directory, overrides."""
+    path = config if Path(config).is_absolute() else CONFIGS / config
+    return ["train", "--no-progress", "--config", str(path), "--run-dir", str(run_dir),
+            *(["--resume", resume] if resume else []), *(["--set", *sets] if sets else [])]
+
+
 def dstrain_train(config, run_dir, data, *sets, ranks=0, resume=None, env=None, timeout=300):
     """`dstrain train` in a subprocess (under `mpirun -n ranks` if ranks) on data file `data`
     with --set overrides; asserts success and returns the finished process."""
-    launcher = [MPIRUN, "-n", str(ranks), "--oversubscribe"] if ranks else []
-    command = [*launcher, sys.executable, "-m", "dstrain.cli", "train", "--no-progress",
-               "--config", str(ROOT / "configs" / config), "--run-dir", str(run_dir),
-               *(["--resume", resume] if resume else []),
-               "--set", f"data.path={data}", "data.generate=false", *sets]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                          env={**MPI_ENV, **(env or {})})
+    done = dstrain(*train_args(config, run_dir, f"data.path={data}", "data.generate=false", *sets,
+                               resume=resume), ranks=ranks, env=env, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def pytest_under_mpirun(test_files, ranks=2, timeout=300) -> subprocess.CompletedProcess:
+    """`mpirun -n ranks python -m pytest TEST_FILES`: rank-agnostic test files run by every rank
+    (without pytest's cache, which the ranks would all write; mpirun's pty would colour the output)."""
+    return run([sys.executable, "-m", "pytest", "-q", "--color=no", "-p", "no:cacheprovider",
+                *test_files], ranks, timeout=timeout)
+
+
+def wait_for(check, timeout=60) -> bool:
+    """Poll `check()` every 0.2 s until it is true (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False

@@ -13,15 +13,12 @@ import numpy as np
 import pytest
 
 from dstrain.checkpoint import latest_checkpoint, load_checkpoint
+from dstrain.cli import main
 from dstrain.config import load_config
 from dstrain.tasks.words import generate_words, open_words
 from dstrain.learning.params import load_messages
 from dstrain.learning.trainer import build_model, build_optimizer, message_store, shard
-from helpers import run_params
-
-ROOT = Path(__file__).resolve().parents[1]
-MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
-ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+from helpers import CONFIGS, MPI_ENV, MPIRUN, ROOT, dstrain, launcher, run_params, train_args, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +29,23 @@ def data(tmp_path_factory):
 
 
 def sets(data, *extra):
-    return ["--set", f"data.path={data}", "data.generate=false", "train.variant=joint",
+    return [f"data.path={data}", "data.generate=false", "train.variant=joint",
             "train.epochs=3", "train.batch_size=20", "model.hidden=[16]", "run.checkpoint_every=2",
             "train.batching=global", *extra]
 
 
 def train(run_dir, data, *extra, ranks=1, resume=None):
-    command = [sys.executable, "-m", "dstrain.cli", "train", "--no-progress", "--config",
-               str(ROOT / "configs" / "words_debug.yaml"), "--run-dir", str(run_dir),
-               *(["--resume", resume] if resume else []), *sets(data, *extra)]
-    if ranks > 1:
-        command = [MPIRUN, "-n", str(ranks), "--oversubscribe"] + command
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=240)
+    """`dstrain train` in a subprocess (under mpirun for ranks > 1): a resumed run shares no
+    process state with the run it continues."""
+    return dstrain(*train_args("words_debug.yaml", run_dir, *sets(data, *extra), resume=resume),
+                   ranks=ranks if ranks > 1 else 0, timeout=240)
+
+
+def train_here(capfd, run_dir, data, *extra, resume=None):
+    """`dstrain train` in this process (the CLI's main): (exit code, stdout, stderr)."""
+    capfd.readouterr()
+    code = main(train_args("words_debug.yaml", run_dir, *sets(data, *extra), resume=resume))
+    return (code, *capfd.readouterr())
 
 
 def assert_same_run(a, b):
@@ -54,6 +56,7 @@ def assert_same_run(a, b):
     assert (a / "metrics.jsonl").read_text().count("\n") == (b / "metrics.jsonl").read_text().count("\n")
 
 
+@pytest.mark.slow
 def test_exact_resume_in_one_process_is_bitwise(data, tmp_path):
     assert train(tmp_path / "straight", data).returncode == 0
     first = train(tmp_path / "stopped", data, "train.max_steps=7")
@@ -86,7 +89,7 @@ def test_elastic_resume_gives_every_sample_its_saved_messages(data, tmp_path, ne
         ids, offset, values = (np.asarray(f[f"messages/{k}"]) for k in ("sample_id", "offset", "values"))
     saved = {int(i): values[offset[k]:offset[k + 1]] for k, i in enumerate(ids)}
     # what each rank of the new run restores: only its own block of samples
-    config = load_config(ROOT / "configs" / "words_debug.yaml", sets(data)[1:])
+    config = load_config(CONFIGS / "words_debug.yaml", sets(data))
     with open_words(data, "train") as split:
         for rank in range(new_ranks):
             owned = shard(split.num_samples, rank, new_ranks)
@@ -102,41 +105,31 @@ def test_elastic_resume_gives_every_sample_its_saved_messages(data, tmp_path, ne
     assert "epoch   3" in done.stdout
 
 
-def test_a_crash_while_writing_leaves_the_previous_checkpoint(data, tmp_path):
-    assert train(tmp_path / "run", data, "train.max_steps=4").returncode == 0
+def test_a_crash_while_writing_leaves_the_previous_checkpoint(data, tmp_path, capfd):
+    assert train_here(capfd, tmp_path / "run", data, "train.max_steps=4")[0] == 0
     folder = tmp_path / "run" / "checkpoints"
     (folder / "step-000000006.h5.tmp").write_bytes(b"half a checkpoint")   # never renamed
     (folder / "step-000000005.h5").write_bytes(b"\x89HDF\r\n\x1a\n truncated")
     assert latest_checkpoint(tmp_path / "run").name == "step-000000004.h5"
-    done = train(tmp_path / "run", data, resume="auto")
-    assert done.returncode == 0 and "step 4" in done.stdout
+    code, out, _ = train_here(capfd, tmp_path / "run", data, resume="auto")
+    assert code == 0 and "resumed from" in out and "step 4" in out
 
 
-def test_a_checkpoint_of_another_model_is_refused_in_one_line(data, tmp_path):
-    assert train(tmp_path / "run", data, "train.max_steps=2").returncode == 0
-    done = train(tmp_path / "other", data, "model.hidden=[32]",
-                 resume=str(latest_checkpoint(tmp_path / "run")))
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "checkpoint" in done.stderr
-    assert "step-000000002.h5" in done.stderr
-
-
-def _wait_for(path_or_check, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path_or_check():
-            return True
-        time.sleep(0.2)
-    return False
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(data, tmp_path, capfd):
+    assert train_here(capfd, tmp_path / "run", data, "train.max_steps=2")[0] == 0
+    code, _, err = train_here(capfd, tmp_path / "other", data, "model.hidden=[32]",
+                              resume=str(latest_checkpoint(tmp_path / "run")))
+    assert code == 2
+    assert err.strip().count("\n") == 0 and "checkpoint" in err
+    assert "step-000000002.h5" in err
 
 
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data, tmp_path):
-    command = [sys.executable, "-m", "dstrain.cli", "train", "--no-progress", "--config",
-               str(ROOT / "configs" / "words_debug.yaml"), "--run-dir", str(tmp_path / "run"),
-               *sets(data, "train.epochs=200", "run.checkpoint_every=0")]
+    command = [sys.executable, "-m", "dstrain.cli", *train_args(
+        "words_debug.yaml", tmp_path / "run", *sets(data, "train.epochs=200", "run.checkpoint_every=0"))]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           cwd=ROOT, env=ENV)
-    assert _wait_for(lambda: (tmp_path / "run" / "metrics.jsonl").exists()
+                           cwd=ROOT, env=MPI_ENV)
+    assert wait_for(lambda: (tmp_path / "run" / "metrics.jsonl").exists()
                      and (tmp_path / "run" / "metrics.jsonl").read_text())   # training is under way
     job.send_signal(signal.SIGTERM)
     out, err = job.communicate(timeout=60)
@@ -152,12 +145,11 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(data, tmp_path):
 @pytest.mark.skipif(MPIRUN is None, reason="no mpirun")
 def test_kill_9_of_one_rank_ends_the_job_and_the_last_checkpoint_resumes(data, tmp_path):
     run_dir = tmp_path / "run"
-    command = [MPIRUN, "-n", "2", "--oversubscribe", sys.executable, "-m", "dstrain.cli", "train",
-               "--no-progress", "--config", str(ROOT / "configs" / "words_debug.yaml"),
-               "--run-dir", str(run_dir), *sets(data, "train.epochs=200")]
+    command = [*launcher(2), sys.executable, "-m", "dstrain.cli",
+               *train_args("words_debug.yaml", run_dir, *sets(data, "train.epochs=200"))]
     job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           cwd=ROOT, env=ENV)
-    assert _wait_for(lambda: latest_checkpoint(run_dir) is not None)
+                           cwd=ROOT, env=MPI_ENV)
+    assert wait_for(lambda: latest_checkpoint(run_dir) is not None)
     found = subprocess.run(["pgrep", "-f", f"dstrain.cli train.*{run_dir}"], capture_output=True,
                            text=True).stdout.split()
     # the ranks, not mpirun (whose command line names the run directory too)

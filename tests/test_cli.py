@@ -4,9 +4,6 @@ Bad input must end with one line on stderr, exit code 2 and no traceback; these 
 console entry point in a subprocess, as a user would.
 """
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -14,14 +11,9 @@ import pytest
 
 from dstrain.cli import main
 from dstrain.tasks.words import generate_words
+from helpers import CONFIGS, dstrain
 
-ROOT = Path(__file__).resolve().parents[1]
-DEBUG = str(ROOT / "configs" / "words_debug.yaml")
-
-
-def dstrain(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "dstrain.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+DEBUG = str(CONFIGS / "words_debug.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +46,22 @@ def test_train_eval_plot_end_to_end(small_data, tmp_path):
     assert report["num_samples"] == 40 and 0 <= report["word_accuracy"] <= report["char_accuracy"] <= 1
     assert main(["plot", str(run_dir)]) == 0
     assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_debug_fault_step_fails_the_run_at_that_step_on_that_rank(small_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSTRAIN_FAULT_STEP", "1")           # the switch before the debug section
+
+    def args(run_dir, *sets):
+        return ["train", "--config", DEBUG, "--no-progress", "--run-dir", str(tmp_path / run_dir),
+                "--set", f"data.path={small_data}", "train.variant=joint", "train.epochs=1",
+                "train.max_steps=3", *sets]
+
+    # one process: rank 1 never runs
+    assert main(args("other-rank", "debug.fault_step=2", "debug.fault_rank=1")) == 0
+    with pytest.raises(RuntimeError, match=r"injected fault at step 2 \(debug.fault_step\)"):
+        main(args("run", "debug.fault_step=2"))
+    rows = (tmp_path / "other-rank" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["step"] == 3
 
 
 def _broken_file(path):

@@ -1,11 +1,16 @@
 """The configuration layer: defaults, the shipped config files, every kind of error, overrides,
-and the save -> load round trip."""
+the save -> load round trip, the choices declared once, and the debug section."""
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
+from dstrain import config as config_module
 from dstrain.config import (Config, ConfigError, InferenceConfig, ModelConfig, TrainConfig,
                             config_from_dict, config_to_dict, load_config, save_config)
+from dstrain.graph import COUNTING_PRESETS
+from dstrain.learning import InferenceOptions
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -71,7 +76,7 @@ def test_full_config_values():
 
 
 @pytest.mark.parametrize("text, fragments", [
-    ("trian: {lr: 0.1}\n", ["unknown key 'trian'", "known keys: data, model, inference, train, run"]),
+    ("trian: {lr: 0.1}\n", ["unknown key 'trian'", "known keys: data, model, inference, train, run, debug"]),
     ("train: {lrr: 0.1}\n", ["unknown key 'train.lrr'", "known keys of train:", "lr,"]),
     ("train: {optimizer: sgdd}\n", ["train.optimizer", "sgd, adam", "'sgdd'"]),
     ("inference: {algorithm: bp}\n", ["inference.algorithm", "exact, converge, blend"]),
@@ -188,7 +193,7 @@ def test_save_load_round_trip(tmp_path):
     again = load_config(path)
     assert again == config
     assert config_to_dict(again) == config_to_dict(config)
-    assert list(config_to_dict(config)) == ["data", "model", "inference", "train", "run"]
+    assert list(config_to_dict(config)) == ["data", "model", "inference", "train", "run", "debug"]
     assert list(config_to_dict(config)["train"])[:3] == ["variant", "epochs", "pretrain_epochs"]
     assert type(again.train.weight_decay) is float and type(again.inference.tol) is float
 
@@ -197,3 +202,61 @@ def test_config_from_dict_source():
     with raises("checkpoint x:", "unknown key 'model.depth'"):
         config_from_dict({"model": {"depth": 3}}, source="checkpoint x")
     assert config_from_dict(config_to_dict(Config())) == Config()
+
+
+SECTIONS = [typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)
+            if f.name != "model"]
+CHOICES = [(section, f.name, typing.get_args(typing.get_type_hints(section)[f.name]))
+           for section in SECTIONS for f in dataclasses.fields(section)
+           if typing.get_origin(typing.get_type_hints(section)[f.name]) is typing.Literal]
+
+
+def test_the_choices_are_literal_types_checked_by_one_check():
+    names = {f"{section.SECTION}.{name}" for section, name, _ in CHOICES}
+    assert {"inference.algorithm", "inference.counting_numbers", "train.variant",
+            "train.optimizer", "train.batching", "run.dtype", "run.communicator", "run.device",
+            "run.cuda_aware_mpi"} <= names
+    for section, name, choices in CHOICES:
+        for choice in choices:
+            assert getattr(section(**{name: choice}), name) == choice
+        for wrong in ("no-such-choice", 1, None):
+            with raises(f"{section.SECTION}.{name} must be one of {', '.join(choices)}", repr(wrong)
+                        if isinstance(wrong, str) else str(wrong)):
+                section(**{name: wrong})
+
+
+def test_counting_numbers_are_the_engines_presets():
+    assert typing.get_args(config_module.CountingNumbers) == COUNTING_PRESETS
+    assert "trw" in COUNTING_PRESETS and InferenceConfig(counting_numbers="trw").counting_numbers == "trw"
+
+
+def test_inference_options_are_the_config_section_plus_local():
+    section = load_config(CONFIGS / "words_debug.yaml", ["inference.algorithm=converge",
+                                                         "inference.tol=1e-6"]).inference
+    options = InferenceOptions.from_config(section)
+    assert isinstance(options, InferenceConfig)
+    assert dataclasses.asdict(options) == dataclasses.asdict(section)
+    assert [f.name for f in dataclasses.fields(InferenceOptions)] == \
+        [f.name for f in dataclasses.fields(InferenceConfig)]
+    assert options.but(algorithm="local").algorithm == "local"       # the learner's own choice
+    with raises("inference.algorithm must be one of exact, converge, blend,", "'local'"):
+        section.but(algorithm="local")                                # not a config choice
+    with raises("inference.algorithm must be one of exact, converge, blend, local", "'bp'"):
+        InferenceOptions(algorithm="bp")
+    with raises("inference.eps must be > 0"):
+        options.but(eps=0)
+
+
+def test_the_debug_section_is_off_by_default_and_set_like_any_other():
+    debug = Config().debug
+    assert (debug.fault_step, debug.fault_rank, debug.emulate_kernels) == (0, 0, False)
+    config = load_config(CONFIGS / "words_debug.yaml", ["debug.fault_step=3", "debug.fault_rank=1",
+                                                        "debug.emulate_kernels=true"])
+    assert (config.debug.fault_step, config.debug.fault_rank, config.debug.emulate_kernels) == \
+        (3, 1, True)
+    with raises("--set debug.fault_step=-1:", "debug.fault_step must be >= 0"):
+        load_config(CONFIGS / "words_debug.yaml", ["debug.fault_step=-1"])
+    with raises("--set debug.emulate_kernels=2:", "debug.emulate_kernels expects true or false"):
+        load_config(CONFIGS / "words_debug.yaml", ["debug.emulate_kernels=2"])
+    with raises("unknown key 'debug.fault'", "fault_step, fault_rank, emulate_kernels"):
+        load_config(CONFIGS / "words_debug.yaml", ["debug.fault=1"])

@@ -2,24 +2,20 @@
 DLPack hand-over, device-resident blend messages, gradient pull-back with index_add_, the
 trainer's device branch and checkpoints of device messages -- all against the CPU path.
 The same checks with CuPy on a real GPU are in tests/test_gpu.py."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+import dstrain
+from dstrain.config import load_config
 from dstrain.tasks.words import generate_words
 from dstrain.gpu.emulator import EmulatedKernels
+from dstrain.gpu.kernels import kernel_set
 from dstrain.learning import InferenceOptions, MessageStore
 from dstrain.learning.params import load_messages
 from dstrain.learning.structured import backward
-from helpers import assert_groups_close, run_params
+from helpers import CONFIGS, assert_groups_close, dstrain_train, run_params
 from test_learning import batch_loss, message_sizes, tiny_problem
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def gradients(model, images, labels, lengths, options, kernels=None, store=None):
@@ -89,25 +85,34 @@ def data(tmp_path_factory):
     return path
 
 
+def settings(*extra, emulate=False):
+    """Overrides of configs/words_debug.yaml for a short run (the GPU code path with emulated
+    kernels if `emulate`)."""
+    return ["train.variant=pretrain_joint", "train.epochs=3", "train.pretrain_epochs=1",
+            "train.batch_size=16", "model.hidden=[16]",
+            f"debug.emulate_kernels={str(emulate).lower()}", *extra]
+
+
 def train(run_dir, data, *extra, emulate=False, resume=None):
-    """`dstrain train` on the small data (the GPU code path with emulated kernels if `emulate`):
+    """`dstrain train` in a subprocess (a resumed run shares nothing with the one it continues):
     (final parameters, blend messages)."""
-    command = [sys.executable, "-m", "dstrain.cli", "train", "--no-progress", "--config",
-               str(ROOT / "configs" / "words_debug.yaml"), "--run-dir", str(run_dir),
-               *(["--resume", resume] if resume else []), "--set",
-               f"data.path={data}", "data.generate=false", "train.variant=pretrain_joint",
-               "train.epochs=3", "train.pretrain_epochs=1", "train.batch_size=16",
-               "model.hidden=[16]", *extra]
-    env = {**os.environ, "DSTRAIN_EMULATE_KERNELS": "1" if emulate else "0"}
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    dstrain_train("words_debug.yaml", run_dir, data, *settings(*extra, emulate=emulate),
+                  resume=resume)
+    return run_params(run_dir), load_messages(run_dir / "messages.h5")
+
+
+def train_here(run_dir, data, *extra, emulate=False):
+    """The same run in this process (dstrain.train): (final parameters, blend messages)."""
+    config = load_config(CONFIGS / "words_debug.yaml", [f"data.path={data}", "data.generate=false",
+                                                        *settings(*extra, emulate=emulate)])
+    dstrain.train(config, run_dir, progress=False, log=lambda *_: None)
     return run_params(run_dir), load_messages(run_dir / "messages.h5")
 
 
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 2e-4)])
 def test_training_on_the_device_path_equals_the_cpu_path(data, tmp_path, dtype, tolerance):
-    cpu_params, cpu_messages = train(tmp_path / "cpu", data, f"run.dtype={dtype}")
-    dev_params, dev_messages = train(tmp_path / "dev", data, f"run.dtype={dtype}", emulate=True)
+    cpu_params, cpu_messages = train_here(tmp_path / "cpu", data, f"run.dtype={dtype}")
+    dev_params, dev_messages = train_here(tmp_path / "dev", data, f"run.dtype={dtype}", emulate=True)
     for name in cpu_params:
         scale = max(np.abs(cpu_params[name]).max(), 1.0)
         assert np.abs(dev_params[name] - cpu_params[name]).max() / scale <= tolerance, name
@@ -116,6 +121,7 @@ def test_training_on_the_device_path_equals_the_cpu_path(data, tmp_path, dtype, 
     assert worst <= tolerance * 100 and max(np.abs(m).max() for m in dev_messages.values()) > 0
 
 
+@pytest.mark.slow
 def test_resume_with_device_messages_is_bitwise(data, tmp_path):
     extra = ("run.checkpoint_every=3", "train.batching=global")
     whole, whole_messages = train(tmp_path / "whole", data, *extra, emulate=True)
@@ -124,3 +130,11 @@ def test_resume_with_device_messages_is_bitwise(data, tmp_path):
     for name in whole:
         assert np.array_equal(resumed_params[name], whole[name]), name
     assert all(np.array_equal(resumed[i], whole_messages[i]) for i in whole_messages)
+
+
+def test_kernel_emulation_is_the_configs_switch_not_the_environments(monkeypatch):
+    monkeypatch.setenv("DSTRAIN_EMULATE_KERNELS", "1")     # the switch before the debug section
+    cpu = torch.device("cpu")
+    assert kernel_set(cpu, "float64") is None
+    emulated = kernel_set(cpu, "float64", emulate=True)   # debug.emulate_kernels
+    assert isinstance(emulated, EmulatedKernels) and emulated.dtype == np.float64

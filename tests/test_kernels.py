@@ -174,7 +174,8 @@ def test_nvrtc_compiles_the_kernels_as_cupy_will(real):
 
 
 def test_an_installed_package_finds_its_kernels(tmp_path):
-    """`pip install .` (not editable) ships cuda/*.cu and the emulator's host files."""
+    """`pip install .` (not editable) ships cuda/*.cu, the emulator's host files and the Slurm
+    template of `dstrain submit`."""
     root = SOURCE.resolve().parents[1]
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                             "-q", "-w", str(tmp_path / "wheel"), str(root)],
@@ -183,7 +184,7 @@ def test_an_installed_package_finds_its_kernels(tmp_path):
     (wheel,) = (tmp_path / "wheel").glob("dstrain-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"dstrain/kernels/convex_bp.cu", "dstrain/kernels/host/launch.cpp",
-            "dstrain/kernels/host/cuda_host.h"} <= set(names)
+            "dstrain/kernels/host/cuda_host.h", "dstrain/templates/train.sbatch"} <= set(names)
     site = tmp_path / "site"
     installed = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                                 "--target", str(site), str(wheel)], capture_output=True, text=True)

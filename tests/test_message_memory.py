@@ -3,8 +3,6 @@ the memory available to a process, the fewest ranks that hold a data set, the re
 anything is written, and -- the point of sample-parallel training -- a data set whose messages
 do not fit one process's limit trains when spread over two ranks."""
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from dstrain.learning.messages import (MessageMemoryError, available_memory,
                                        message_memory_limit, ranks_to_fit)
 from dstrain.learning.trainer import shard, train
 from dstrain.tasks.segmentation import generate_segmentation
-from helpers import MPI_ENV, MPIRUN, ROOT, dstrain_train
+from helpers import MPIRUN, ROOT, dstrain, dstrain_train, train_args
 
 # the data set below: 25 training images of 6 x 5 pixels, 3 classes, a 4-connected grid:
 # 2 C (H (W - 1) + (H - 1) W) = 2 * 3 * 49 entries of 8 bytes (float64 on the CPU) per image
@@ -39,13 +37,8 @@ SETS = ["train.epochs=2", "train.pretrain_epochs=1", "train.batch_size=5", "mode
 
 def cli_train(run_dir, data, *sets, ranks=0):
     """`dstrain train` on the segmentation grid config (under mpirun -n ranks if ranks)."""
-    launcher = [MPIRUN, "-n", str(ranks), "--oversubscribe"] if ranks else []
-    config = ROOT / "configs" / "segmentation_grid.yaml"
-    return subprocess.run([*launcher, sys.executable, "-m", "dstrain.cli", "train",
-                           "--no-progress", "--config", str(config),
-                           "--run-dir", str(run_dir), "--set", f"data.path={data}",
-                           "data.generate=false", *SETS, *sets],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300, env=MPI_ENV)
+    return dstrain(*train_args("segmentation_grid.yaml", run_dir, f"data.path={data}",
+                               "data.generate=false", *SETS, *sets), ranks=ranks)
 
 
 def test_sizes_in_the_config():

@@ -1,13 +1,12 @@
-"""Sample-parallel training under a real `mpirun`: parity with one process, fail-fast, rank-0 output.
+"""Sample-parallel training under a real `mpirun`: parity with one process, fail-fast, rank-0
+output; and the rank-agnostic test files run on several ranks.
 
-Each test launches `mpirun -n K dstrain train ...` as a subprocess (oversubscribed past the core
-count), so the default `pytest` run exercises real MPI wherever mpi4py and mpirun are installed;
-elsewhere these tests skip, saying why.
+Each test launches `mpirun -n K ...` as a subprocess (oversubscribed past the core count), so the
+default `pytest` run exercises real MPI wherever mpi4py and mpirun are installed; elsewhere these
+tests skip, saying why.
 """
-import os
-import shutil
+import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,36 +15,31 @@ import pytest
 
 from dstrain.tasks.words import generate_words
 from dstrain.learning.params import load_messages
-from helpers import run_params
+from helpers import dstrain, mpi_missing, pytest_under_mpirun, run_params, train_args
 
 pytestmark = pytest.mark.mpi
-ROOT = Path(__file__).resolve().parents[1]
-MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+if mpi_missing():
+    pytest.skip(mpi_missing(), allow_module_level=True)
+
+HERE = Path(__file__).resolve().parent
+# checks written for any number of ranks: each passes alone and under mpirun
+RANK_AGNOSTIC = ("test_comm_ranks.py", "test_checkpoint_ranks.py", "test_message_saving.py")
 
 
-def _mpi_available() -> str | None:
-    if MPIRUN is None:
-        return "no mpirun on PATH or beside the interpreter"
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError:
-        return "mpi4py is not installed (pip install 'dstrain[mpi]')"
-    return None
+def mpirun(ranks, data, run_dir, *extra, timeout=120):
+    return dstrain(*settings(data, run_dir, *extra), ranks=ranks, timeout=timeout)
 
 
-if _mpi_available():
-    pytest.skip(_mpi_available(), allow_module_level=True)
-
-OPEN_MPI = "Open MPI" in subprocess.run([MPIRUN, "--version"], capture_output=True, text=True).stdout
-# Open MPI refuses to run as root (CI runs as root) unless told
-ENV = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-
-
-def mpirun(ranks, *args, env=None, timeout=120):
-    command = [MPIRUN, "-n", str(ranks)] + (["--oversubscribe"] if OPEN_MPI else [])
-    command += [sys.executable, "-m", "dstrain.cli", "train", "--no-progress", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env={**ENV, **(env or {})}, cwd=ROOT)
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_the_rank_agnostic_files_pass_on_every_rank(ranks):
+    files = [HERE / name for name in RANK_AGNOSTIC]
+    done = pytest_under_mpirun(files, ranks)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # one summary per rank, each counting every test of the files: none skipped, failed or erred
+    tests = sum(len(re.findall(r"^def test_", f.read_text(), re.M)) for f in files)
+    summaries = re.findall(r"^(\d+) passed(.*) in [\d.]+s", done.stdout, re.M)
+    assert [int(passed) for passed, _ in summaries] == [tests] * ranks, done.stdout[-3000:]
+    assert not any(re.search("skipped|failed|error", rest) for _, rest in summaries), summaries
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +51,9 @@ def data(tmp_path_factory):
 
 
 def settings(data, run_dir, *extra):
-    return ["--config", str(ROOT / "configs" / "words_debug.yaml"), "--run-dir", str(run_dir),
-            "--set", f"data.path={data}", "data.generate=false", "train.variant=joint",
-            "train.epochs=2", "train.batch_size=20", "train.batching=global", "model.hidden=[16]",
-            "run.check_sync_every=1", *extra]
+    return train_args("words_debug.yaml", run_dir, f"data.path={data}", "data.generate=false",
+                      "train.variant=joint", "train.epochs=2", "train.batch_size=20",
+                      "train.batching=global", "model.hidden=[16]", "run.check_sync_every=1", *extra)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +62,7 @@ def single(data, tmp_path_factory):
     runs = {}
     for dtype in ("float64", "float32"):
         run_dir = tmp_path_factory.mktemp(f"single-{dtype}")
-        done = subprocess.run([sys.executable, "-m", "dstrain.cli", "train", "--no-progress",
-                               *settings(data, run_dir, f"run.dtype={dtype}")],
-                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        done = dstrain(*settings(data, run_dir, f"run.dtype={dtype}"), timeout=120)
         assert done.returncode == 0, done.stderr
         runs[dtype] = run_dir
     return runs
@@ -79,7 +70,7 @@ def single(data, tmp_path_factory):
 
 @pytest.mark.parametrize("ranks", [2, 3, 4])
 def test_parameters_and_messages_equal_the_single_process_run(ranks, data, single, tmp_path):
-    done = mpirun(ranks, *settings(data, tmp_path, "run.dtype=float64"))
+    done = mpirun(ranks, data, tmp_path, "run.dtype=float64")
     assert done.returncode == 0, done.stderr[-2000:]
     expected, got = run_params(single["float64"]), run_params(tmp_path)
     for name in expected:
@@ -92,8 +83,7 @@ def test_parameters_and_messages_equal_the_single_process_run(ranks, data, singl
 
 def test_two_ranks_on_the_gpu_code_path_equal_one_cpu_process(data, single, tmp_path):
     # the kernels emulated on the CPU: device-resident messages and torch-tensor gradients per rank
-    done = mpirun(2, *settings(data, tmp_path, "run.dtype=float64"),
-                  env={"DSTRAIN_EMULATE_KERNELS": "1"})
+    done = mpirun(2, data, tmp_path, "run.dtype=float64", "debug.emulate_kernels=true")
     assert done.returncode == 0, done.stderr[-2000:]
     expected, got = run_params(single["float64"]), run_params(tmp_path)
     for name in expected:
@@ -103,7 +93,7 @@ def test_two_ranks_on_the_gpu_code_path_equal_one_cpu_process(data, single, tmp_
 
 
 def test_float32_parity_within_1e_5_relative(data, single, tmp_path):
-    done = mpirun(2, *settings(data, tmp_path, "run.dtype=float32"))
+    done = mpirun(2, data, tmp_path, "run.dtype=float32")
     assert done.returncode == 0, done.stderr[-2000:]
     expected, got = run_params(single["float32"]), run_params(tmp_path)
     for name in expected:
@@ -112,7 +102,7 @@ def test_float32_parity_within_1e_5_relative(data, single, tmp_path):
 
 
 def test_rank_0_alone_writes_and_logs(data, tmp_path):
-    done = mpirun(3, *settings(data, tmp_path, "train.batching=local"))
+    done = mpirun(3, data, tmp_path, "train.batching=local")
     assert done.returncode == 0, done.stderr[-2000:]
     epochs = [line for line in done.stdout.splitlines() if line.startswith("epoch")]
     assert len(epochs) == 2                                   # one log line per epoch, not per rank
@@ -122,8 +112,7 @@ def test_rank_0_alone_writes_and_logs(data, tmp_path):
 
 def test_a_failing_rank_ends_the_job_quickly_and_says_where(data, tmp_path):
     started = time.monotonic()
-    done = mpirun(2, *settings(data, tmp_path), env={"DSTRAIN_FAULT_STEP": "3",
-                                                     "DSTRAIN_FAULT_RANK": "1"}, timeout=60)
+    done = mpirun(2, data, tmp_path, "debug.fault_step=3", "debug.fault_rank=1", timeout=60)
     assert done.returncode != 0
     assert time.monotonic() - started < 30
     assert "error on rank 1 of 2: injected fault at step 3" in done.stderr

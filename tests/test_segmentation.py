@@ -241,11 +241,11 @@ def data(tmp_path_factory):
                                  seed=1, progress=False)
 
 
-def train(run_dir, data, *extra, ranks=0, resume=None, env=None):
+def train(run_dir, data, *extra, ranks=0, resume=None):
     dstrain_train("segmentation_grid.yaml", run_dir, data, "train.epochs=3",
                   "train.pretrain_epochs=1", "train.batch_size=5", "train.batching=global",
                   "model.depth=1", "model.width=4", "run.dtype=float64", *extra, ranks=ranks,
-                  resume=resume, env=env)
+                  resume=resume)
     return run_params(run_dir), load_messages(run_dir / "messages.h5")
 
 
@@ -261,6 +261,7 @@ def test_two_ranks_reproduce_one_process(data, tmp_path):
         np.testing.assert_allclose(two_messages[i], one_messages[i], atol=1e-10)
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, tmp_path):
     whole, whole_messages = train(tmp_path / "whole", data, "run.checkpoint_every=4")
     train(tmp_path / "part", data, "run.checkpoint_every=4", "train.max_steps=7")
@@ -269,7 +270,7 @@ def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, t
     for name in whole:
         assert np.array_equal(resumed[name], whole[name]), name
     assert all(np.array_equal(resumed_messages[i], whole_messages[i]) for i in whole_messages)
-    device, device_messages = train(tmp_path / "device", data, env={"DSTRAIN_EMULATE_KERNELS": "1"})
+    device, device_messages = train(tmp_path / "device", data, "debug.emulate_kernels=true")
     for name in whole:
         np.testing.assert_allclose(device[name], whole[name], rtol=0, atol=1e-10, err_msg=name)
 
@@ -299,6 +300,7 @@ def train_dense(run_dir, data, *extra, ranks=0, resume=None):
     return run_params(run_dir), done.stdout
 
 
+@pytest.mark.slow
 def test_dense_crf_model_learns_its_kernels_and_resumes_bitwise(data, tmp_path):
     whole, log = train_dense(tmp_path / "whole", data, "run.checkpoint_every=4")
     assert "mean_iou" in log

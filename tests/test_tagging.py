@@ -138,11 +138,11 @@ def features_file(path, num_train=48, num_val=16, tags=5, seed=0):
     return path
 
 
-def train(run_dir, data, *extra, ranks=0, resume=None, env=None):
+def train(run_dir, data, *extra, ranks=0, resume=None):
     done = dstrain_train("tagging_debug.yaml", run_dir, data, "train.epochs=3",
                          "train.pretrain_epochs=1", "train.batch_size=10", "train.batching=global",
                          "model.unary=mlp", "model.hidden=[6]", "model.features=4",
-                         "run.dtype=float64", *extra, ranks=ranks, resume=resume, env=env)
+                         "run.dtype=float64", *extra, ranks=ranks, resume=resume)
     return run_params(run_dir), done.stdout
 
 
@@ -160,6 +160,7 @@ def test_two_ranks_reproduce_one_process(data, tmp_path):
         np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-10, err_msg=name)
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, tmp_path):
     whole, log = train(tmp_path / "whole", data, "run.checkpoint_every=4")
     assert "hamming_error" in log and "mean_ap" in log
@@ -167,6 +168,6 @@ def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, t
     resumed, _ = train(tmp_path / "part", data, "run.checkpoint_every=4", resume="auto")
     for name in whole:
         assert np.array_equal(resumed[name], whole[name]), name
-    device, _ = train(tmp_path / "device", data, env={"DSTRAIN_EMULATE_KERNELS": "1"})
+    device, _ = train(tmp_path / "device", data, "debug.emulate_kernels=true")
     for name in whole:
         np.testing.assert_allclose(device[name], whole[name], rtol=0, atol=1e-10, err_msg=name)

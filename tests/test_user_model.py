@@ -3,9 +3,7 @@ brute-force enumeration, training from the CLI and from Python, `mpirun -n 2` pa
 resume, the GPU code path with emulated kernels; and learning/ knows no task."""
 import itertools
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +13,8 @@ import dstrain
 from dstrain.learning import InferenceOptions, backward, structured_loss
 from dstrain.models import Batch
 from dstrain.tasks import load_reference
-from helpers import MPIRUN, dstrain_train, run_params
+from helpers import MPIRUN, ROOT, dstrain_train, run, run_params
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "ring_crf.py"
 CONFIG = ROOT / "configs" / "ring_example.yaml"
 ring = load_reference(f"{EXAMPLE}:RingCRF", "model").__module__
@@ -62,10 +59,10 @@ def test_gradient_equals_brute_force_enumeration():
         torch.testing.assert_close(mine, theirs.grad, rtol=1e-10, atol=1e-12)
 
 
-def train(run_dir, data, *extra, ranks=0, resume=None, env=None):
+def train(run_dir, data, *extra, ranks=0, resume=None):
     dstrain_train("ring_example.yaml", run_dir, data, "train.epochs=4", "train.pretrain_epochs=1",
                   "train.batch_size=16", "train.batching=global", "model.hidden=8", *extra,
-                  ranks=ranks, resume=resume, env=env)
+                  ranks=ranks, resume=resume)
     return run_params(run_dir)
 
 
@@ -78,6 +75,7 @@ def test_two_ranks_reproduce_one_process(data, tmp_path):
         np.testing.assert_allclose(two[name], one[name], rtol=0, atol=1e-10, err_msg=name)
 
 
+@pytest.mark.slow
 def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, tmp_path):
     extra = ("run.checkpoint_every=3", "run.dtype=float64")
     whole = train(tmp_path / "whole", data, *extra)
@@ -85,7 +83,7 @@ def test_resume_is_bitwise_and_the_emulated_gpu_path_equals_the_cpu_path(data, t
     resumed = train(tmp_path / "part", data, *extra, resume="auto")
     for name in whole:
         assert np.array_equal(resumed[name], whole[name]), name
-    device = train(tmp_path / "device", data, *extra, env={"DSTRAIN_EMULATE_KERNELS": "1"})
+    device = train(tmp_path / "device", data, *extra, "debug.emulate_kernels=true")
     for name in whole:
         np.testing.assert_allclose(device[name], whole[name], rtol=0, atol=1e-10, err_msg=name)
 
@@ -103,7 +101,7 @@ def test_learning_imports_no_task():
     code = ("import sys, dstrain.learning.trainer, dstrain.learning.structured, "
             "dstrain.learning.on_device; "
             "print([m for m in sys.modules if m.startswith('dstrain.tasks.')])")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    done = run([sys.executable, "-c", code])
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
     for source in (ROOT / "dstrain" / "learning").glob("*.py"):   # only the registry, if any

@@ -16,14 +16,16 @@ import re
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import torch
 
+from ..config import CudaAwareMpi, Device
 from ..errors import InputError
 
-DEVICES = ("auto", "cpu", "cuda")
-CUDA_AWARE_SETTINGS = ("auto", "yes", "no")
+DEVICES = typing.get_args(Device)                    # run.device's choices
+CUDA_AWARE_SETTINGS = typing.get_args(CudaAwareMpi)  # run.cuda_aware_mpi's
 OMPI_INFO_TIMEOUT_S = 20
 
 _cupy_error: str | None = None     # why cupy_module() returned None

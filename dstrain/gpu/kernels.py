@@ -7,7 +7,6 @@ The ``.cu`` files live in the repository's ``cuda/`` folder; the package reaches
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -91,13 +90,14 @@ def on_torch_stream():
     return cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream)
 
 
-def kernel_set(device, dtype: str):
+def kernel_set(device, dtype: str, emulate: bool = False):
     """The kernels for a run on `device` (a torch.device) in `dtype` ("float32" or "float64"):
-    CUDA kernels on a GPU; on the CPU None (the CPU engine), or, with DSTRAIN_EMULATE_KERNELS=1,
-    the same kernels emulated (how the tests run the whole GPU path without a GPU)."""
+    CUDA kernels on a GPU; on the CPU None (the CPU engine), or with `emulate` (the config's
+    debug.emulate_kernels) the same kernels emulated: how the tests run the whole GPU path
+    without a GPU."""
     if device.type == "cuda":
         return cuda_kernels(dtype, device.index if device.index is not None else 0)
-    if os.environ.get("DSTRAIN_EMULATE_KERNELS", "") not in ("", "0"):
+    if emulate:
         from .emulator import EmulatedKernels
         return EmulatedKernels(np.dtype(dtype))
     return None

@@ -78,8 +78,10 @@ def write_messages(group: h5py.Group | None, store, comm) -> None:
     group.create_dataset("offset", data=offset)
     out = group.create_dataset("values", shape=(int(offset[-1]),), dtype=np.float64)
     start = 0
+    # one buffer for every received shard: a new one per rank would briefly hold two
+    received = np.empty(int(max(counts[1:], default=0)))
     for rank, count in enumerate(counts):
-        part = values if rank == 0 else comm.recv_(np.empty(int(count)), source=rank)
+        part = values if rank == 0 else comm.recv_(received[:int(count)], source=rank)
         out[start:start + len(part)] = part
         start += len(part)
 

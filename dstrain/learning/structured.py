@@ -20,13 +20,16 @@ truth counted.  With a kernel set (``dstrain.gpu``) inference runs on the model'
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import typing
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 
+from ..config import Algorithm as ConfigAlgorithm, InferenceConfig
 from ..graph import GraphBatch
 from ..inference import ConvexBP
 from ..inference.exact import chain_marginals
@@ -34,24 +37,20 @@ from ..models import DenseCRFPotentials, RegionLayout, RegionPotentials
 from ..models.layout import enumeration_tables, exact_kind
 from .messages import MessageStore
 
-ALGORITHMS = ("exact", "converge", "blend", "local")
+# the config's algorithms, and local: each region its own classifier (unary and piecewise phases)
+Algorithm = Literal[ConfigAlgorithm, "local"]
+ALGORITHMS = typing.get_args(Algorithm)
 
 
 @dataclass
-class InferenceOptions:
-    algorithm: str = "blend"        # exact | converge | blend | local (no message passing)
-    counting_numbers: str = "convex"
-    eps: float = 1.0
-    sweeps: int = 1                 # blend: sweeps per step
-    max_sweeps: int = 100           # converge: budget
-    tol: float = 1e-4               # converge: largest message change to stop at
+class InferenceOptions(InferenceConfig):
+    """The ``inference`` section of the config as the learner runs it, where the algorithm may
+    also be ``local``; ``InferenceOptions.from_config(config.inference)``."""
+    algorithm: Algorithm = "blend"
 
     @classmethod
-    def from_config(cls, inference_config) -> "InferenceOptions":
-        return cls(**{k: getattr(inference_config, k) for k in cls.__dataclass_fields__})
-
-    def but(self, **changes) -> "InferenceOptions":
-        return InferenceOptions(**{**self.__dict__, **changes})
+    def from_config(cls, inference_config: InferenceConfig) -> "InferenceOptions":
+        return cls(**dataclasses.asdict(inference_config))
 
 
 @dataclass
@@ -100,6 +99,7 @@ def backward(potentials, result: StructuredResult) -> None:
 
 
 def check_algorithm(options: InferenceOptions) -> None:
+    # options are checked when built: this catches an algorithm assigned afterwards
     if options.algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm = {options.algorithm!r}: expected one of {ALGORITHMS}")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,13 +197,6 @@ class LoopState:
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
 
 
-def _injected_fault() -> tuple[int, int] | None:
-    """Test-only fault switch: DSTRAIN_FAULT_STEP=k DSTRAIN_FAULT_RANK=r raise at step k on rank r
-    (rank 0 if unset); (step, rank), or None when the switch is off.  Read once per run."""
-    step = os.environ.get("DSTRAIN_FAULT_STEP")
-    return None if step is None else (int(step), int(os.environ.get("DSTRAIN_FAULT_RANK", "0")))
-
-
 def _log_line(epoch: int, phase: str, train_loss: float, val: dict, seconds: float,
               names=None) -> str:
     shown = "  ".join(f"{name} {100 * value:.2f}%" for name, value in val.items()
@@ -246,7 +238,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
         model = build_model(config, train_split, device)
     options = InferenceOptions.from_config(config.inference)
     check_inference(model, train_y, options)
-    kernels = kernel_set(device, config.run.dtype)   # None: the CPU engine
+    kernels = kernel_set(device, config.run.dtype, config.debug.emulate_kernels)   # None: CPU engine
     if options.algorithm == "blend":   # before anything is written: every rank's shard must fit
         sizes = message_sizes(model, train_y)
         itemsize = np.dtype(np.float64 if kernels is None else kernels.dtype).itemsize
@@ -299,7 +291,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
     step, last, stopped = start.step, {}, False
     epoch, totals, sweeps = start.epoch - 1, np.zeros(4), 0   # as they stand if no epoch runs
     t = config.train
-    fault = _injected_fault()
+    fault = (config.debug.fault_step, config.debug.fault_rank)   # test-only; step 0: never
     for epoch in range(start.epoch, t.epochs):
         phase = phase_of(t.variant, epoch, t.pretrain_epochs)
         if phase != previous_phase:   # a new loss: its plateau is measured afresh
@@ -317,7 +309,7 @@ def train(config: Config, run_dir: str | Path | None = None, progress: bool = Tr
                    disable=None if progress and root else True, leave=False)
         for batch_in_epoch, ids in enumerate(bar, start=first_batch + 1):
             if fault == (step + 1, comm.rank):
-                raise RuntimeError(f"injected fault at step {step + 1} (DSTRAIN_FAULT_STEP)")
+                raise RuntimeError(f"injected fault at step {step + 1} (debug.fault_step)")
             rows = position[ids]
             reducer.zero_grad()
             if len(rows):
