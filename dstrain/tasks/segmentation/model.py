@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...config import ConfigError
 from ...graph import GraphSpec, chain, grid
 from ...models import (Batch, DenseCRFPotentials, RegionPotentials, StructuredModel,
                        stacked_potentials)
@@ -30,14 +29,7 @@ class GridOptions:
     width: int = field(default=32, metadata={"low": 1})    # their channels
     pairwise: Literal["table", "net"] = "net"   # per direction, or per edge from the features
     # neighbours of a pixel: 4, or 8 (diagonal pairs too, with their own direction tables / heads)
-    connectivity: int = field(default=4, metadata={"low": 4, "high": 8})
-
-    def __post_init__(self):
-        # the config's field checks know int ranges, not int choices: 5, 6 and 7 are refused here
-        value = self.connectivity
-        if isinstance(value, int) and not isinstance(value, bool) and value not in (4, 8):
-            raise ConfigError(f"model.connectivity must be 4 or 8, got {value}",
-                              ["model.connectivity"])
+    connectivity: Literal[4, 8] = 4
 
 
 class PixelNet(nn.Module):
