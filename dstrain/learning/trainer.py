@@ -60,6 +60,7 @@ def ensure_data(config: Config, log=print) -> Path:
         d = config.data
         log(f"{path} does not exist: generating it ({config.task}, {d.num_train}/{d.num_val}/"
             f"{d.num_test} samples, seed {d.seed})")
+        path.parent.mkdir(parents=True, exist_ok=True)   # a task's generator need not make it
         get_task(config.task).generate(path, d, progress=False)
     return path
 
