@@ -10,7 +10,10 @@ are formed here, over the whole batch, in one fixed order.
 
 Engines (docs/design.md §2 has the formulas):
 
-* ``FlatBP`` (flat.py): any region graph, flattened to index arrays.
+* ``FlatBP`` (flat.py): any region graph, flattened to index arrays; with shared pair tables;
+  batches of one template (2nd-order words, grids) read their pair tables through views.
+* ``DenseBP`` (dense.py): batches of one dense binary pairwise graph (the tagging task's fully
+  connected graph), on (S, V, V) arrays, for any counting numbers whose pairs' are > 0.
 
 A run with tol = 0 (blend's few sweeps) is one task per range: start, sweeps and read-outs; with
 tol > 0 the ranges meet after every sweep, so all stop at the same sweep.
@@ -19,12 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..graph.batch import GraphBatch
-from .flat import _UNDERFLOW, FlatBP, FlatState, PairSharing
+from .dense import DenseBP, dense_plan
+from .flat import FlatBP, PairSharing
 from .threads import engine_threads, run_parallel
 
 # a range of samples with fewer potential and message entries than this is not worth a thread
@@ -42,6 +48,8 @@ class BPResult:
     rest_beliefs: np.ndarray | None = None   # with shared tables: beliefs at sharing.rest
     sharing: PairSharing | None = None
     formed: np.ndarray | None = None   # (N,) beliefs, once formed
+    # wall seconds of the run's start, sweeps and read-outs (the slowest range's, each)
+    seconds: dict = field(default_factory=dict)
 
     @property
     def beliefs(self) -> np.ndarray:
@@ -53,25 +61,34 @@ class BPResult:
         return self.formed
 
 
-@dataclass
 class _Part:
-    """Samples [s0, s1) of the batch: their potential and message ranges and their engine."""
+    """Samples [s0, s1) of the batch: their potential and message ranges and their engines (the
+    flat one built when first used)."""
 
-    s0: int
-    s1: int
-    p0: int
-    p1: int
-    m0: int
-    m1: int
-    engine: FlatBP
+    def __init__(self, batch: GraphBatch, s0: int, s1: int, flat=None, uniform=None, dense=None):
+        self.s0, self.s1 = int(s0), int(s1)
+        self.p0, self.p1 = int(batch.potential_offset[s0]), int(batch.potential_offset[s1])
+        self.m0, self.m1 = int(batch.message_offset[s0]), int(batch.message_offset[s1])
+        self._graphs, self._uniform, self.dense = batch.graphs[s0:s1], uniform, dense
+        if flat is not None:
+            self.flat = flat
+
+    @functools.cached_property
+    def flat(self) -> FlatBP:
+        return FlatBP(GraphBatch(self._graphs), uniform=self._uniform)
+
+    def engine(self, sharing):
+        """The engine a run takes: the dense one unless there is none or tables are shared."""
+        return self.dense if self.dense is not None and sharing is None else self.flat
 
 
 class BPState:
     """A run's state: one engine state per range of samples.  `messages` is the whole batch's
     (M,) vector; each range's messages are a view of it."""
 
-    def __init__(self, parts, states, lam, sharing):
-        self.parts, self.states, self._messages, self.sharing = parts, states, lam, sharing
+    def __init__(self, parts, engines, states, lam, sharing):
+        self.parts, self.engines, self.states = parts, engines, states
+        self._messages, self.sharing = lam, sharing
 
     @property
     def messages(self) -> np.ndarray:
@@ -92,12 +109,18 @@ class ConvexBP:
         self.batch = batch
         self.threads = engine_threads(threads)
         self._flat = FlatBP(batch)
+        self._dense = dense_plan(batch.template)
+        self._running = threading.Lock()   # held by the run that uses the engines' Workspaces
 
     # --- ranges of samples ----------------------------------------------------------------
     @functools.cached_property
     def _whole(self) -> _Part:
-        b = self.batch
-        return _Part(0, b.num_samples, 0, b.num_potentials, 0, b.num_messages, self._flat)
+        return self._part(0, self.batch.num_samples, self._flat)
+
+    def _part(self, s0, s1, flat=None) -> _Part:
+        dense = None if self._dense is None else DenseBP(self._dense, s1 - s0,
+                                                         len(self.batch.colours))
+        return _Part(self.batch, s0, s1, flat, self._flat.uniform, dense)
 
     @functools.cached_property
     def _parts(self) -> list[_Part]:
@@ -113,16 +136,13 @@ class ConvexBP:
         cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, count) / count) + 1
         bounds = np.unique(np.concatenate([[0], np.clip(cuts, 1, b.num_samples - 1),
                                            [b.num_samples]]))
-        parts = []
-        signature = self._flat.signature()
-        for s0, s1 in zip(bounds[:-1], bounds[1:]):
-            engine = FlatBP(GraphBatch(b.graphs[s0:s1]))
-            binary, colours = engine.signature()
-            if binary != signature[0] or colours != signature[1][:len(colours)]:
-                return whole
-            parts.append(_Part(int(s0), int(s1), int(b.potential_offset[s0]),
-                               int(b.potential_offset[s1]), int(b.message_offset[s0]),
-                               int(b.message_offset[s1]), engine))
+        parts = [self._part(s0, s1) for s0, s1 in zip(bounds[:-1], bounds[1:])]
+        if b.template is None:   # ranges of one template are updated like the whole batch
+            signature = self._flat.signature()
+            for part in parts:
+                binary, colours = part.flat.signature()
+                if binary != signature[0] or colours != signature[1][:len(colours)]:
+                    return whole
         return parts
 
     def _each(self, parts, task) -> list:
@@ -142,12 +162,12 @@ class ConvexBP:
         order = [np.argsort(f) for f in first]
         shapes = [(g.message_a.shape[1], g.message_b.shape[1]) for g in b.pair_groups]
         for part in self._parts:
-            mine = part.engine.sharing(source_index[part.p0:part.p1], source_size, force=True)
+            mine = part.flat.sharing(source_index[part.p0:part.p1], source_size, force=True)
             if mine is None:   # a range cannot share: run the batch as one range
                 return full
             parts.append(mine)
             where = []
-            for g in part.engine.batch.pair_groups:   # each pair's place in the batch's group
+            for g in part.flat.batch.pair_groups:   # each pair's place in the batch's group
                 group = shapes.index((g.message_a.shape[1], g.message_b.shape[1]))
                 at = np.searchsorted(first[group], g.entries[:, 0] + part.p0, sorter=order[group])
                 where.append((group, order[group][at]))
@@ -176,11 +196,15 @@ class ConvexBP:
         return theta, lam, parts
 
     @staticmethod
-    def _part_start(part: _Part, i: int, theta, lam, warm, sweeps, sharing) -> FlatState:
+    def _part_start(part: _Part, i: int, theta, lam, warm, sweeps, sharing, reuse=False):
+        """(the range's engine, its state); `reuse`: the state may take the engine's Workspace."""
+        engine = part.engine(sharing)
+        extra = {"workspace": engine.workspace} if reuse else {}
         if sharing is None:
-            return part.engine.start(theta[part.p0:part.p1], lam[part.m0:part.m1], warm, sweeps)
+            return engine, engine.start(theta[part.p0:part.p1], lam[part.m0:part.m1], warm,
+                                        sweeps, **extra)
         mine = sharing if sharing.parts is None else sharing.parts[i]
-        return part.engine.start(theta, lam[part.m0:part.m1], warm, sweeps, mine)
+        return engine, engine.start(theta, lam[part.m0:part.m1], warm, sweeps, mine, **extra)
 
     def start(self, potentials, messages=None, sweeps: int | None = None,
               sharing: PairSharing | None = None) -> BPState:
@@ -189,19 +213,19 @@ class ConvexBP:
 
         `sharing` (from ``self.sharing``): `potentials` is then the source vector it indexes."""
         theta, lam, parts = self._inputs(potentials, messages, sharing)
-        states = self._each(parts, lambda i, part: self._part_start(
+        started = self._each(parts, lambda i, part: self._part_start(
             part, i, theta, lam, messages is not None, sweeps, sharing))
-        return BPState(parts, states, lam, sharing)
+        return BPState(parts, [e for e, _ in started], [s for _, s in started], lam, sharing)
 
     # --- sweeps ---------------------------------------------------------------------------
     def update_colour(self, state: BPState, k: int) -> float:
         """Update all regions of colour k; return the largest message change."""
-        return max(self._each(state.parts, lambda i, part: part.engine.update_colour(
-            state.states[i], k) if k < len(part.engine.batch.colours) else 0.0))
+        return max(self._each(state.parts, lambda i, part: state.engines[i].update_colour(
+            state.states[i], k) if k < len(state.engines[i].batch.colours) else 0.0))
 
     def sweep(self, state: BPState) -> float:
         """One sweep: every colour once, in order; returns the largest message change."""
-        return max(self._each(state.parts, lambda i, part: part.engine.sweep(state.states[i])))
+        return max(self._each(state.parts, lambda i, part: state.engines[i].sweep(state.states[i])))
 
     # --- read-outs ------------------------------------------------------------------------
     def dual(self, state: BPState) -> np.ndarray:
@@ -209,7 +233,7 @@ class ConvexBP:
         out = np.empty(self.batch.num_samples)
 
         def task(i, part):
-            out[part.s0:part.s1] = part.engine.dual(state.states[i])
+            out[part.s0:part.s1] = state.engines[i].dual(state.states[i])
         self._each(state.parts, task)
         return out
 
@@ -219,7 +243,7 @@ class ConvexBP:
         With shared tables the fast pairs' entries are NaN: their beliefs are not formed (see
         table_beliefs)."""
         out = np.empty(self.batch.num_potentials)
-        self._each(state.parts, lambda i, part: part.engine.beliefs(
+        self._each(state.parts, lambda i, part: state.engines[i].beliefs(
             state.states[i], out=out[part.p0:part.p1]))
         return out
 
@@ -228,7 +252,7 @@ class ConvexBP:
         without a full-length vector."""
         if state.sharing is None:
             raise ValueError("rest_beliefs: this state has no shared tables (start(..., sharing=))")
-        return np.concatenate(self._each(state.parts, lambda i, part: part.engine.rest_beliefs(
+        return np.concatenate(self._each(state.parts, lambda i, part: state.engines[i].rest_beliefs(
             state.states[i])))
 
     def table_beliefs(self, state: BPState) -> list[np.ndarray]:
@@ -236,7 +260,7 @@ class ConvexBP:
         that use each table (see _table_sums)."""
         if state.sharing is None:
             raise ValueError("table_beliefs: this state has no shared tables (start(..., sharing=))")
-        exports = self._each(state.parts, lambda i, part: part.engine.pair_exports(
+        exports = self._each(state.parts, lambda i, part: state.engines[i].pair_exports(
             state.states[i]))
         return self._table_sums(state.sharing, state.states[0].source, exports)
 
@@ -293,33 +317,63 @@ class ConvexBP:
         b = self.batch
         dual = np.empty(b.num_samples)
         beliefs = np.empty(b.num_potentials) if sharing is None else None
-        states = [None] * len(parts)
+        states, engines = [None] * len(parts), [None] * len(parts)
         fixed = tol == 0 or not b.colours   # no sweep decides when the others stop
+        # (a run's states stay in the run: it may reuse the arrays of the previous one, unless
+        # another thread is running this engine now)
+        reuse = self._running.acquire(blocking=False)
+        times = [[0.0, 0.0, 0.0] for _ in parts]
 
         def begin(i, part):
-            state = states[i] = self._part_start(part, i, theta, lam, messages is not None,
-                                                 max_sweeps, sharing)
-            change = float("inf") if part.engine.batch.colours else 0.0
-            for _ in range(max_sweeps if fixed else min(max_sweeps, 1)):
-                change = part.engine.sweep(state)
+            start = time.perf_counter()
+            engines[i], state = self._part_start(part, i, theta, lam, messages is not None,
+                                                 max_sweeps, sharing, reuse)
+            states[i] = state
+            middle = time.perf_counter()
+            change = float("inf") if engines[i].batch.colours else 0.0
+            count = max_sweeps if fixed else min(max_sweeps, 1)
+            for sweep in range(count):   # (only the last sweep's change is read)
+                change = engines[i].sweep(state, change=sweep == count - 1)
+            times[i][0] += middle - start
+            times[i][1] += time.perf_counter() - middle
+            return change
+
+        def again(i, part):
+            start = time.perf_counter()
+            change = engines[i].sweep(states[i])
+            times[i][1] += time.perf_counter() - start
             return change
 
         def finish(i, part):
-            dual_i, rest, exports = part.engine.readout(
+            start = time.perf_counter()
+            dual_i, rest, exports = engines[i].readout(
                 states[i], None if beliefs is None else beliefs[part.p0:part.p1], sharing is not None)
             dual[part.s0:part.s1] = dual_i
             states[i].messages   # the range's messages into lam
+            times[i][2] += time.perf_counter() - start
             return rest, exports
 
+        try:
+            return self._run(parts, begin, again, finish, times, lam, dual, beliefs, sharing,
+                             theta, max_sweeps, tol, fixed)
+        finally:
+            if reuse:
+                self._running.release()
+
+    def _run(self, parts, begin, again, finish, times, lam, dual, beliefs, sharing, theta,
+             max_sweeps, tol, fixed) -> BPResult:
+        b = self.batch
         change = max(self._each(parts, begin))
         sweeps = min(max_sweeps, 1) if not fixed else (max_sweeps if b.colours else 0)
         if not b.colours:
             change, sweeps = 0.0, 0   # nothing sends messages: beliefs are exact already
         while sweeps < max_sweeps and change >= tol:
-            change = max(self._each(parts, lambda i, part: part.engine.sweep(states[i])))
+            change = max(self._each(parts, again))
             sweeps += 1
         outputs = self._each(parts, finish)
-        result = BPResult(dual, lam, sweeps, change, converged=change < tol)
+        result = BPResult(dual, lam, sweeps, change, converged=change < tol,
+                          seconds=dict(zip(("start", "sweeps", "readout"),
+                                           np.max(times, axis=0).tolist())))
         if sharing is None:
             result.formed = beliefs
         else:
