@@ -380,3 +380,71 @@ def test_trw_counting_numbers_equal_bethe_on_trees_and_refuse_larger_regions():
                                chain(5, 3, counting_numbers="bethe").counting_numbers)
     with pytest.raises(ValueError, match="pairwise graphs"):
         RegionGraph([2, 2, 2], [(0,), (1,), (2,), (0, 1, 2)], counting_numbers="trw")
+
+
+def _against_reference(graphs, scale, sweeps=3, seed=0, eps_rel=1e-9):
+    """The engine's messages after each of `sweeps` sweeps, and its dual and beliefs, against
+    the loop reference's, from random warm-start messages; returns the engine."""
+    rng = np.random.default_rng(seed)
+    batch = GraphBatch(graphs)
+    engine = ConvexBP(batch, threads=1)
+    pots = [random_potentials(rng, g, scale=scale) for g in graphs]
+    state = engine.start(batch.pack(pots), rng.normal(size=batch.num_messages))
+    references = []
+    for s, (g, p) in enumerate(zip(graphs, pots)):   # the same (normalised) warm start
+        start = batch.message_offset[s]
+        sizes = [g.sizes[r] for r, _ in g.edges]
+        cuts = start + np.concatenate([[0], np.cumsum(sizes)])
+        references.append(ReferenceBP(g, p, {edge: state.messages[a:b] for edge, a, b in
+                                             zip(g.edges, cuts[:-1], cuts[1:])}))
+    for _ in range(sweeps):
+        change = engine.sweep(state)
+        assert change == pytest.approx(max(ref.sweep() for ref in references), rel=1e-9, abs=1e-9)
+        flat = np.concatenate([ref.messages[e].ravel() for ref in references for e in ref.graph.edges])
+        np.testing.assert_allclose(state.messages, flat, rtol=eps_rel, atol=eps_rel * max(
+            1.0, np.abs(flat).max()))
+    dual = engine.dual(state)
+    for d, ref in zip(dual, references):
+        assert d == pytest.approx(ref.dual(), rel=1e-12, abs=1e-9)
+    mine = batch.unpack(engine.beliefs(state))
+    for b, ref in zip(mine, references):
+        for x, y in zip(b, ref.beliefs()):
+            np.testing.assert_allclose(x, y, atol=1e-9)
+    return engine
+
+
+@pytest.mark.parametrize("counting", ["convex", "trw", "bethe"])
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_the_fully_connected_binary_path_equals_the_reference(counting, scale):
+    # the tagging task's graph: DenseBP, also with extreme interactions (the log-space rows)
+    engine = _against_reference([fully_connected(38, 2, counting_numbers=counting)], scale,
+                                sweeps=2)
+    assert engine._dense is not None
+    engine = _against_reference([fully_connected(7, 2, counting_numbers=counting, eps=0.6)] * 4,
+                                scale, sweeps=4, seed=1)
+    assert engine._dense is not None
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_the_words_path_equals_the_reference(scale):
+    # one template of 2nd-order chains over 26 states: pair tables through views, per slot
+    engine = _against_reference([chain(5, 26, order=2)] * 3, scale)
+    flat = engine._flat
+    assert all(v is not None for v in flat._pair_views)
+    assert all(s is not None for slots in flat._slots for s in slots)
+
+
+@pytest.mark.parametrize("counting", ["convex", "trw"])
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_the_grid_path_equals_the_reference(counting, scale):
+    # the grid segmentation CRF's graph (5 states: stacked products; 3: the loop of
+    # multiply-adds; 2: the binary gap form), one template, pair tables through views; a small
+    # grid multiplies slot by slot, a larger one on per-edge copies
+    for shape, slots in (((4, 5), True), ((7, 8), False)):
+        for states in (5, 3, 2):
+            engine = _against_reference([grid(*shape, states, counting_numbers=counting)] * 2,
+                                        scale)
+            flat = engine._flat
+            assert all(v is not None for v in flat._pair_views) and engine._dense is None
+            if states > 2:
+                assert all((s is not None) == slots for c in flat._slots for s in c)
