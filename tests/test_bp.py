@@ -250,32 +250,29 @@ def test_warm_start_with_a_graph_without_edges_last_in_the_batch():
     np.testing.assert_allclose(warm.beliefs, cold.beliefs, atol=1e-8)
 
 
-@pytest.mark.parametrize("sweeps", [1, 2])
-def test_short_runs_without_transposed_tables_equal_long_ones(sweeps, monkeypatch):
-    # runs of fewer than _TRANSPOSE_FROM_SWEEPS sweeps read pair tables as stored (edges from a
-    # pair's second variable multiply from the left); longer runs sweep on transposed copies:
-    # the same numbers (the bound is raised here so that runs of 1 and 2 sweeps take both ways)
-    monkeypatch.setattr("dstrain.inference.flat._TRANSPOSE_FROM_SWEEPS", 3)
+@pytest.mark.parametrize("sweeps", [0, 1, 3])
+def test_a_run_equals_start_sweeps_and_read_outs(sweeps):
+    # run() reads out in one pass (pair sums and beliefs block by block, on reused arrays) and
+    # skips all but the last sweep's change: the same numbers as the step-by-step interface
     rng = np.random.default_rng(40 + sweeps)
-    batch = GraphBatch(_mixed_graphs(rng) + [fully_connected(4, 2)])
-    engine = ConvexBP(batch)
-    potentials = rng.normal(scale=2.0, size=batch.num_potentials)
-    messages = rng.normal(size=batch.num_messages)
-    short = engine.run(potentials, messages, max_sweeps=sweeps, tol=0.0)
-    state = engine.start(potentials, messages)
-    assert state.transposed and not engine.start(potentials, messages, sweeps=sweeps).transposed
-    for _ in range(sweeps):
-        engine.sweep(state)
-    np.testing.assert_allclose(short.messages, state.messages, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(short.beliefs, engine.beliefs(state), rtol=1e-12, atol=1e-12)
-    binary = GraphBatch([fully_connected(5, 2)] * 3)   # the gap-form update, both ways
-    p, m = rng.normal(size=binary.num_potentials), rng.normal(size=binary.num_messages)
-    bp = ConvexBP(binary)
-    long_state = bp.start(p, m)
-    for _ in range(sweeps):
-        bp.sweep(long_state)
-    np.testing.assert_allclose(bp.run(p, m, max_sweeps=sweeps, tol=0.0).messages,
-                               long_state.messages, rtol=1e-12, atol=1e-12)
+    batches = [_mixed_graphs(rng) + [fully_connected(4, 2)], [chain(5, 6, order=2)] * 4,
+               [grid(3, 4, 3)] * 3, [fully_connected(5, 2)] * 3, [grid(2, 3, 2)] * 2]
+    for graphs in batches:
+        batch = GraphBatch(graphs)
+        engine = ConvexBP(batch, threads=1)
+        potentials = rng.normal(scale=2.0, size=batch.num_potentials)
+        messages = rng.normal(size=batch.num_messages)
+        for _ in range(2):   # the second run on the first one's arrays
+            result = engine.run(potentials, messages, max_sweeps=sweeps, tol=0.0)
+            state = engine.start(potentials, messages)
+            change = float("inf")
+            for _ in range(sweeps):
+                change = engine.sweep(state)
+            assert result.max_change == change and result.sweeps == sweeps
+            np.testing.assert_array_equal(result.messages, state.messages)
+            np.testing.assert_array_equal(result.beliefs, engine.beliefs(state))
+            np.testing.assert_array_equal(result.dual, engine.dual(state))
+            assert set(result.seconds) == {"start", "sweeps", "readout"}
 
 
 def test_exp_and_log_give_an_entry_the_same_bits_wherever_it_sits():

@@ -96,10 +96,6 @@ class BPState:
             state.messages
         return self._messages
 
-    @property
-    def transposed(self) -> bool:
-        return self.states[0].transposed
-
 
 class ConvexBP:
     """Convex BP for one GraphBatch (build once per batch, run many times), on `threads` threads
@@ -208,8 +204,8 @@ class ConvexBP:
 
     def start(self, potentials, messages=None, sweeps: int | None = None,
               sharing: PairSharing | None = None) -> BPState:
-        """The state a run sweeps on; `sweeps`: how many will run, if known (a run of one sweep
-        skips the transposed copies of the pair tables that only pay off over more).
+        """The state a run sweeps on; `sweeps`: how many will run, if known (the engines here do
+        not need it).
 
         `sharing` (from ``self.sharing``): `potentials` is then the source vector it indexes."""
         theta, lam, parts = self._inputs(potentials, messages, sharing)

@@ -116,7 +116,6 @@ class DenseState:
         self.G, self.M, self.K, self.E, self.C, self.inner = G, M, K, E, C, inner
         self.extreme = extreme   # samples with some |w| > _EXPM1_LIMIT
         self.logf = logf         # their f / s from each side, (4, V, V, n), or None
-        self.transposed = True
         self.sharing = None
         self._stale = True
 

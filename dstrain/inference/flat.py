@@ -33,8 +33,6 @@ from ..graph.batch import ColourPlan, GraphBatch
 
 # a matrix-vector sum below this has lost too much to underflow: redo that entry as log-sum-exp
 _UNDERFLOW = 1e-250
-# runs of at least this many sweeps transpose the pair tables once in start (FlatBP._orient)
-_TRANSPOSE_FROM_SWEEPS = 2
 # rows per matrix product in _rows_matmul
 _ROW_BLOCK = 16
 # products with a table whose summed-over variable has at most this many states are a loop of
@@ -166,7 +164,7 @@ class FlatState:
     """Potentials, messages and what one run precomputes from the potentials (one FlatBP)."""
 
     def __init__(self, potentials, readout, messages, fhat, pair_tables, oriented, inner,
-                 binary_batch, transposed, sharing=None, source=None, extreme=None):
+                 binary_batch, sharing=None, source=None, extreme=None):
         # (N,) f, float64; with sharing only where fhat is kept (0 at the fast pairs), else None:
         # filling a full-length vector of mostly zeros took about 60 of a start's 200 us (50
         # 2nd-order words, line profile)
@@ -176,10 +174,10 @@ class FlatState:
         self.source = source            # with sharing: the source vector the tables come from
         self.fhat = fhat                # (N,) reparameterised potentials where read, or None
         self.pair_tables = pair_tables  # list[PairTable], one per pair group
-        # per colour, per fast group: its edges' pair tables (see FlatBP._orient)
-        # (binary colours: then also the four entries as columns)
+        # per colour, per fast group: its edges' pair tables as stored (None where the group
+        # multiplies on views, slot by slot); binary colours: then also the four entries of r's
+        # side as columns
         self.oriented = oriented
-        self.transposed = transposed    # the tables above have r's states as rows (FlatBP._orient)
         self.inner = inner              # per colour: f_r at its region entries if childless
         self._messages = messages       # (M,) each edge's vector with max 0
         # binary batches: the gap lambda(1) - lambda(0) of every edge holds the messages during
@@ -389,8 +387,7 @@ class FlatBP:
         """The state a run sweeps on (inputs checked by ConvexBP): `theta` the batch's potentials
         (float64), or with `sharing` (from ``self.sharing``) the source vector it indexes; `lam`
         the (M,) messages, normalised in place to max 0 per edge if `warm`, then kept by the state;
-        `sweeps`: how many will run, if known (a run of one sweep skips the transposed copies of
-        the pair tables that only pay off over more); `workspace`: where the per-run arrays
+        `sweeps`: how many will run, if known (unused); `workspace`: where the per-run arrays
         come from (a Workspace only where the previous state is done with)."""
         b = self.batch
         source = None
@@ -407,7 +404,6 @@ class FlatBP:
         if warm and len(lam):   # shift every message to max 0: the dual is unchanged
             starts, edge_of_entry = self._message_edges
             lam -= np.maximum.reduceat(lam, starts)[edge_of_entry]
-        transpose = sweeps is None or sweeps >= _TRANSPOSE_FROM_SWEEPS
         pair_tables = self.pair_tables(theta if sharing is None else source, sharing, workspace)
         oriented = []
         for colour, binary in zip(b.colours, self._binary):
@@ -415,15 +411,15 @@ class FlatBP:
                 oriented.append(None)
                 continue
             k = len(oriented)
-            tables = [None if slots is not None else self._orient(
-                self._edge_tables(pair_tables[g.pair_group], g, workspace.get(("edges", k, i), (
-                    len(g.pairs), *pair_tables[g.pair_group].table.shape[1:]))), g, transpose,
-                workspace.get(("oriented", k, i), (len(g.pairs), *pair_tables[
-                    g.pair_group].table.shape[:0:-1])) if g.transposed.all() and transpose
-                else None)
+            # (edges from a pair's second variable multiply from the left, _products: copies
+            # transposed so that r's states are rows measured no faster on this VM, 5000
+            # 26 x 26 tables: 0.20 ms either way, and cost a start 2 passes over the tables)
+            tables = [None if slots is not None else self._edge_tables(
+                pair_tables[g.pair_group], g, workspace.get(("edges", k, i), (
+                    len(g.pairs), *pair_tables[g.pair_group].table.shape[1:])))
                 for i, (g, slots) in enumerate(zip(colour.fast, self._slots[k]))]
             if binary is not None:   # the gap-form update reads the four entries as columns
-                flip = colour.fast[0].transposed & (not transpose)
+                flip = colour.fast[0].transposed
                 tables.append(tuple(np.where(flip, tables[0][:, j, i], tables[0][:, i, j])
                                     for i in (0, 1) for j in (0, 1))
                               + (inner[len(oriented)][1::2] - inner[len(oriented)][0::2],))
@@ -436,7 +432,7 @@ class FlatBP:
             extreme = [np.flatnonzero(tiny[c.fast[0].pair_group][c.fast[0].pairs])
                        if any(t.any() for t in tiny) else _NONE for c in b.colours]
         return FlatState(theta, readout, lam, fhat, pair_tables, oriented, inner,
-                         self._binary_batch, transpose, sharing, source, extreme)
+                         self._binary_batch, sharing, source, extreme)
 
     def pair_tables(self, theta: np.ndarray, sharing: PairSharing | None = None,
                     workspace=FRESH) -> list[PairTable]:
@@ -492,20 +488,6 @@ class FlatBP:
         """The pair table of each edge of fast group g (a gather, into `out`)."""
         return np.take(pt.table, g.pairs if pt.variant is None else pt.variant[g.pairs], axis=0,
                        out=out, mode="clip")
-
-    @staticmethod
-    def _orient(picked: np.ndarray, g, transpose: bool, out=None) -> np.ndarray:
-        """A fast group's edge tables (`_edge_tables`), with r's states as rows if `transpose`
-        (a strided copy; measured on 50 2nd-order words: a sweep takes 0.85 ms on
-        transposed tables, 1.5 ms without, the copy 0.3 ms, so 2 sweeps gain by it), else as stored,
-        and an edge from the pair's second variable multiplies from the left (see _edge_products)."""
-        if not transpose or not g.transposed.any():
-            return picked
-        if g.transposed.all():   # (into `out`, shaped for the transposes)
-            np.copyto(out, picked.transpose(0, 2, 1))
-            return out
-        picked[g.transposed] = picked[g.transposed].transpose(0, 2, 1)   # square tables
-        return picked
 
     @staticmethod
     def _pair_shape(g) -> tuple[int, int]:
@@ -640,7 +622,7 @@ class FlatBP:
             total = total.reshape(len(weights), -1)
         else:
             total = self._edge_products(state.oriented[k][i], weights,
-                                        g.transposed & (not state.transposed))
+                                        g.transposed)
         with np.errstate(divide="ignore"):
             mu = _log(total)
         if not unit:
@@ -687,16 +669,31 @@ class FlatBP:
                    default=0.0)
 
     # --- read-outs ------------------------------------------------------------------------
-    def _pair_sums(self, state: FlatState, group: int):
+    def _pair_sums(self, state: FlatState, group: int, beliefs=None):
         """For each fast pair: w_a, w_b = exp(lambda / (eps c_p)) and sum_ab table * w_a * w_b.
 
         With the pair's fhat = f_p + lambda_a + lambda_b (it has no parents), its log-partition is
-        top + eps c_p log(that sum), and its belief is table * w_a * w_b / sum.
+        top + eps c_p log(that sum), and its belief is table * w_a * w_b / sum.  Given the
+        batch's `beliefs` and a group with views, the pairs' beliefs are written too, block by
+        block right after their sums: the tables are read from memory once (see _pair_beliefs).
         """
         g, pt = self.batch.pair_groups[group], state.pair_tables[group]
         lam, scale = state.messages, g.scale[:, None]
         w_a, w_b = _exp(lam[g.message_a] / scale), _exp(lam[g.message_b] / scale)
-        if pt.variant is None:
+        if beliefs is not None and pt.variant is None and self._pair_views[group] is not None:
+            out, total = self._view(beliefs, group), np.empty(len(w_a))
+            table = pt.table.reshape(out.shape)
+            shape = out.shape[:2]
+            step = max(1, _BLOCK_ENTRIES // max(1, out[0].size))
+            for s in range(0, len(out), step):
+                rows = slice(s * shape[1], (s + step) * shape[1])
+                wb = w_b[rows].reshape(-1, shape[1], w_b.shape[1])
+                part = (_products(table[s:s + step], wb, False)
+                        * w_a[rows].reshape(-1, shape[1], w_a.shape[1])).sum(axis=2)
+                total[rows] = part.ravel()
+                self._pair_beliefs(table[s:s + step], w_a[rows], wb, part, out[s:s + step])
+            self._low_pair_beliefs(state, group, total, out)
+        elif pt.variant is None:
             total = (_products(pt.table, w_b, False) * w_a).sum(axis=1)
         else:
             total = np.empty(len(w_a))
@@ -785,9 +782,9 @@ class FlatBP:
         return (z / z.sum(axis=1, keepdims=True)).reshape(len(pairs), *self._pair_shape(g))
 
     def beliefs(self, state: FlatState, values=None, sums=None, softmax=None,
-                out=None) -> np.ndarray:
+                out=None, done=()) -> np.ndarray:
         """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent
-        (written into `out` if given).
+        (written into `out` if given; the fast pairs of the groups in `done` are already).
 
         With shared tables the fast pairs' entries are NaN: their beliefs are not formed (see
         ConvexBP.table_beliefs)."""
@@ -808,22 +805,23 @@ class FlatBP:
         sums = self.pair_sums(state) if sums is None else sums
         for group, (entries, pt, (w_a, w_b, total)) in enumerate(zip(
                 self._pair_entries, state.pair_tables, sums)):
+            if group in done:
+                continue
+            if self._pair_views[group] is not None:   # straight into the output, block by block
+                b = self._view(beliefs, group)
+                table = pt.table.reshape(b.shape)
+                shape = b.shape[:2]
+                step = max(1, _BLOCK_ENTRIES // max(1, b[0].size))
+                for s in range(0, len(b), step):
+                    rows = slice(s * shape[1], (s + step) * shape[1])
+                    self._pair_beliefs(table[s:s + step], w_a[rows],
+                                       w_b[rows].reshape(-1, shape[1], w_b.shape[1]),
+                                       total[rows].reshape(-1, shape[1]), b[s:s + step])
+                self._low_pair_beliefs(state, group, total, b)
+                continue
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 a = w_a / total[:, None]
             low = np.flatnonzero(total < _UNDERFLOW)
-            if self._pair_views[group] is not None:   # straight into the output, block by block
-                b = self._view(beliefs, group)
-                table, a = pt.table.reshape(b.shape), a.reshape(*b.shape[:3], 1)
-                w_b = w_b.reshape(*b.shape[:2], 1, b.shape[3])
-                step = max(1, _BLOCK_ENTRIES // max(1, b[0].size))
-                with np.errstate(invalid="ignore", over="ignore"):
-                    for s in range(0, len(b), step):
-                        np.multiply(table[s:s + step], a[s:s + step], out=b[s:s + step])
-                        b[s:s + step] *= w_b[s:s + step]
-                if len(low):
-                    b[low // b.shape[1], low % b.shape[1]] = self._exact_pair_beliefs(state, group,
-                                                                                      low)
-                continue
             with np.errstate(invalid="ignore", over="ignore"):
                 b = pt.table * a[:, :, None]
                 b *= w_b[:, None, :]
@@ -833,6 +831,22 @@ class FlatBP:
         for entries, position, parent in self._levels:
             beliefs[entries] = np.bincount(position, beliefs[parent], len(entries))
         return beliefs
+
+    @staticmethod
+    def _pair_beliefs(table, w_a, w_b, total, out):
+        """Some samples' pair beliefs table * (w_a / sum) w_b^T into `out` (S_block, P, n_a,
+        n_b); w_a (S_block * P, n_a) as the pairs come, w_b (S_block, P, n_b), sums (S_block, P)."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            a = w_a / total.reshape(-1)[:, None]
+            np.multiply(table, a.reshape(*out.shape[:3], 1), out=out)
+            out *= w_b[:, :, None, :]
+
+    def _low_pair_beliefs(self, state: FlatState, group: int, total, out):
+        """The beliefs of the pairs whose sum underflowed, from their fhat, into the view `out`."""
+        low = np.flatnonzero(total < _UNDERFLOW)
+        if len(low):
+            out[low // out.shape[1], low % out.shape[1]] = self._exact_pair_beliefs(state, group,
+                                                                                    low)
 
     def rest_beliefs(self, state: FlatState, values=None, softmax=None) -> np.ndarray:
         """With shared tables: the beliefs of the entries that are not fast pairs (sharing.rest),
@@ -866,12 +880,15 @@ class FlatBP:
         """A run's read-outs from one computation of the regions' fhat and the pairs' sums:
         (the dual per sample, with shared tables the rest beliefs, with `exports` pair_exports);
         without shared tables the beliefs are written into `beliefs_out` if given."""
-        values, sums = self.region_values(state), self.pair_sums(state)
+        values = self.region_values(state)
+        fused = beliefs_out if state.sharing is None else None
+        sums = [self._pair_sums(state, group, fused) for group in range(len(self.batch.pair_groups))]
         softmax = self.region_softmax(values)
         dual = self.dual(state, values, sums, softmax)
         if state.sharing is None:
             if beliefs_out is not None:
-                self.beliefs(state, values, sums, softmax, out=beliefs_out)
+                done = {g for g, v in enumerate(self._pair_views) if v is not None}
+                self.beliefs(state, values, sums, softmax, out=beliefs_out, done=done)
             return dual, None, None
         return (dual, self.rest_beliefs(state, values, softmax),
                 self.pair_exports(state, sums) if exports else None)
