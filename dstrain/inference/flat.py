@@ -511,11 +511,14 @@ class FlatBP:
             return self._update_binary_colour(state, k, change)
         plan: ColourPlan = self.batch.colours[k]
         lam, fhat = state.messages, state.fhat
-        mu = np.empty(len(plan.edge_entry_message))
-        for i, g in enumerate(plan.fast):
-            mu[g.entries] = self._fast_mu(state, k, i, lam).ravel()
-        for g in plan.generic:
-            mu[g.entries] = self._generic_mu(g, fhat, lam).ravel()
+        if len(plan.fast) == 1 and not plan.generic:   # (no copy into a vector of all groups)
+            mu = self._fast_mu(state, k, 0, lam).ravel()
+        else:
+            mu = np.empty(len(plan.edge_entry_message))
+            for i, g in enumerate(plan.fast):
+                mu[g.entries] = self._fast_mu(state, k, i, lam).ravel()
+            for g in plan.generic:
+                mu[g.entries] = self._generic_mu(g, fhat, lam).ravel()
 
         q = plan.edge_entry_q
         num_q = len(plan.region_entries)
