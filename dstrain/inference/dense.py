@@ -110,8 +110,10 @@ class DenseState:
     sample numpy would sum G's columns pairwise instead of in order, other bits than in a
     larger range; the extra sample has all-zero coefficients)."""
 
-    def __init__(self, theta, lam, plan, samples, f, G, M, K, E, C, inner, extreme, logf):
+    def __init__(self, theta, lam, plan, samples, f, G, M, K, E, C, inner, extreme, logf,
+                 workspace):
         self.theta, self._messages, self.plan, self.samples = theta, lam, plan, samples
+        self.workspace = workspace   # where the read-outs' arrays come from too
         self.f = f               # (4, P, S') pair potentials f_00, f_01, f_10, f_11
         self.G, self.M, self.K, self.E, self.C, self.inner = G, M, K, E, C, inner
         self.extreme = extreme   # samples with some |w| > _EXPM1_LIMIT
@@ -201,7 +203,7 @@ class DenseBP:
                 logf[k][v * V + u] = fe[2 * y + x]        # v's side: f(y_u = y, y_v = x)
             logf = logf.reshape(4, V, V, len(extreme))
         return DenseState(theta, lam, plan, S, f, gaps.reshape(V, V, width), M, K, E, C, inner,
-                          extreme, logf)
+                          extreme, logf, workspace)
 
     # --- sweeps ---------------------------------------------------------------------------
     def _update(self, state: DenseState, i: int, change: bool, work) -> float:
@@ -274,18 +276,22 @@ class DenseBP:
 
     # --- read-outs ------------------------------------------------------------------------
     def _pairs(self, state: DenseState, out=None):
-        """Each pair's log-partition (P, S') and, into `out` (S, P, 2, 2) if given, its beliefs."""
+        """Each pair's eps c_p log sum exp(fhat_p / (eps c_p)) less min(0, -g_u) + min(0, -g_v),
+        (P, S'), and into `out` (S, P, 4) if given its beliefs.  fhat_p is f_p plus the max-0
+        messages (min(0, -g), min(0, g)) of its two variables; shifted by those constants it is
+        f_p(y_u, y_v) + y_u g_u + y_v g_v (the beliefs do not change)."""
         plan, S = self.plan, self.samples
         G = state.G.reshape(-1, state.G.shape[2])
-        z = np.empty((4, plan.P, state.G.shape[2]))
-        sides = []
-        for at in (plan.first, plan.second):
-            g = G[at]
-            sides.append((np.minimum(-g, 0.0), np.minimum(g, 0.0)))
-        (a0, a1), (b0, b1) = sides
-        for k, (a, b) in enumerate(((a0, b0), (a0, b1), (a1, b0), (a1, b1))):
-            np.add(state.f[k], a, out=z[k])
-            z[k] += b
+        shape = (plan.P, G.shape[1])
+        g_u = np.take(G, plan.first, axis=0, out=state.workspace.get("g_u", shape), mode="clip")
+        g_v = np.take(G, plan.second, axis=0, out=state.workspace.get("g_v", shape), mode="clip")
+        f = state.f
+        z = state.workspace.get("z", (4, *shape))
+        z[0] = f[0]
+        np.add(f[1], g_v, out=z[1])
+        np.add(f[2], g_u, out=z[2])
+        np.add(f[3], g_u, out=z[3])
+        z[3] += g_v
         if not plan.unit:
             z *= (1.0 / plan.scale)[None, :, None]
         peak = np.maximum(np.maximum(z[0], z[1]), np.maximum(z[2], z[3]))
@@ -295,8 +301,7 @@ class DenseBP:
         total += z[2]
         total += z[3]
         if out is not None:
-            z /= total
-            out[:] = z[:, :, :S].transpose(2, 1, 0).reshape(out.shape)
+            np.divide(z[:, :, :S], total[:, :S], out=out.transpose(2, 1, 0))
         log_partition = np.log(total)
         log_partition += peak
         log_partition *= plan.scale[:, None]
@@ -305,17 +310,19 @@ class DenseBP:
     def readout(self, state: DenseState, beliefs_out=None, exports=False):
         """(dual per sample, None, None); beliefs into `beliefs_out` if given."""
         plan, S = self.plan, self.samples
-        V = plan.V
+        V, P = plan.V, plan.P
         out = None
         if beliefs_out is not None:
             rows = beliefs_out.reshape(S, plan.num_potentials)
-            out = rows[:, 2 * V:].reshape(S, plan.P, 2, 2)
+            out = rows[:, 2 * V:].reshape(S, P, 4)
         dual = self._pairs(state, out).sum(axis=0)
         unary = state.theta.reshape(S, plan.num_potentials)[:, :2 * V].reshape(S, V, 2)
         fhat = np.zeros((2, V, state.G.shape[2]))   # (y, i, s)
         fhat[:, :, :S] = unary.transpose(2, 1, 0)
-        fhat[0] -= np.minimum(-state.G, 0.0).sum(axis=1)
+        low = np.minimum(-state.G, 0.0).sum(axis=1)   # sum_j lambda_{i->{i,j}}(0)
+        fhat[0] -= low
         fhat[1] -= np.minimum(state.G, 0.0).sum(axis=1)
+        dual += low.sum(axis=0)                        # the pairs' shifts (see _pairs)
         scale = plan.unary_scale[:, None]
         terms = np.empty(fhat.shape[1:])
         direct, zero, negative = scale[:, 0] > 0, scale[:, 0] == 0, scale[:, 0] < 0
@@ -336,8 +343,9 @@ class DenseBP:
             mine = rows[:, :2 * V].reshape(S, V, 2)
             if beliefs is not None:
                 mine[:, direct] = beliefs[:, :, :S].transpose(2, 1, 0)
+            pairs = out.reshape(S, P, 2, 2)
             for r, slot, first in plan.sourced:
-                mine[:, r] = out[:, slot].sum(axis=2 if first else 1)
+                mine[:, r] = pairs[:, slot].sum(axis=2 if first else 1)
         return dual[:S], None, None
 
     def dual(self, state: DenseState) -> np.ndarray:
