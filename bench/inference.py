@@ -363,7 +363,12 @@ def one_round(e) -> dict:
     out["cpu"] = (time.process_time() - cpu) / (time.perf_counter() - wall)
     if e.readout is not None:
         out["readout"], _ = timed(lambda: e.readout(state))
-        out["end to end"] = timed(e.run10)[0] / 10
+        seconds, result = timed(e.run10)
+        out["end to end"] = seconds / 10
+        phases = getattr(result, "seconds", None) or {}
+        if phases:   # dstrain's run() reports its phases (the slowest range's)
+            out.update({"in run start": phases["start"], "in run sweep": phases["sweeps"] / 10,
+                        "in run readout": phases["readout"]})
     return out
 
 
@@ -427,12 +432,14 @@ def main(argv=None):
             m["cpu"] = float(np.median([r["cpu"] for r in results[id(e)]]))
             medians[(e.label, e.threads)] = m
             cell = lambda k: f"{m[k]:.2f}" if k in m else "-"  # noqa: E731
+            in_run = " / ".join(cell(f"in run {k}") for k in ("start", "sweep", "readout")) \
+                if "in run start" in m else "-"
             rows.append(f"| ({key}) {name} | {e.label} | {e.threads} | {cell('start')} | "
-                        f"{cell('sweep')} | {cell('readout')} | {cell('end to end')} | "
+                        f"{cell('sweep')} | {cell('readout')} | {cell('end to end')} | {in_run} | "
                         f"{m['cpu']:.2f} |")
             print(rows[-1], flush=True)
         rows.append(f"| ({key}) {name} | loop reference (per sample) | 1 | - | "
-                    f"{reference / 1e3:.3f} per sample | - | - | - |")
+                    f"{reference / 1e3:.3f} per sample | - | - | - | - |")
         for t in threads:
             mine = medians.get((f"dstrain, {t} thread{'s' * (t > 1)}", t))
             peer_m = medians.get(("fastmp (C++/OpenMP)", t))
@@ -456,12 +463,16 @@ def main(argv=None):
         f"{', '.join(f'{x:.2f}' for x in load_after)} after; medians of {args.rounds} "
         f"interleaved rounds.", "",
         "    python bench/inference.py " + " ".join(argv if argv is not None else sys.argv[1:]), "",
-        "Times in ms for the whole batch. *start*: per-run work that depends on the potentials; "
-        "*sweep*: one sweep (every colour once); *read-out*: beliefs and dual (with shared tables: "
-        "the per-table belief sums and dual); *end to end*: (start + 10 sweeps + dual + beliefs) / "
-        "10; *CPU/wall*: CPU seconds per wall second during the sweeps.", "",
-        "| workload | engine | threads | start | sweep | read-out | end to end | CPU/wall |",
-        "|---|---|---|---|---|---|---|---|", *rows, ""]
+        "Times in ms for the whole batch. *start*: per-run work that depends on the potentials "
+        "(`start()`); *sweep*: one sweep, every colour once (`sweep()`, which returns the largest "
+        "message change); *read-out*: beliefs and dual (with shared tables: the per-table belief "
+        "sums and dual); *end to end*: (start + 10 sweeps + dual + beliefs) / 10, one `run()`; "
+        "*in run*: dstrain's `run()` timing its own phases, start / one sweep (no message change "
+        "but the last) / read-outs, on arrays reused from the previous run (the standalone calls "
+        "allocate theirs: fresh pages cost the kernel's zeroing); *CPU/wall*: CPU seconds per "
+        "wall second during the sweeps.", "",
+        "| workload | engine | threads | start | sweep | read-out | end to end | in run | CPU/wall |",
+        "|---|---|---|---|---|---|---|---|---|", *rows, ""]
     if ratios:
         lines += ["fastmp against dstrain, both measured in this run (> 1: dstrain is faster):", "",
                   "| workload | threads | fastmp ms/sweep | dstrain ms/sweep | fastmp / dstrain "

@@ -119,3 +119,17 @@ def test_the_thread_count_defaults_to_torchs():
     finally:
         torch.set_num_threads(before)
     assert ConvexBP(GraphBatch([chain(3, 2)]), threads=2).threads == 2
+
+
+def test_a_forked_child_runs_on_a_pool_of_its_own():
+    # the pool's threads are not copied into a child process (a DataLoader's workers, say)
+    import os
+    batch = GraphBatch([chain(5, 4, order=2)] * 6)
+    engine = ConvexBP(batch, threads=2)
+    potentials = np.random.default_rng(0).normal(size=batch.num_potentials)
+    before = engine.run(potentials, max_sweeps=3, tol=0.0)
+    pid = os.fork()
+    if pid == 0:   # (the child exits with the verdict; pytest never sees it)
+        after = engine.run(potentials, max_sweeps=3, tol=0.0)
+        os._exit(0 if np.array_equal(before.beliefs, after.beliefs) else 1)
+    assert os.waitpid(pid, 0)[1] == 0

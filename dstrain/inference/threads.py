@@ -2,6 +2,7 @@
 samples.  numpy releases the GIL inside its loops, so ranges of a batch run on several cores."""
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +21,15 @@ def engine_threads(threads: int | None = None) -> int:
         except ImportError:   # torch is a dependency; stay usable without it all the same
             threads = 1
     return max(1, int(threads))
+
+
+def _forget_pool():
+    """In a forked child the pool's threads do not exist: start a new pool when needed."""
+    global _POOL, _POOL_SIZE, _LOCK
+    _POOL, _POOL_SIZE, _LOCK = None, 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
