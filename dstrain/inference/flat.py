@@ -411,18 +411,20 @@ class FlatBP:
                 oriented.append(None)
                 continue
             k = len(oriented)
-            # (edges from a pair's second variable multiply from the left, _products: copies
-            # transposed so that r's states are rows measured no faster on this VM, 5000
-            # 26 x 26 tables: 0.20 ms either way, and cost a start 2 passes over the tables)
-            tables = [None if slots is not None else self._edge_tables(
-                pair_tables[g.pair_group], g, workspace.get(("edges", k, i), (
-                    len(g.pairs), *pair_tables[g.pair_group].table.shape[1:])))
-                for i, (g, slots) in enumerate(zip(colour.fast, self._slots[k]))]
             if binary is not None:   # the gap-form update reads the four entries as columns
-                flip = colour.fast[0].transposed
-                tables.append(tuple(np.where(flip, tables[0][:, j, i], tables[0][:, i, j])
-                                    for i in (0, 1) for j in (0, 1))
-                              + (inner[len(oriented)][1::2] - inner[len(oriented)][0::2],))
+                g = colour.fast[0]
+                table = self._edge_tables(pair_tables[g.pair_group], g, slice(None), workspace.get(
+                    ("edges", k), (len(g.pairs), 2, 2)))
+                tables = [tuple(np.where(g.transposed, table[:, j, i], table[:, i, j])
+                                for i in (0, 1) for j in (0, 1))
+                          + (inner[k][1::2] - inner[k][0::2],)]
+                if not self._binary_batch:   # (the general update runs this colour)
+                    tables.insert(0, self._split_tables(pair_tables[g.pair_group], g, workspace,
+                                                        (k, 0)))
+            else:   # per group: None (slot by slot on views) or its edges' tables, two stacks
+                tables = [None if slots is not None else self._split_tables(
+                    pair_tables[g.pair_group], g, workspace, (k, i))
+                    for i, (g, slots) in enumerate(zip(colour.fast, self._slots[k]))]
             oriented.append(tables)
         fhat = self.reparameterise(theta, lam) if self._needs_fhat else None
         extreme = None
@@ -484,10 +486,21 @@ class FlatBP:
                                     for c, p in zip(self.batch.colours, self._binary)]
 
     @staticmethod
-    def _edge_tables(pt: PairTable, g, out) -> np.ndarray:
-        """The pair table of each edge of fast group g (a gather, into `out`)."""
-        return np.take(pt.table, g.pairs if pt.variant is None else pt.variant[g.pairs], axis=0,
+    def _edge_tables(pt: PairTable, g, edges, out) -> np.ndarray:
+        """The pair tables of some edges of fast group g (a gather, into `out`)."""
+        pairs = g.pairs[edges]
+        return np.take(pt.table, pairs if pt.variant is None else pt.variant[pairs], axis=0,
                        out=out, mode="clip")
+
+    def _split_tables(self, pt: PairTable, g, workspace, key) -> tuple:
+        """Fast group g's edges whose r is the pair's first variable and their tables, then the
+        others and theirs: the products take a stack of each as stored (matrix-vector and
+        vector-matrix), with no copy of the tables in a sweep and no transposed copies."""
+        out = []
+        for side, edges in enumerate((np.flatnonzero(~g.transposed), np.flatnonzero(g.transposed))):
+            out += [edges, self._edge_tables(pt, g, edges, workspace.get(
+                (*key, side), (len(edges), *pt.table.shape[1:])))]
+        return tuple(out)
 
     @staticmethod
     def _pair_shape(g) -> tuple[int, int]:
@@ -624,8 +637,7 @@ class FlatBP:
                 total[:, j] = _products(table[:, slot], w[:, j], bool(second))
             total = total.reshape(len(weights), -1)
         else:
-            total = self._edge_products(state.oriented[k][i], weights,
-                                        g.transposed)
+            total = self._edge_products(state.oriented[k][i], weights)
         with np.errstate(divide="ignore"):
             mu = _log(total)
         if not unit:
@@ -645,17 +657,17 @@ class FlatBP:
         return mu
 
     @staticmethod
-    def _edge_products(table, weights, flip) -> np.ndarray:
-        """Each edge's table times its weights: table @ w where r picks a row, w @ table where it
-        picks a column (`flip`)."""
-        if not flip.any():
-            return _products(table, weights, False)
-        if flip.all():
-            return _products(table, weights, True)
-        total = np.empty((len(table), table.shape[1]))   # square tables, both kinds of edge
-        rows, columns = np.flatnonzero(~flip), np.flatnonzero(flip)
-        total[rows] = _products(table[rows], weights[rows], False)
-        total[columns] = _products(table[columns], weights[columns], True)
+    def _edge_products(tables, weights) -> np.ndarray:
+        """Each edge's table times its weights (tables from _split_tables): table @ w where r
+        picks a row, w @ table where it picks a column."""
+        rows, by_row, columns, by_column = tables
+        if not len(columns):
+            return _products(by_row, weights, False)
+        if not len(rows):
+            return _products(by_column, weights, True)
+        total = np.empty((len(weights), max(by_row.shape[1], by_column.shape[2])))
+        total[rows] = _products(by_row, weights[rows], False)
+        total[columns] = _products(by_column, weights[columns], True)
         return total
 
     @staticmethod
