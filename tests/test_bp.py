@@ -250,60 +250,45 @@ def test_warm_start_with_a_graph_without_edges_last_in_the_batch():
     np.testing.assert_allclose(warm.beliefs, cold.beliefs, atol=1e-8)
 
 
-@pytest.mark.parametrize("sweeps", [1, 2])
-def test_short_runs_without_transposed_tables_equal_long_ones(sweeps, monkeypatch):
-    # runs of fewer than _TRANSPOSE_FROM_SWEEPS sweeps read pair tables as stored (edges from a
-    # pair's second variable multiply from the left); longer runs sweep on transposed copies:
-    # the same numbers (the bound is raised here so that runs of 1 and 2 sweeps take both ways)
-    monkeypatch.setattr("dstrain.inference.bp._TRANSPOSE_FROM_SWEEPS", 3)
+@pytest.mark.parametrize("sweeps", [0, 1, 3])
+def test_a_run_equals_start_sweeps_and_read_outs(sweeps):
+    # run() reads out in one pass (pair sums and beliefs block by block, on reused arrays) and
+    # skips all but the last sweep's change: the same numbers as the step-by-step interface
     rng = np.random.default_rng(40 + sweeps)
-    batch = GraphBatch(_mixed_graphs(rng) + [fully_connected(4, 2)])
-    engine = ConvexBP(batch)
-    potentials = rng.normal(scale=2.0, size=batch.num_potentials)
-    messages = rng.normal(size=batch.num_messages)
-    short = engine.run(potentials, messages, max_sweeps=sweeps, tol=0.0)
-    state = engine.start(potentials, messages)
-    assert state.transposed and not engine.start(potentials, messages, sweeps=sweeps).transposed
-    for _ in range(sweeps):
-        engine.sweep(state)
-    np.testing.assert_allclose(short.messages, state.messages, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(short.beliefs, engine.beliefs(state), rtol=1e-12, atol=1e-12)
-    binary = GraphBatch([fully_connected(5, 2)] * 3)   # the gap-form update, both ways
-    p, m = rng.normal(size=binary.num_potentials), rng.normal(size=binary.num_messages)
-    bp = ConvexBP(binary)
-    long_state = bp.start(p, m)
-    for _ in range(sweeps):
-        bp.sweep(long_state)
-    np.testing.assert_allclose(bp.run(p, m, max_sweeps=sweeps, tol=0.0).messages,
-                               long_state.messages, rtol=1e-12, atol=1e-12)
+    batches = [_mixed_graphs(rng) + [fully_connected(4, 2)], [chain(5, 6, order=2)] * 4,
+               [grid(3, 4, 3)] * 3, [fully_connected(5, 2)] * 3, [grid(2, 3, 2)] * 2]
+    for graphs in batches:
+        batch = GraphBatch(graphs)
+        engine = ConvexBP(batch, threads=1)
+        potentials = rng.normal(scale=2.0, size=batch.num_potentials)
+        messages = rng.normal(size=batch.num_messages)
+        for _ in range(2):   # the second run on the first one's arrays
+            result = engine.run(potentials, messages, max_sweeps=sweeps, tol=0.0)
+            state = engine.start(potentials, messages)
+            change = float("inf")
+            for _ in range(sweeps):
+                change = engine.sweep(state)
+            assert result.max_change == change and result.sweeps == sweeps
+            np.testing.assert_array_equal(result.messages, state.messages)
+            np.testing.assert_array_equal(result.beliefs, engine.beliefs(state))
+            np.testing.assert_array_equal(result.dual, engine.dual(state))
+            assert set(result.seconds) == {"start", "sweeps", "readout"}
 
 
-def test_large_array_exp_and_log_agree_with_numpy_and_do_not_depend_on_position_or_threads():
-    # the engine takes torch's vectorised exp/log for large arrays (numpy's float64 ones are
-    # scalar loops without AVX-512): within 1 ulp of numpy's, and bit for bit the same whatever
-    # an entry's position in the array or torch's thread count, so runs stay reproducible
-    import torch
-
-    from dstrain.inference.bp import _TORCH_MIN_SIZE, _exp, _log
+def test_exp_and_log_give_an_entry_the_same_bits_wherever_it_sits():
+    # ranges of a batch run separately (in threads), so an entry's exp and log must not depend on
+    # its position in an array or the array's length (SIMD loops with scalar tails would)
+    from dstrain.inference.flat import _exp, _log
     rng = np.random.default_rng(7)
-    x = rng.normal(scale=30.0, size=3 * _TORCH_MIN_SIZE + 5)
-    ulp = np.finfo(np.float64).eps
-    np.testing.assert_allclose(_exp(x), np.exp(x), rtol=2 * ulp, atol=0)
-    np.testing.assert_allclose(_log(np.abs(x)), np.log(np.abs(x)), rtol=2 * ulp, atol=1e-300)
-    out = np.empty_like(x)
-    assert _exp(x, out=out) is out and np.array_equal(out, _exp(x))
-    shifted = [_exp(np.concatenate([np.zeros(k), x]))[k:] for k in range(1, 9)]
-    assert all(np.array_equal(s, _exp(x)) for s in shifted)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _exp(x)
-        torch.set_num_threads(2)
-        assert np.array_equal(_exp(x), one)
-    finally:
-        torch.set_num_threads(threads)
-    small = x[:10]
-    np.testing.assert_array_equal(_exp(small), np.exp(small))   # below the size: numpy itself
+    x = rng.normal(scale=30.0, size=4099)
+    whole_exp, whole_log = _exp(x), _log(np.abs(x))
+    for k in range(1, 18):
+        for n in (1, 2, 3, 7, 8, 9, 15, 16, 17, 100):
+            part = np.concatenate([np.zeros(k), x[:n]])
+            assert np.array_equal(_exp(part)[k:], whole_exp[:n])
+            assert np.array_equal(_log(np.abs(part[k:])), whole_log[:n])
+    strided = np.repeat(x, 2)[::2]
+    assert np.array_equal(_exp(strided), whole_exp)
 
 
 def _shared_problem(rng, shared: bool, scale: float, counting="convex", lengths=None):
@@ -392,3 +377,71 @@ def test_trw_counting_numbers_equal_bethe_on_trees_and_refuse_larger_regions():
                                chain(5, 3, counting_numbers="bethe").counting_numbers)
     with pytest.raises(ValueError, match="pairwise graphs"):
         RegionGraph([2, 2, 2], [(0,), (1,), (2,), (0, 1, 2)], counting_numbers="trw")
+
+
+def _against_reference(graphs, scale, sweeps=3, seed=0, eps_rel=1e-9):
+    """The engine's messages after each of `sweeps` sweeps, and its dual and beliefs, against
+    the loop reference's, from random warm-start messages; returns the engine."""
+    rng = np.random.default_rng(seed)
+    batch = GraphBatch(graphs)
+    engine = ConvexBP(batch, threads=1)
+    pots = [random_potentials(rng, g, scale=scale) for g in graphs]
+    state = engine.start(batch.pack(pots), rng.normal(size=batch.num_messages))
+    references = []
+    for s, (g, p) in enumerate(zip(graphs, pots)):   # the same (normalised) warm start
+        start = batch.message_offset[s]
+        sizes = [g.sizes[r] for r, _ in g.edges]
+        cuts = start + np.concatenate([[0], np.cumsum(sizes)])
+        references.append(ReferenceBP(g, p, {edge: state.messages[a:b] for edge, a, b in
+                                             zip(g.edges, cuts[:-1], cuts[1:])}))
+    for _ in range(sweeps):
+        change = engine.sweep(state)
+        assert change == pytest.approx(max(ref.sweep() for ref in references), rel=1e-9, abs=1e-9)
+        flat = np.concatenate([ref.messages[e].ravel() for ref in references for e in ref.graph.edges])
+        np.testing.assert_allclose(state.messages, flat, rtol=eps_rel, atol=eps_rel * max(
+            1.0, np.abs(flat).max()))
+    dual = engine.dual(state)
+    for d, ref in zip(dual, references):
+        assert d == pytest.approx(ref.dual(), rel=1e-12, abs=1e-9)
+    mine = batch.unpack(engine.beliefs(state))
+    for b, ref in zip(mine, references):
+        for x, y in zip(b, ref.beliefs()):
+            np.testing.assert_allclose(x, y, atol=1e-9)
+    return engine
+
+
+@pytest.mark.parametrize("counting", ["convex", "trw", "bethe"])
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_the_fully_connected_binary_path_equals_the_reference(counting, scale):
+    # the tagging task's graph: DenseBP, also with extreme interactions (the log-space rows)
+    engine = _against_reference([fully_connected(38, 2, counting_numbers=counting)], scale,
+                                sweeps=2)
+    assert engine._dense is not None
+    engine = _against_reference([fully_connected(7, 2, counting_numbers=counting, eps=0.6)] * 4,
+                                scale, sweeps=4, seed=1)
+    assert engine._dense is not None
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_the_words_path_equals_the_reference(scale):
+    # one template of 2nd-order chains over 26 states: pair tables through views, per slot
+    engine = _against_reference([chain(5, 26, order=2)] * 3, scale)
+    flat = engine._flat
+    assert all(v is not None for v in flat._pair_views)
+    assert all(s is not None for slots in flat._slots for s in slots)
+
+
+@pytest.mark.parametrize("counting", ["convex", "trw"])
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_the_grid_path_equals_the_reference(counting, scale):
+    # the grid segmentation CRF's graph (5 states: stacked products; 3: the loop of
+    # multiply-adds; 2: the binary gap form), one template, pair tables through views; a small
+    # grid multiplies slot by slot, a larger one on per-edge copies
+    for shape, slots in (((4, 5), True), ((7, 8), False)):
+        for states in (5, 3, 2):
+            engine = _against_reference([grid(*shape, states, counting_numbers=counting)] * 2,
+                                        scale)
+            flat = engine._flat
+            assert all(v is not None for v in flat._pair_views) and engine._dense is None
+            if states > 2:
+                assert all((s is not None) == slots for c in flat._slots for s in c)

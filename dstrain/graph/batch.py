@@ -310,6 +310,13 @@ class GraphBatch:
         return np.concatenate([tiled(t, ss) for t, ss in self._parts])
 
     @property
+    def template(self):
+        """The one RegionGraph every sample is built like (same structure, counting numbers and
+        eps), or None: then sample s's potentials are entries [s P, (s + 1) P) of the batch's
+        (P = its potential count), and its messages likewise."""
+        return self._parts[0][0].graph if len(self._parts) == 1 else None
+
+    @property
     def message_edge_start(self) -> np.ndarray:
         """Start of every edge's message vector (for per-edge reductions)."""
         return np.sort(self._join(lambda t, ss: _tile(t.edge_offset, self.message_offset[ss])))

@@ -1,167 +1,45 @@
-"""Convex belief propagation on a flattened batch: block coordinate descent on the dual, vectorised.
+"""Convex belief propagation on a GraphBatch, on the cores it is given.
 
-The formulas are those of docs/design.md §2.  For a region r with parents P(r), updated as one block:
+``ConvexBP`` splits the batch into contiguous ranges of samples, one per thread
+(``threads``, else ``torch.get_num_threads()``, which the trainer sets from ``run.threads``), and
+runs an engine per range in a thread pool: samples are independent, so a range sweeps, starts
+and reads out on its own, and numpy releases the GIL inside its loops.  Every number is computed
+per sample by the same operations whatever the range, so the results are bitwise independent of
+the thread count (tests/test_threads.py); the few sums over the whole batch (per shared table)
+are formed here, over the whole batch, in one fixed order.
 
-    mu_{p->r}(y_r)    = eps c_p log sum_{y_p \\ y_r} exp((fhat_p(y_p) - lambda_{r->p}(y_r)) / (eps c_p))
-    s_r(y_r)          = f_r(y_r) + sum_{c in C(r)} lambda_{c->r}(y_c) + sum_{p in P(r)} mu_{p->r}(y_r)
-    lambda_{r->p}     = c_p / (c_r + sum_{p' in P(r)} c_p') * s_r - mu_{p->r},  minus its max
+Engines (docs/design.md §2 has the formulas):
 
-Regions of one colour share no parent and are not parent and child, so a colour is updated at once
-with flat array operations.  ``fhat`` (the reparameterised potential) is kept current incrementally
-only where an update reads it (generic parents, regions with children); beliefs and the dual are
-computed from a fresh ``fhat`` at the end, so incremental rounding never reaches them.
+* ``FlatBP`` (flat.py): any region graph, flattened to index arrays; with shared pair tables;
+  batches of one template (2nd-order words, grids) read their pair tables through views.
+* ``DenseBP`` (dense.py): batches of one dense binary pairwise graph (the tagging task's fully
+  connected graph), on (S, V, V) arrays, for any counting numbers whose pairs' are > 0.
 
-Pairs whose potential tables are shared (a word model's pairwise tables, one per distance and
-used by every word) can be run from the source vector the potentials are gathered from
-(``ConvexBP.sharing``): each table is exponentiated once, a colour's edges that share a table are
-one matrix product, and the pairs' beliefs are summed per table instead of formed entry by entry.
-
-Only operations CuPy offers too (take, bincount, matmul, exp, log, max) are used on the hot path, so
-a GPU backend can mirror this file array for array (or kernel for kernel).
+A run with tol = 0 (blend's few sweeps) is one task per range: start, sweeps and read-outs; with
+tol > 0 the ranges meet after every sweep, so all stop at the same sweep.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..graph.batch import ColourPlan, GraphBatch
+from ..graph.batch import GraphBatch
+from .dense import DenseBP, dense_plan
+from .flat import FlatBP, PairSharing
+from .threads import engine_threads, run_parallel
 
-# a matrix-vector sum below this has lost too much to underflow: redo that entry as log-sum-exp
-_UNDERFLOW = 1e-250
-# the binary update's exp(g / (eps c)) stays far from overflow (and e * t from underflow) below this
-_BINARY_EXPONENT_LIMIT = 600.0
-# arrays at least this long take torch's exp and log (see _elementwise); shorter ones stay with
-# numpy, which was faster on them (bench/results/choices.md)
-_TORCH_MIN_SIZE = 32768
-# runs of at least this many sweeps transpose the pair tables once in start (ConvexBP._orient)
-_TRANSPOSE_FROM_SWEEPS = 2
-
-
-def _elementwise(name: str, x: np.ndarray, out=None) -> np.ndarray:
-    """np.<name>(x, out=out), computed by torch.<name> on large contiguous float64 arrays.
-
-    Torch's are vectorised where numpy's may be scalar loops (bench/results/choices.md); they
-    agree to 1 ulp and give the same bits whatever the thread count or an entry's position
-    (tests/test_bp.py), so runs stay reproducible.  Torch is imported on first use.
-    """
-    if x.size < _TORCH_MIN_SIZE or x.dtype != np.float64 or not x.flags.c_contiguous \
-            or (out is not None and not out.flags.c_contiguous):
-        return getattr(np, name)(x) if out is None else getattr(np, name)(x, out=out)
-    import torch
-    if out is None:
-        return getattr(torch, name)(torch.from_numpy(x)).numpy()
-    getattr(torch, name)(torch.from_numpy(x), out=torch.from_numpy(out))
-    return out
-
-
-def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b for the shared tables' matrix products, computed by torch.
-
-    numpy's was several times slower on 2 threads, probably because its BLAS thread pool
-    competes with torch's for the cores; torch's run on torch's own pool
-    (bench/results/choices.md).
-    """
-    import torch
-    return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
-
-
-def _exp(x: np.ndarray, out=None) -> np.ndarray:
-    return _elementwise("exp", x, out)
-
-
-def _log(x: np.ndarray, out=None) -> np.ndarray:
-    return _elementwise("log", x, out)
-
-
-@dataclass
-class PairTable:
-    """exp((f_p - top_p) / (eps c_p)) of the fast pairs of one PairGroup; constant during a run."""
-
-    table: np.ndarray           # (P, n_a, n_b), or (V, n_a, n_b) with shared tables
-    top: np.ndarray             # (P,) max of f_p, or (V,)
-    variant: np.ndarray | None = None   # shared tables: (P,) each pair's row of `table` and `top`
-
-    def pair_top(self, pairs=slice(None)) -> np.ndarray:
-        return self.top[pairs] if self.variant is None else self.top[self.variant[pairs]]
-
-
-@dataclass
-class PairSharing:
-    """Fast pairs whose potential tables are blocks of one source vector, shared by many pairs.
-
-    A word model's pairwise tables (one per distance, or per position) are used by every word of
-    a batch: potentials = source[source_index] repeats each table once per pair.  Given the
-    source, ``start`` exponentiates each table once instead of once per pair, a sweep multiplies
-    all edges that share a table by it in one matrix product, and ``table_beliefs`` sums the
-    pairs' beliefs per table (all a shared table's gradient needs) instead of forming them entry
-    by entry.  A variant is one (table, eps c_p) combination.  Built by ``ConvexBP.sharing``.
-    """
-
-    source_size: int
-    rest: np.ndarray              # every potential entry that is not a fast pair's
-    rest_source: np.ndarray       # its position in the source
-    tables: list[np.ndarray]      # per pair group: (T, n_a * n_b) source positions of each table
-    variant: list[np.ndarray]     # per pair group: (P,) each pair's variant
-    variant_table: list[np.ndarray]   # per pair group: (V,) the table of each variant
-    variant_scale: list[np.ndarray]   # per pair group: (V,) its eps c_p
-    variant_rows: list[list]      # per pair group: [(variant, pairs)]
-    edge_rows: list[list]         # per colour, per fast group: [(edges, variant, r is 2nd variable)]
-    readout_source: np.ndarray    # source positions of the engine's read-out entries
-    inner_source: list            # per colour: source positions of its region entries (childless)
-    num_potentials: int           # N, the batch's potential entries
-    rest_blocks: list             # per regions_by_size block: its entries' positions in `rest`
-    rest_levels: list             # belief_levels as positions in `rest`
-
-    def spread(self, rest_values: np.ndarray) -> np.ndarray:
-        """(N,) with `rest_values` at the rest entries and NaN at the fast pairs."""
-        full = np.full(self.num_potentials, np.nan)
-        full[self.rest] = rest_values
-        return full
-
-    def table_of(self, group: int, pairs) -> np.ndarray:
-        """The shared table (row of `tables[group]`) of some pairs of pair group `group`."""
-        return self.variant_table[group][self.variant[group][pairs]]
-
-
-class BPState:
-    """Potentials, messages and what one run precomputes from the potentials."""
-
-    def __init__(self, potentials, readout, messages, fhat, pair_tables, oriented, inner,
-                 binary_batch, transposed, sharing=None, source=None):
-        # (N,) f, float64; with sharing only where fhat is kept (0 at the fast pairs), else None:
-        # filling a full-length vector of mostly zeros took about 60 of a start's 200 us (50
-        # 2nd-order words, line profile)
-        self.potentials = potentials
-        self.readout = readout          # f at the engine's read-out entries
-        self.sharing = sharing          # PairSharing, or None
-        self.source = source            # with sharing: the source vector the tables come from
-        self.fhat = fhat                # (N,) reparameterised potentials where read, or None
-        self.pair_tables = pair_tables  # list[PairTable], one per pair group
-        # per colour, per fast group: its edges' pair tables (see ConvexBP._orient)
-        # (binary colours: then also the four entries as columns)
-        self.oriented = oriented
-        self.transposed = transposed    # the tables above have r's states as rows (ConvexBP._orient)
-        self.inner = inner              # per colour: f_r at its region entries if childless
-        self._messages = messages       # (M,) each edge's vector with max 0
-        # binary batches: the gap lambda(1) - lambda(0) of every edge holds the messages during
-        # sweeps (half the memory traffic); `messages` is rebuilt from it when read
-        self.gaps = messages[1::2] - messages[0::2] if binary_batch else None
-        self._stale = False
-
-    @property
-    def messages(self) -> np.ndarray:
-        if self._stale:   # a max-0 binary message with gap g is (min(0, -g), min(0, g))
-            np.minimum(0.0, -self.gaps, out=self._messages[0::2])
-            np.minimum(0.0, self.gaps, out=self._messages[1::2])
-            self._stale = False
-        return self._messages
-
-    def messages_changed(self):
-        """After a general update wrote `messages`: refresh the gaps from them."""
-        if self.gaps is not None:
-            np.subtract(self._messages[1::2], self._messages[0::2], out=self.gaps)
+# a range of samples is worth a thread if each colour updates at least this many message entries
+# in it: every numpy call hands the GIL over, so small calls on two threads take longer than on
+# one (measured, run of 10 sweeps on 1 and 2 ranges: fully connected 38 binary, 7400 entries a
+# colour (batch 100), 1.44 against 2.54 ms; 29600 (batch 400) 6.04 against 5.78; 74000 (batch
+# 1000) 16.1 against 10.8; 2nd-order words, 12133 (batch 100) 1.16 against 1.44, 121333 (batch
+# 1000) 13.4 against 7.7; 32 x 32 grids of 5 states, 19840 (batch 2) 0.97 against 0.92)
+_MIN_PART_ENTRIES = 20000
 
 
 @dataclass
@@ -175,6 +53,8 @@ class BPResult:
     rest_beliefs: np.ndarray | None = None   # with shared tables: beliefs at sharing.rest
     sharing: PairSharing | None = None
     formed: np.ndarray | None = None   # (N,) beliefs, once formed
+    # wall seconds of the run's start, sweeps and read-outs (the slowest range's, each)
+    seconds: dict = field(default_factory=dict)
 
     @property
     def beliefs(self) -> np.ndarray:
@@ -186,135 +66,119 @@ class BPResult:
         return self.formed
 
 
-def _log_sum_exp(values: np.ndarray, scale, axis: int) -> np.ndarray:
-    """scale * log sum exp(values / scale) along axis, shifted by the max so nothing overflows.
+class _Part:
+    """Samples [s0, s1) of the batch: their potential and message ranges and their engines (the
+    flat one built when first used)."""
 
-    `scale` has the dimensions of `values`, with length 1 along `axis`.
-    """
-    z = values / scale
-    peak = z.max(axis=axis, keepdims=True)
-    return np.squeeze(scale * (peak + np.log(_exp(z - peak).sum(axis=axis, keepdims=True))), axis)
+    def __init__(self, batch: GraphBatch, s0: int, s1: int, flat=None, uniform=None, dense=None):
+        self.s0, self.s1 = int(s0), int(s1)
+        self.p0, self.p1 = int(batch.potential_offset[s0]), int(batch.potential_offset[s1])
+        self.m0, self.m1 = int(batch.message_offset[s0]), int(batch.message_offset[s1])
+        self._graphs, self._uniform, self.dense = batch.graphs[s0:s1], uniform, dense
+        if flat is not None:
+            self.flat = flat
+
+    @functools.cached_property
+    def flat(self) -> FlatBP:
+        return FlatBP(GraphBatch(self._graphs), uniform=self._uniform)
+
+    def engine(self, sharing):
+        """The engine a run takes: the dense one unless there is none or tables are shared."""
+        return self.dense if self.dense is not None and sharing is None else self.flat
 
 
-def _row_max(block: np.ndarray) -> np.ndarray:
-    """Max over the last axis; numpy's reduction is slow on short rows, so unroll those."""
-    if block.shape[-1] > 8:
-        return block.max(axis=-1)
-    out = block[..., 0].copy()
-    for j in range(1, block.shape[-1]):
-        np.maximum(out, block[..., j], out=out)
-    return out
+class BPState:
+    """A run's state: one engine state per range of samples.  `messages` is the whole batch's
+    (M,) vector; each range's messages are a view of it."""
+
+    def __init__(self, parts, engines, states, lam, sharing):
+        self.parts, self.engines, self.states = parts, engines, states
+        self._messages, self.sharing = lam, sharing
+
+    @property
+    def messages(self) -> np.ndarray:
+        for state in self.states:   # ranges that keep their messages in another form write them
+            state.messages
+        return self._messages
 
 
 class ConvexBP:
-    """Vectorised CPU engine for one GraphBatch (build once per batch, run many times)."""
+    """Convex BP for one GraphBatch (build once per batch, run many times), on `threads` threads
+    (default: torch.get_num_threads())."""
 
-    def __init__(self, batch: GraphBatch):
+    def __init__(self, batch: GraphBatch, threads: int | None = None):
         self.batch = batch
-        # fhat is only read by generic parents and by regions with children
-        self._needs_fhat = any(c.generic or not c.childless for c in batch.colours)
-        self._binary = [self._binary_plan(c) for c in batch.colours]
-        # every message is binary and every colour takes the gap-form update
-        self._binary_batch = bool(batch.colours) and all(p is not None for p in self._binary)
-        # the read-outs take fhat only of the regions that are not fast pairs (for words: the
-        # unaries, 3 % of the entries): a compact vector of those, one block per region size
-        blocks = [entries for entries, _, _ in batch.regions_by_size]
-        self._readout_entries = np.concatenate([e.ravel() for e in blocks]) if blocks \
-            else np.zeros(0, np.int64)
-        compact = np.full(batch.num_potentials, -1, dtype=np.int64)
-        compact[self._readout_entries] = np.arange(len(self._readout_entries))
-        self._compact_parent = compact[batch.parent_entry]          # generic parents: never fast
-        self._compact_child = compact[batch.message_child_entry]    # children: never fast pairs
-        # each pair group's potential entries as one flat index (faster to gather and scatter than
-        # the 2-d one), and whether its scales are all 1 (the table needs no division then)
-        self._pair_entries = [g.entries.ravel() for g in batch.pair_groups]
-        self._unit_scale = [bool(np.all(g.scale == 1.0)) for g in batch.pair_groups]
-        self._blocks = []
-        start = 0
-        for e in blocks:
-            self._blocks.append((slice(start, start + e.size), e.shape))
-            start += e.size
+        self.threads = engine_threads(threads)
+        self._flat = FlatBP(batch)
+        self._dense = dense_plan(batch.template)
+        self._running = threading.Lock()   # held by the run that uses the engines' Workspaces
+
+    # --- ranges of samples ----------------------------------------------------------------
+    @functools.cached_property
+    def _whole(self) -> _Part:
+        return self._part(0, self.batch.num_samples, self._flat)
+
+    def _part(self, s0, s1, flat=None) -> _Part:
+        dense = None if self._dense is None else DenseBP(self._dense, s1 - s0,
+                                                         len(self.batch.colours))
+        return _Part(self.batch, s0, s1, flat, self._flat.uniform, dense)
 
     @functools.cached_property
-    def _message_edges(self) -> tuple[np.ndarray, np.ndarray]:
-        """Where each edge's message starts, and each message entry's edge (for warm starts)."""
-        starts = self.batch.message_edge_start
-        lengths = np.diff(starts, append=self.batch.num_messages)
-        return starts, np.repeat(np.arange(len(starts)), lengths)
-
-    @staticmethod
-    def _binary_plan(c: ColourPlan):
-        """Index arrays of the gap-form update, if colour c is binary unaries under fast pairs."""
-        if c.generic or len(c.fast) != 1 or not c.childless or c.fast[0].own.shape[1] != 2 \
-                or c.fast[0].other.shape[1] != 2:
-            return None
-        g = c.fast[0]
-        # every region of the colour has 2 states, so its states are entries 2r, 2r + 1 of Q
-        region = c.edge_entry_q[g.entries][0::2] // 2
-        ratio = c.edge_entry_ratio[g.entries][0::2]
-        # a binary batch stores edge e's message at entries 2e, 2e + 1
-        return g.own[:, 0] // 2, g.other[:, 0] // 2, region, ratio, g.scale
-
-    def sharing(self, source_index, source_size: int) -> PairSharing | None:
-        """The shared tables of the fast pairs if potentials = source[source_index], source of
-        `source_size` entries; None where that gains nothing or cannot be used: a pair's entries
-        are not one contiguous block of the source (in C order), no table is shared, two tables
-        overlap, or some region's belief is marginalised from a fast pair's."""
+    def _parts(self) -> list[_Part]:
+        """The ranges the batch runs in: one per thread, balanced by entries, unless a range
+        would update too few entries per colour (_MIN_PART_ENTRIES) or be updated differently
+        from the whole batch (FlatBP.signature)."""
         b = self.batch
+        whole = [self._whole]
+        work = np.diff(b.potential_offset) + np.diff(b.message_offset)
+        per_colour = b.num_messages // max(len(b.colours), 1)
+        count = min(self.threads, b.num_samples, per_colour // max(_MIN_PART_ENTRIES, 1))
+        if count < 2:
+            return whole
+        cumulative = np.cumsum(work)
+        cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, count) / count) + 1
+        bounds = np.unique(np.concatenate([[0], np.clip(cuts, 1, b.num_samples - 1),
+                                           [b.num_samples]]))
+        parts = [self._part(s0, s1) for s0, s1 in zip(bounds[:-1], bounds[1:])]
+        if b.template is None:   # ranges of one template are updated like the whole batch
+            signature = self._flat.signature()
+            for part in parts:
+                binary, colours = part.flat.signature()
+                if binary != signature[0] or colours != signature[1][:len(colours)]:
+                    return whole
+        return parts
+
+    def _each(self, parts, task) -> list:
+        """task(i, part) for every range, in parallel."""
+        return run_parallel([functools.partial(task, i, part) for i, part in enumerate(parts)])
+
+    # --- shared tables --------------------------------------------------------------------
+    def sharing(self, source_index, source_size: int) -> PairSharing | None:
+        """The shared tables of the fast pairs if potentials = source[source_index] (see
+        FlatBP.sharing), with each range's own view of them; None where they cannot be used."""
+        full = self._flat.sharing(source_index, source_size)
+        if full is None or len(self._parts) == 1:
+            return full
         source_index = np.asarray(source_index, dtype=np.int64)
-        if source_index.shape != (b.num_potentials,):
-            raise ValueError(f"source_index: expected {b.num_potentials} entries for this batch, "
-                             f"got shape {source_index.shape}")
-        if not b.pair_groups:
-            return None
-        is_pair = np.zeros(b.num_potentials, dtype=bool)
-        tables, variant, variant_table, variant_scale, variant_rows = [], [], [], [], []
-        for g in b.pair_groups:
-            src = source_index[g.entries]
-            if not np.array_equal(src, src[:, :1] + np.arange(src.shape[1])):
-                return None
-            starts, table_of = np.unique(src[:, 0], return_inverse=True)
-            scales, scale_of = np.unique(g.scale, return_inverse=True)
-            keys, variant_of = np.unique(table_of * len(scales) + scale_of, return_inverse=True)
-            tables.append(starts[:, None] + np.arange(src.shape[1]))
-            variant.append(variant_of)
-            variant_table.append(keys // len(scales))
-            variant_scale.append(scales[keys % len(scales)])
-            variant_rows.append([(v, np.flatnonzero(variant_of == v)) for v in range(len(keys))])
-            is_pair[g.entries] = True
-        positions = np.concatenate([t.ravel() for t in tables])
-        if len(positions) >= sum(g.entries.size for g in b.pair_groups) \
-                or len(np.unique(positions)) < len(positions) \
-                or positions.min() < 0 or positions.max() >= source_size:
-            return None
-        if any(is_pair[parent].any() for _, parent in b.belief_levels):
-            return None
-        edge_rows = []
-        for colour in b.colours:
-            per_group = []
-            for g in colour.fast:
-                key = variant[g.pair_group][g.pairs] * 2 + g.transposed
-                kinds = np.unique(key)
-                per_group.append([(np.flatnonzero(key == k) if len(kinds) > 1 else slice(None),
-                                   int(k // 2), bool(k % 2)) for k in kinds])
-            edge_rows.append(per_group)
-        rest = np.flatnonzero(~is_pair)
-        inner_source = [source_index[c.region_entries] if c.childless else None for c in b.colours]
-        # no fast pair is a read-out region or a parent of one (checked above), nor a child
-        in_rest = functools.partial(np.searchsorted, rest)
-        return PairSharing(int(source_size), rest, source_index[rest], tables, variant,
-                           variant_table, variant_scale, variant_rows, edge_rows,
-                           source_index[self._readout_entries], inner_source, b.num_potentials,
-                           [in_rest(entries) for entries, _, _ in b.regions_by_size],
-                           [(in_rest(child), in_rest(parent)) for child, parent in b.belief_levels])
+        b, parts, positions = self.batch, [], []
+        first = [g.entries[:, 0] for g in b.pair_groups]
+        order = [np.argsort(f) for f in first]
+        shapes = [(g.message_a.shape[1], g.message_b.shape[1]) for g in b.pair_groups]
+        for part in self._parts:
+            mine = part.flat.sharing(source_index[part.p0:part.p1], source_size, force=True)
+            if mine is None:   # a range cannot share: run the batch as one range
+                return full
+            parts.append(mine)
+            where = []
+            for g in part.flat.batch.pair_groups:   # each pair's place in the batch's group
+                group = shapes.index((g.message_a.shape[1], g.message_b.shape[1]))
+                at = np.searchsorted(first[group], g.entries[:, 0] + part.p0, sorter=order[group])
+                where.append((group, order[group][at]))
+            positions.append(where)
+        return dataclasses.replace(full, parts=parts, part_pairs=positions)
 
     # --- state ----------------------------------------------------------------------------
-    def start(self, potentials, messages=None, sweeps: int | None = None,
-              sharing: PairSharing | None = None) -> BPState:
-        """The state a run sweeps on; `sweeps`: how many will run, if known (a run of one sweep
-        skips the transposed copies of the pair tables that only pay off over more).
-
-        `sharing` (from ``self.sharing``): `potentials` is then the source vector it indexes."""
+    def _inputs(self, potentials, messages, sharing):
         b = self.batch
         theta = np.ascontiguousarray(potentials, dtype=np.float64)
         expected = b.num_potentials if sharing is None else sharing.source_size
@@ -322,17 +186,6 @@ class ConvexBP:
             raise ValueError(f"potentials: expected a flat vector of {expected} entries "
                              f"for this batch{' (its source)' if sharing else ''}, "
                              f"got shape {theta.shape}")
-        source = None
-        if sharing is not None:
-            source, theta = theta, None
-            if self._needs_fhat:   # reparameterise reads f everywhere
-                theta = np.zeros(b.num_potentials)
-                theta[sharing.rest] = source[sharing.rest_source]
-            readout = source[sharing.readout_source]
-            inner = [source[where] if where is not None else None for where in sharing.inner_source]
-        else:
-            readout = theta[self._readout_entries]
-            inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
         if messages is None:
             lam = np.zeros(b.num_messages)
         else:
@@ -340,366 +193,120 @@ class ConvexBP:
             if lam.shape != (b.num_messages,):
                 raise ValueError(f"messages: expected {b.num_messages} entries for this batch, "
                                  f"got shape {lam.shape}")
-            if len(lam):   # shift every message to max 0: the dual is unchanged
-                starts, edge_of_entry = self._message_edges
-                lam -= np.maximum.reduceat(lam, starts)[edge_of_entry]
-        transpose = sweeps is None or sweeps >= _TRANSPOSE_FROM_SWEEPS
-        pair_tables = []
-        for i, (g, entries, unit) in enumerate(zip(b.pair_groups, self._pair_entries,
-                                                   self._unit_scale)):
-            if sharing is None:
-                table, scale, variant = theta[entries].reshape(g.entries.shape), g.scale, None
-            else:   # one table per variant (fancy indexing copies: exp is taken in place)
-                table = source[sharing.tables[i][sharing.variant_table[i]]]
-                scale, variant = sharing.variant_scale[i], sharing.variant[i]
-            top = _row_max(table)
-            table -= top[:, None]
-            if not unit:
-                table /= scale[:, None]
-            _exp(table, out=table)
-            pair_tables.append(PairTable(table.reshape(len(table), *self._pair_shape(g)), top,
-                                         variant))
-        oriented = []
-        for colour, binary in zip(b.colours, self._binary):
-            if sharing is not None and binary is None:   # sweeps use sharing.edge_rows instead
-                oriented.append(None)
-                continue
-            tables = [self._orient(self._edge_tables(pair_tables[g.pair_group], g), g, transpose)
-                      for g in colour.fast]
-            if binary is not None:   # the gap-form update reads the four entries as columns
-                flip = colour.fast[0].transposed & (not transpose)
-                tables.append(tuple(np.where(flip, tables[0][:, j, i], tables[0][:, i, j])
-                                    for i in (0, 1) for j in (0, 1))
-                              + (inner[len(oriented)][1::2] - inner[len(oriented)][0::2],))
-            oriented.append(tables)
-        fhat = self.reparameterise(theta, lam) if self._needs_fhat else None
-        # the gap-form update needs tables without near-underflow entries (see its docstring)
-        binary = self._binary_batch and min(t.table.min() for t in pair_tables) >= _UNDERFLOW
-        return BPState(theta, readout, lam, fhat, pair_tables, oriented, inner, binary, transpose,
-                       sharing, source)
+        parts = self._parts
+        if sharing is not None and sharing.parts is None:   # shared tables over the whole batch
+            parts = [self._whole]
+        return theta, lam, parts
 
     @staticmethod
-    def _edge_tables(pt: PairTable, g) -> np.ndarray:
-        """The pair table of each edge of fast group g (a gather)."""
-        return pt.table[g.pairs] if pt.variant is None else pt.table[pt.variant[g.pairs]]
+    def _part_start(part: _Part, i: int, theta, lam, warm, sweeps, sharing, reuse=False):
+        """(the range's engine, its state); `reuse`: the state may take the engine's Workspace."""
+        engine = part.engine(sharing)
+        extra = {"workspace": engine.workspace} if reuse else {}
+        if sharing is None:
+            return engine, engine.start(theta[part.p0:part.p1], lam[part.m0:part.m1], warm,
+                                        sweeps, **extra)
+        mine = sharing if sharing.parts is None else sharing.parts[i]
+        return engine, engine.start(theta, lam[part.m0:part.m1], warm, sweeps, mine, **extra)
 
-    @staticmethod
-    def _orient(picked: np.ndarray, g, transpose: bool) -> np.ndarray:
-        """A fast group's edge tables (`_edge_tables`), with r's states as rows if `transpose`
-        (a strided copy that pays from 2 sweeps per run: bench/results/choices.md), else as stored,
-        and an edge from the pair's second variable multiplies from the left (see _edge_products)."""
-        if not transpose or not g.transposed.any():
-            return picked
-        if g.transposed.all():
-            return np.ascontiguousarray(picked.transpose(0, 2, 1))
-        picked[g.transposed] = picked[g.transposed].transpose(0, 2, 1)   # square tables
-        return picked
+    def start(self, potentials, messages=None, sweeps: int | None = None,
+              sharing: PairSharing | None = None) -> BPState:
+        """The state a run sweeps on; `sweeps`: how many will run, if known (the engines here do
+        not need it).
 
-    @staticmethod
-    def _pair_shape(g) -> tuple[int, int]:
-        return g.message_a.shape[1], g.message_b.shape[1]
+        `sharing` (from ``self.sharing``): `potentials` is then the source vector it indexes."""
+        theta, lam, parts = self._inputs(potentials, messages, sharing)
+        started = self._each(parts, lambda i, part: self._part_start(
+            part, i, theta, lam, messages is not None, sweeps, sharing))
+        return BPState(parts, [e for e, _ in started], [s for _, s in started], lam, sharing)
 
-    def reparameterise(self, theta, lam) -> np.ndarray:
-        """fhat_r = f_r + sum_{c in C(r)} lambda_{c->r} - sum_{p in P(r)} lambda_{r->p}.
-
-        Exact for every region except the fast pairs (which get f_p: nothing here reads theirs).
-        """
-        b = self.batch
-        n = b.num_potentials
-        return (theta + np.bincount(b.parent_entry, lam[b.parent_entry_message], n)
-                - np.bincount(b.message_child_entry, lam, n))
-
-    # --- one block-coordinate step per colour --------------------------------------------
+    # --- sweeps ---------------------------------------------------------------------------
     def update_colour(self, state: BPState, k: int) -> float:
         """Update all regions of colour k; return the largest message change."""
-        if state.gaps is not None:
-            change = self._update_binary_colour(state, k)
-            if change is not None:
-                return change
-        plan: ColourPlan = self.batch.colours[k]
-        lam, fhat = state.messages, state.fhat
-        mu = np.empty(len(plan.edge_entry_message))
-        for i, g in enumerate(plan.fast):
-            mu[g.entries] = self._fast_mu(state, k, i, lam).ravel()
-        for g in plan.generic:
-            mu[g.entries] = self._generic_mu(g, fhat, lam).ravel()
-
-        q = plan.edge_entry_q
-        num_q = len(plan.region_entries)
-        if plan.childless:
-            inner = state.inner[k]
-        else:   # f_r + sum_c lambda_{c->r} = fhat_r + sum_p lambda_{r->p}
-            inner = fhat[plan.region_entries] + np.bincount(q, lam[plan.edge_entry_message], num_q)
-        total = inner + np.bincount(q, mu, num_q)
-        new = plan.edge_entry_ratio * total[q] - mu
-        for g in plan.fast + plan.generic:
-            # a constant per message leaves the dual unchanged; max 0 keeps messages bounded
-            block = new[g.entries].reshape(len(g.own), -1)
-            block -= _row_max(block)[:, None]
-        delta = new - lam[plan.edge_entry_message]
-        lam[plan.edge_entry_message] = new
-        if fhat is not None:
-            if not plan.childless:
-                fhat[plan.region_entries] -= np.bincount(q, delta, num_q)
-            # no two regions of a colour share a parent, so these indices are distinct
-            fhat[plan.parent_entry] += delta[plan.parent_entry_source]
-        state.messages_changed()
-        return float(np.abs(delta).max()) if len(delta) else 0.0
-
-    def _update_binary_colour(self, state: BPState, k: int) -> float | None:
-        """update_colour for batches of binary unaries under binary fast pairs (image tagging).
-
-        Fully connected binary graphs have one colour per variable and little work per colour, so
-        the number of array operations and memory traffic decide the speed: the update works on
-        the gap g = lambda(1) - lambda(0) of each message, with one exp and one log per edge:
-
-            mu_{p->r}(1) - mu_{p->r}(0) = eps c_p log((t_10 + t_11 e) / (t_00 + t_01 e)),
-            e = exp(g_{o->p} / (eps c_p)),  t = exp((f_p - max f_p) / (eps c_p)) >= 1e-250
-
-        (the start checked the bound on t).  Returns the largest message entry change, or None,
-        touching nothing, when some |g / (eps c_p)| > 600: the
-        general path then handles the extreme values.
-        """
-        own, other, region, ratio, scale = self._binary[k]
-        t_00, t_01, t_10, t_11, inner_gap = state.oriented[k][-1]
-        x = state.gaps[other] / scale
-        if np.abs(x).max() > _BINARY_EXPONENT_LIMIT:
-            return None
-        e = _exp(x)
-        mu_gap = scale * _log((t_10 + t_11 * e) / (t_00 + t_01 * e))
-        new_gap = ratio * (inner_gap + np.bincount(region, mu_gap, len(inner_gap)))[region] - mu_gap
-        # a max-0 message with gap g is (min(0, -g), min(0, g)): its entries change by
-        # |d min(0, g)| and |d g - d min(0, g)| (the same largest change the general path reports)
-        old_gap = state.gaps[own]
-        low = np.minimum(new_gap, 0.0) - np.minimum(old_gap, 0.0)
-        change = float(max(np.abs(low).max(), np.abs(new_gap - old_gap - low).max()))
-        state.gaps[own] = new_gap
-        state._stale = True
-        return change
-
-    def _fast_mu(self, state, k: int, i: int, lam) -> np.ndarray:
-        """mu_{p->r} of fast group i of colour k, up to a constant per edge (which the update's
-        normalisation removes)."""
-        g = self.batch.colours[k].fast[i]
-        scale = g.scale[:, None]
-        other = lam[g.other]               # max 0, so the weights below are in (0, 1]
-        weights = _exp(other / scale)
-        if state.sharing is not None:   # one matrix product per variant and side
-            tables = state.pair_tables[g.pair_group].table
-            total = np.empty((len(weights), g.own.shape[1]))
-            for edges, v, second in state.sharing.edge_rows[k][i]:
-                # r is the pair's first variable: sum_b t[a, b] w[b]; its second: sum_a w[a] t[a, b]
-                total[edges] = _matmul(weights[edges], tables[v] if second else tables[v].T)
-        else:
-            total = self._edge_products(state.oriented[k][i], weights,
-                                        g.transposed & (not state.transposed))
-        with np.errstate(divide="ignore"):
-            mu = scale * _log(total)
-        low = total < _UNDERFLOW
-        if low.any():   # extreme potentials: exact log-sum-exp for the entries that underflowed
-            e, y = np.nonzero(low)
-            f = self._pair_f(state, g.pair_group, g.pairs[e])
-            flip = g.transposed[e]
-            rows = np.empty((len(e), other.shape[1]))
-            if not flip.all():
-                rows[~flip] = f[np.flatnonzero(~flip), y[~flip], :]
-            if flip.any():
-                rows[flip] = f[np.flatnonzero(flip), :, y[flip]]
-            top = state.pair_tables[g.pair_group].pair_top(g.pairs[e])
-            mu[e, y] = _log_sum_exp(rows - top[:, None] + other[e], scale[e], axis=1)
-        return mu
-
-    @staticmethod
-    def _edge_products(table, weights, flip) -> np.ndarray:
-        """Each edge's table times its weights: table @ w where r picks a row, w @ table where it
-        picks a column (`flip`)."""
-        if not flip.any():
-            return np.matmul(table, weights[:, :, None])[:, :, 0]
-        if flip.all():
-            return np.matmul(weights[:, None, :], table)[:, 0, :]
-        total = np.empty((len(table), table.shape[1]))   # square tables, both kinds of edge
-        rows, columns = np.flatnonzero(~flip), np.flatnonzero(flip)
-        total[rows] = np.matmul(table[rows], weights[rows, :, None])[:, :, 0]
-        total[columns] = np.matmul(weights[columns, None, :], table[columns])[:, 0, :]
-        return total
-
-    @staticmethod
-    def _generic_mu(g, fhat, lam) -> np.ndarray:
-        values = fhat[g.grouped] - lam[g.own][:, :, None]        # (E, n_r, k)
-        if g.use_max:
-            return values.max(axis=2)
-        return _log_sum_exp(values, g.scale[:, None, None], axis=2)
+        return max(self._each(state.parts, lambda i, part: state.engines[i].update_colour(
+            state.states[i], k) if k < len(state.engines[i].batch.colours) else 0.0))
 
     def sweep(self, state: BPState) -> float:
         """One sweep: every colour once, in order; returns the largest message change."""
-        return max((self.update_colour(state, k) for k in range(len(self.batch.colours))),
-                   default=0.0)
+        return max(self._each(state.parts, lambda i, part: state.engines[i].sweep(state.states[i])))
 
     # --- read-outs ------------------------------------------------------------------------
-    def _pair_sums(self, state: BPState, group: int):
-        """For each fast pair: w_a, w_b = exp(lambda / (eps c_p)) and sum_ab table * w_a * w_b.
+    def dual(self, state: BPState) -> np.ndarray:
+        """D(lambda) per sample: sum_r eps c_r log sum exp(fhat_r / (eps c_r)) (max where eps c_r = 0)."""
+        out = np.empty(self.batch.num_samples)
 
-        With the pair's fhat = f_p + lambda_a + lambda_b (it has no parents), its log-partition is
-        top + eps c_p log(that sum), and its belief is table * w_a * w_b / sum.
-        """
-        g, pt = self.batch.pair_groups[group], state.pair_tables[group]
-        lam, scale = state.messages, g.scale[:, None]
-        w_a, w_b = _exp(lam[g.message_a] / scale), _exp(lam[g.message_b] / scale)
-        if pt.variant is None:
-            total = (np.matmul(pt.table, w_b[:, :, None])[:, :, 0] * w_a).sum(axis=1)
-        else:
-            total = np.empty(len(w_a))
-            for v, pairs in state.sharing.variant_rows[group]:
-                total[pairs] = (_matmul(w_b[pairs], pt.table[v].T) * w_a[pairs]).sum(axis=1)
-        return w_a, w_b, total
-
-    def _pair_f(self, state: BPState, group: int, pairs: np.ndarray) -> np.ndarray:
-        """f of some fast pairs of pair group `group`, (len(pairs), n_a, n_b)."""
-        g = self.batch.pair_groups[group]
-        if state.sharing is None:
-            f = state.potentials[g.entries[pairs]]
-        else:
-            f = state.source[state.sharing.tables[group][state.sharing.table_of(group, pairs)]]
-        return f.reshape(len(pairs), *self._pair_shape(g))
-
-    def _pair_fhat(self, state: BPState, group: int, pairs: np.ndarray) -> np.ndarray:
-        """fhat of some fast pairs, (len(pairs), n_a, n_b): the exact path for extreme values."""
-        g, lam = self.batch.pair_groups[group], state.messages
-        f = self._pair_f(state, group, pairs)
-        return f + lam[g.message_a[pairs]][:, :, None] + lam[g.message_b[pairs]][:, None, :]
-
-    def region_values(self, state: BPState) -> list[np.ndarray]:
-        """fhat of every region but the fast pairs, an (R, n) block per regions_by_size entry.
-
-        Fresh from the potentials and messages (no incremental rounding reaches the read-outs),
-        and only for the entries read: fast pairs' fhat is never formed."""
-        b, lam = self.batch, state.messages
-        k = len(self._readout_entries)
-        flat = (state.readout
-                + np.bincount(self._compact_parent, lam[b.parent_entry_message], k)
-                - np.bincount(self._compact_child, lam, k))
-        return [flat[where].reshape(shape) for where, shape in self._blocks]
-
-    def pair_sums(self, state: BPState) -> list[tuple]:
-        """_pair_sums of every pair group (shared by the dual and the beliefs)."""
-        return [self._pair_sums(state, group) for group in range(len(self.batch.pair_groups))]
-
-    def region_softmax(self, values) -> list[tuple]:
-        """Per regions_by_size block, for its regions with eps c_r > 0: (which rows, their beliefs
-        exp(fhat_r / (eps c_r)) normalised, their eps c_r log sum exp(fhat_r / (eps c_r))); the
-        beliefs and the dual share it."""
-        out = []
-        for (_, scale, _), block in zip(self.batch.regions_by_size, values):
-            direct = scale > 0
-            z = block[direct] / scale[direct, None]
-            peak = z.max(axis=1, keepdims=True)
-            z = _exp(z - peak)
-            total = z.sum(axis=1, keepdims=True)
-            out.append((direct, z / total, scale[direct] * (peak[:, 0] + np.log(total[:, 0]))))
+        def task(i, part):
+            out[part.s0:part.s1] = state.engines[i].dual(state.states[i])
+        self._each(state.parts, task)
         return out
 
-    def dual(self, state: BPState, values=None, sums=None, softmax=None) -> np.ndarray:
-        """D(lambda) per sample: sum_r eps c_r log sum exp(fhat_r / (eps c_r)) (max where eps c_r = 0)."""
-        values = self.region_values(state) if values is None else values
-        sums = self.pair_sums(state) if sums is None else sums
-        softmax = self.region_softmax(values) if softmax is None else softmax
-        per_region, samples = [], []
-        for (_, scale, sample), block, (direct, _, log_partition) in zip(
-                self.batch.regions_by_size, values, softmax):
-            out = block.max(axis=1)
-            out[direct] = log_partition
-            negative = scale < 0
-            if negative.any():
-                out[negative] = _log_sum_exp(block[negative], scale[negative, None], axis=1)
-            per_region.append(out)
-            samples.append(sample)
-        for group, (g, pt, (_, _, total)) in enumerate(zip(self.batch.pair_groups,
-                                                           state.pair_tables, sums)):
-            with np.errstate(divide="ignore"):
-                out = pt.pair_top() + g.scale * _log(total)
-            low = np.flatnonzero(total < _UNDERFLOW)
-            if len(low):
-                flat = self._pair_fhat(state, group, low).reshape(len(low), -1)
-                out[low] = _log_sum_exp(flat, g.scale[low, None], axis=1)
-            per_region.append(out)
-            samples.append(g.sample)
-        return np.bincount(np.concatenate(samples), np.concatenate(per_region),
-                           self.batch.num_samples)
-
-    def _exact_pair_beliefs(self, state: BPState, group: int, pairs: np.ndarray) -> np.ndarray:
-        """Beliefs of some fast pairs from their fhat: the path for sums that underflowed."""
-        g = self.batch.pair_groups[group]
-        z = self._pair_fhat(state, group, pairs).reshape(len(pairs), -1) / g.scale[pairs, None]
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        return (z / z.sum(axis=1, keepdims=True)).reshape(len(pairs), *self._pair_shape(g))
-
-    def beliefs(self, state: BPState, values=None, sums=None, softmax=None) -> np.ndarray:
+    def beliefs(self, state: BPState) -> np.ndarray:
         """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent.
 
         With shared tables the fast pairs' entries are NaN: their beliefs are not formed (see
         table_beliefs)."""
-        values = self.region_values(state) if values is None else values
-        softmax = self.region_softmax(values) if softmax is None else softmax
-        if state.sharing is not None:
-            return state.sharing.spread(self.rest_beliefs(state, values, softmax))
-        beliefs = np.zeros(self.batch.num_potentials)
-        for (entries, _, _), (direct, normalised, _) in zip(self.batch.regions_by_size, softmax):
-            beliefs[entries[direct]] = normalised
-        sums = self.pair_sums(state) if sums is None else sums
-        for group, (entries, pt, (w_a, w_b, total)) in enumerate(zip(
-                self._pair_entries, state.pair_tables, sums)):
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                b = pt.table * (w_a / total[:, None])[:, :, None]
-                b *= w_b[:, None, :]
-            low = np.flatnonzero(total < _UNDERFLOW)
-            if len(low):
-                b[low] = self._exact_pair_beliefs(state, group, low)
-            beliefs[entries] = b.ravel()
-        for child_entry, parent_entry in self.batch.belief_levels:
-            beliefs += np.bincount(child_entry, beliefs[parent_entry], len(beliefs))
-        return beliefs
+        out = np.empty(self.batch.num_potentials)
+        self._each(state.parts, lambda i, part: state.engines[i].beliefs(
+            state.states[i], out=out[part.p0:part.p1]))
+        return out
 
-    def rest_beliefs(self, state: BPState, values=None, softmax=None) -> np.ndarray:
+    def rest_beliefs(self, state: BPState) -> np.ndarray:
         """With shared tables: the beliefs of the entries that are not fast pairs (sharing.rest),
         without a full-length vector."""
-        sharing = state.sharing
-        if sharing is None:
+        if state.sharing is None:
             raise ValueError("rest_beliefs: this state has no shared tables (start(..., sharing=))")
-        values = self.region_values(state) if values is None else values
-        softmax = self.region_softmax(values) if softmax is None else softmax
-        beliefs = np.zeros(len(sharing.rest))
-        for where, (direct, normalised, _) in zip(sharing.rest_blocks, softmax):
-            beliefs[where[direct]] = normalised
-        for child, parent in sharing.rest_levels:
-            beliefs += np.bincount(child, beliefs[parent], len(beliefs))
-        return beliefs
+        return np.concatenate(self._each(state.parts, lambda i, part: state.engines[i].rest_beliefs(
+            state.states[i])))
 
-    def table_beliefs(self, state: BPState, sums=None) -> list[np.ndarray]:
+    def table_beliefs(self, state: BPState) -> list[np.ndarray]:
         """With shared tables: per pair group, (T, n_a, n_b) the sum of the beliefs of the pairs
-        that use each table, sum_p table * w_a w_b^T / sum_p = table * (A^T B) with the rows of
-        A = w_a / sum and B = w_b stacked over those pairs: one matrix product per variant."""
-        sharing = state.sharing
-        if sharing is None:
+        that use each table (see _table_sums)."""
+        if state.sharing is None:
             raise ValueError("table_beliefs: this state has no shared tables (start(..., sharing=))")
-        sums = self.pair_sums(state) if sums is None else sums
+        exports = self._each(state.parts, lambda i, part: state.engines[i].pair_exports(
+            state.states[i]))
+        return self._table_sums(state.sharing, state.states[0].source, exports)
+
+    def _table_sums(self, sharing: PairSharing, source, exports) -> list[np.ndarray]:
+        """sum_p table * w_a w_b^T / sum_p over the pairs p of each table = table * (A^T B), the
+        rows of A = w_a / sum and B = w_b stacked over those pairs: one matrix product per
+        variant, over the whole batch whatever its ranges (pairs whose sum underflowed are
+        added from their exact beliefs instead)."""
+        b = self.batch
+        tables = self._flat.pair_tables(source, sharing)
+        part_pairs = sharing.part_pairs
         out = []
-        for group, (g, pt, (w_a, w_b, total)) in enumerate(zip(self.batch.pair_groups,
-                                                               state.pair_tables, sums)):
-            summed = np.zeros((len(sharing.tables[group]), *self._pair_shape(g)))
-            low = np.flatnonzero(total < _UNDERFLOW)
-            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                a = w_a / total[:, None]
+        for group, (g, pt) in enumerate(zip(b.pair_groups, tables)):
+            shape = (g.message_a.shape[1], g.message_b.shape[1])
+            if part_pairs is None:
+                a, w_b, low, exact = exports[0][group]
+            else:   # place each range's pairs at their positions in the batch's group
+                a, w_b = np.empty((len(g.entries), shape[0])), np.empty((len(g.entries), shape[1]))
+                low, exact = [], []
+                for where, mine in zip(part_pairs, exports):
+                    for (into, at), (part_a, part_b, part_low, part_exact) in zip(where, mine):
+                        if into == group:
+                            a[at], w_b[at] = part_a, part_b
+                            if len(part_low):
+                                low.append(at[part_low])
+                                exact.append(part_exact)
+                if low:
+                    low = np.concatenate(low)
+                    order = np.argsort(low)
+                    low, exact = low[order], np.concatenate(exact)[order]
+                else:
+                    low, exact = np.zeros(0, np.int64), None
+            summed = np.zeros((len(sharing.tables[group]), *shape))
             for v, pairs in sharing.variant_rows[group]:
                 if len(low):   # those pairs' beliefs come from the exact path below
                     pairs = np.setdiff1d(pairs, low, assume_unique=True)
-                summed[sharing.variant_table[group][v]] += pt.table[v] * _matmul(a[pairs].T,
-                                                                                 w_b[pairs])
+                summed[sharing.variant_table[group][v]] += pt.table[v] * (a[pairs].T @ w_b[pairs])
             if len(low):
-                np.add.at(summed, sharing.table_of(group, low),
-                          self._exact_pair_beliefs(state, group, low))
+                np.add.at(summed, sharing.table_of(group, low), exact)
             out.append(summed)
         return out
 
+    # --- a run ----------------------------------------------------------------------------
     def run(self, potentials, messages=None, max_sweeps: int = 1000, tol: float = 1e-6,
             sharing: PairSharing | None = None) -> BPResult:
         """Sweep until the largest message change is below tol or max_sweeps is reached.
@@ -709,21 +316,71 @@ class ConvexBP:
         `rest_beliefs` the beliefs of the other entries (sharing.rest)."""
         if max_sweeps < 0 or not tol >= 0:
             raise ValueError(f"max_sweeps = {max_sweeps} and tol = {tol} must be >= 0")
-        state = self.start(potentials, messages, sweeps=max_sweeps, sharing=sharing)
-        change, sweeps = float("inf"), 0
-        if not self.batch.colours:
-            change = 0.0   # nothing sends messages: beliefs are exact already
+        theta, lam, parts = self._inputs(potentials, messages, sharing)
+        b = self.batch
+        dual = np.empty(b.num_samples)
+        beliefs = np.empty(b.num_potentials) if sharing is None else None
+        states, engines = [None] * len(parts), [None] * len(parts)
+        fixed = tol == 0 or not b.colours   # no sweep decides when the others stop
+        # (a run's states stay in the run: it may reuse the arrays of the previous one, unless
+        # another thread is running this engine now)
+        reuse = self._running.acquire(blocking=False)
+        times = [[0.0, 0.0, 0.0] for _ in parts]
+
+        def begin(i, part):
+            start = time.perf_counter()
+            engines[i], state = self._part_start(part, i, theta, lam, messages is not None,
+                                                 max_sweeps, sharing, reuse)
+            states[i] = state
+            middle = time.perf_counter()
+            change = float("inf") if engines[i].batch.colours else 0.0
+            count = max_sweeps if fixed else min(max_sweeps, 1)
+            for sweep in range(count):   # (only the last sweep's change is read)
+                change = engines[i].sweep(state, change=sweep == count - 1)
+            times[i][0] += middle - start
+            times[i][1] += time.perf_counter() - middle
+            return change
+
+        def again(i, part):
+            start = time.perf_counter()
+            change = engines[i].sweep(states[i])
+            times[i][1] += time.perf_counter() - start
+            return change
+
+        def finish(i, part):
+            start = time.perf_counter()
+            dual_i, rest, exports = engines[i].readout(
+                states[i], None if beliefs is None else beliefs[part.p0:part.p1], sharing is not None)
+            dual[part.s0:part.s1] = dual_i
+            states[i].messages   # the range's messages into lam
+            times[i][2] += time.perf_counter() - start
+            return rest, exports
+
+        try:
+            return self._run(parts, begin, again, finish, times, lam, dual, beliefs, sharing,
+                             theta, max_sweeps, tol, fixed)
+        finally:
+            if reuse:
+                self._running.release()
+
+    def _run(self, parts, begin, again, finish, times, lam, dual, beliefs, sharing, theta,
+             max_sweeps, tol, fixed) -> BPResult:
+        b = self.batch
+        change = max(self._each(parts, begin))
+        sweeps = min(max_sweeps, 1) if not fixed else (max_sweeps if b.colours else 0)
+        if not b.colours:
+            change, sweeps = 0.0, 0   # nothing sends messages: beliefs are exact already
         while sweeps < max_sweeps and change >= tol:
-            change = self.sweep(state)
+            change = max(self._each(parts, again))
             sweeps += 1
-        values, sums = self.region_values(state), self.pair_sums(state)
-        softmax = self.region_softmax(values)
-        result = BPResult(self.dual(state, values, sums, softmax), state.messages, sweeps, change,
-                          converged=change < tol)
+        outputs = self._each(parts, finish)
+        result = BPResult(dual, lam, sweeps, change, converged=change < tol,
+                          seconds=dict(zip(("start", "sweeps", "readout"),
+                                           np.max(times, axis=0).tolist())))
         if sharing is None:
-            result.formed = self.beliefs(state, values, sums, softmax)
+            result.formed = beliefs
         else:
-            result.table_beliefs = self.table_beliefs(state, sums)
-            result.rest_beliefs = self.rest_beliefs(state, values, softmax)
+            result.rest_beliefs = np.concatenate([rest for rest, _ in outputs])
+            result.table_beliefs = self._table_sums(sharing, theta, [e for _, e in outputs])
             result.sharing = sharing
         return result

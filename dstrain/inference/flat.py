@@ -1,0 +1,936 @@
+"""The general engine: convex belief propagation on a flattened batch, vectorised over its regions.
+
+The formulas are those of docs/design.md §2.  For a region r with parents P(r), updated as one block:
+
+    mu_{p->r}(y_r)    = eps c_p log sum_{y_p \\ y_r} exp((fhat_p(y_p) - lambda_{r->p}(y_r)) / (eps c_p))
+    s_r(y_r)          = f_r(y_r) + sum_{c in C(r)} lambda_{c->r}(y_c) + sum_{p in P(r)} mu_{p->r}(y_r)
+    lambda_{r->p}     = c_p / (c_r + sum_{p' in P(r)} c_p') * s_r - mu_{p->r},  minus its max
+
+Regions of one colour share no parent and are not parent and child, so a colour is updated at once
+with flat array operations.  ``fhat`` (the reparameterised potential) is kept current incrementally
+only where an update reads it (generic parents, regions with children); beliefs and the dual are
+computed from a fresh ``fhat`` at the end, so incremental rounding never reaches them.
+
+Pairs whose potential tables are shared (a word model's pairwise tables, one per distance and
+used by every word) can be run from the source vector the potentials are gathered from
+(``PairSharing``): each table is exponentiated once, a colour's edges that share a table are
+one matrix product, and the pairs' beliefs are summed per table instead of formed entry by entry.
+
+``ConvexBP`` (bp.py) runs one ``FlatBP`` per range of samples, in threads.  So that its results
+do not depend on how the batch is split, every number here is computed per sample (per region,
+edge or entry) by the same operations whatever the range: numpy's exp and log (never a size-
+dependent switch to another library), matrix products of fixed shapes, and per-entry fallbacks
+for extreme values instead of a switch for a whole colour.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph.batch import ColourPlan, GraphBatch
+
+# a matrix-vector sum below this has lost too much to underflow: redo that entry as log-sum-exp
+_UNDERFLOW = 1e-250
+# rows per matrix product in _rows_matmul
+_ROW_BLOCK = 16
+# products with a table whose summed-over variable has at most this many states are a loop of
+# multiply-adds over its states instead of matrix products (measured on this VM, 20000 2 x 2
+# tables: 0.13 ms against numpy's stacked matmul's 0.49 ms; 15000 3 x 3: 0.21 against 0.37)
+_LOOP_STATES = 4
+# a fast group of a one-template batch whose edges take at most this many pair slots per sample
+# multiplies per slot on views of the tables (no per-edge copies); more slots (a grid) copy
+_MAX_SLOTS = 32
+# start's max-and-exp over a pair table runs in blocks of about this many entries (so the exp
+# reads what the max read from the cache)
+_BLOCK_ENTRIES = 1 << 17
+# views' pair tables are exp(f_p / (eps c_p)) as they are where max f_p / (eps c_p) lies in
+# [-_SHIFT_BELOW, _SHIFT_ABOVE], else exp((f_p - max f_p) / (eps c_p)) (FlatBP._view_tables)
+_SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
+
+_exp, _log = np.exp, np.log
+_NONE = np.zeros(0, dtype=np.int64)
+
+
+class Workspace:
+    """Arrays one run leaves for the next (ConvexBP.run's states never leave the run).  A fresh
+    array of tens of MB costs the kernel's zeroing of every page before the first write: 22 ms
+    of system time per start of 1000 2nd-order words (their exp tables, 38 MB), measured."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, key, shape) -> np.ndarray:
+        array = self._arrays.get(key)
+        if array is None or array.shape != shape:
+            array = self._arrays[key] = np.empty(shape)
+        return array
+
+
+class _Fresh:
+    """A Workspace that keeps nothing: every state of start() has arrays of its own."""
+
+    @staticmethod
+    def get(key, shape) -> np.ndarray:
+        return np.empty(shape)
+
+
+FRESH = _Fresh()
+
+
+def _products(table: np.ndarray, w: np.ndarray, second: bool) -> np.ndarray:
+    """Each pair's table times the other variable's weights, over the leading axes: r the pair's
+    first variable (sum_b t[a, b] w[b]) or, if `second`, its second (sum_a w[a] t[a, b])."""
+    if w.shape[-1] <= _LOOP_STATES:   # a few multiply-adds on whole columns beat tiny matmuls
+        column = (lambda j: table[..., j, :]) if second else (lambda j: table[..., :, j])
+        out = column(0) * w[..., 0:1]
+        for j in range(1, w.shape[-1]):
+            out += column(j) * w[..., j:j + 1]
+        return out
+    if second:
+        return np.matmul(w[..., None, :], table)[..., 0, :]
+    return np.matmul(table, w[..., :, None])[..., 0]
+
+
+def _rows_matmul(w: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """w @ table, w (E, n), table (n, m), as products of _ROW_BLOCK rows each.
+
+    OpenBLAS picks its kernel by the matrices' shapes, so a plain (E, n) @ (n, m) gives a row
+    different bits for different E (measured: 65 of 75 (E, offset) pairs differed); with every
+    product of one shape a row's bits depend on the row alone, whatever range of samples it
+    belongs to.
+    """
+    rows = len(w)
+    padded = -(-rows // _ROW_BLOCK) * _ROW_BLOCK
+    if padded != rows:
+        w = np.concatenate([w, np.zeros((padded - rows, w.shape[1]))])
+    out = np.matmul(w.reshape(-1, _ROW_BLOCK, w.shape[1]), table)
+    return out.reshape(padded, -1)[:rows]
+
+
+@dataclass
+class PairTable:
+    """exp((f_p - top_p) / (eps c_p)) of the fast pairs of one PairGroup; constant during a run."""
+
+    table: np.ndarray           # (P, n_a, n_b), or (V, n_a, n_b) with shared tables
+    top: np.ndarray             # (P,) max of f_p, or (V,)
+    variant: np.ndarray | None = None   # shared tables: (P,) each pair's row of `table` and `top`
+
+    def pair_top(self, pairs=slice(None)) -> np.ndarray:
+        return self.top[pairs] if self.variant is None else self.top[self.variant[pairs]]
+
+
+@dataclass
+class PairSharing:
+    """Fast pairs whose potential tables are blocks of one source vector, shared by many pairs.
+
+    A word model's pairwise tables (one per distance, or per position) are used by every word of
+    a batch: potentials = source[source_index] repeats each table once per pair.  Given the
+    source, ``start`` exponentiates each table once instead of once per pair, a sweep multiplies
+    all edges that share a table by it in one matrix product, and ``table_beliefs`` sums the
+    pairs' beliefs per table (all a shared table's gradient needs) instead of forming them entry
+    by entry.  A variant is one (table, eps c_p) combination.  Built by ``FlatBP.sharing``.
+    """
+
+    source_size: int
+    rest: np.ndarray              # every potential entry that is not a fast pair's
+    rest_source: np.ndarray       # its position in the source
+    tables: list[np.ndarray]      # per pair group: (T, n_a * n_b) source positions of each table
+    variant: list[np.ndarray]     # per pair group: (P,) each pair's variant
+    variant_table: list[np.ndarray]   # per pair group: (V,) the table of each variant
+    variant_scale: list[np.ndarray]   # per pair group: (V,) its eps c_p
+    variant_rows: list[list]      # per pair group: [(variant, pairs)]
+    edge_rows: list[list]         # per colour, per fast group: [(edges, variant, r is 2nd variable)]
+    readout_source: np.ndarray    # source positions of the engine's read-out entries
+    inner_source: list            # per colour: source positions of its region entries (childless)
+    num_potentials: int           # N, the batch's potential entries
+    rest_blocks: list             # per regions_by_size block: its entries' positions in `rest`
+    rest_levels: list             # belief_levels as positions in `rest`
+    # set by ConvexBP.sharing where the batch runs in ranges: each range's own PairSharing, and
+    # per range, per pair group: (the batch's pair group, each pair's index in it)
+    parts: list | None = None
+    part_pairs: list | None = None
+
+    def spread(self, rest_values: np.ndarray) -> np.ndarray:
+        """(N,) with `rest_values` at the rest entries and NaN at the fast pairs."""
+        full = np.full(self.num_potentials, np.nan)
+        full[self.rest] = rest_values
+        return full
+
+    def table_of(self, group: int, pairs) -> np.ndarray:
+        """The shared table (row of `tables[group]`) of some pairs of pair group `group`."""
+        return self.variant_table[group][self.variant[group][pairs]]
+
+
+class FlatState:
+    """Potentials, messages and what one run precomputes from the potentials (one FlatBP)."""
+
+    def __init__(self, potentials, readout, messages, fhat, pair_tables, oriented, inner,
+                 binary_batch, sharing=None, source=None, extreme=None):
+        # (N,) f, float64; with sharing only where fhat is kept (0 at the fast pairs), else None:
+        # filling a full-length vector of mostly zeros took about 60 of a start's 200 us (50
+        # 2nd-order words, line profile)
+        self.potentials = potentials
+        self.readout = readout          # f at the engine's read-out entries
+        self.sharing = sharing          # PairSharing, or None
+        self.source = source            # with sharing: the source vector the tables come from
+        self.fhat = fhat                # (N,) reparameterised potentials where read, or None
+        self.pair_tables = pair_tables  # list[PairTable], one per pair group
+        # per colour, per fast group: its edges' pair tables as stored (None where the group
+        # multiplies on views, slot by slot); binary colours: then also the four entries of r's
+        # side as columns
+        self.oriented = oriented
+        self.inner = inner              # per colour: f_r at its region entries if childless
+        self._messages = messages       # (M,) each edge's vector with max 0
+        # binary batches: the gap lambda(1) - lambda(0) of every edge holds the messages during
+        # sweeps (half the memory traffic); `messages` is rebuilt from it when read
+        self.gaps = messages[1::2] - messages[0::2] if binary_batch else None
+        self._stale = False
+        # binary colours: positions of the edges whose pair table has an entry below _UNDERFLOW
+        # (their gap update is computed in log space, FlatBP._stable_gap_mu)
+        self.extreme = extreme
+
+    @property
+    def messages(self) -> np.ndarray:
+        if self._stale:   # a max-0 binary message with gap g is (min(0, -g), min(0, g))
+            np.minimum(0.0, -self.gaps, out=self._messages[0::2])
+            np.minimum(0.0, self.gaps, out=self._messages[1::2])
+            self._stale = False
+        return self._messages
+
+    def messages_changed(self):
+        """After a general update wrote `messages`: refresh the gaps from them."""
+        if self.gaps is not None:
+            np.subtract(self._messages[1::2], self._messages[0::2], out=self.gaps)
+
+
+def _log_sum_exp(values: np.ndarray, scale, axis: int) -> np.ndarray:
+    """scale * log sum exp(values / scale) along axis, shifted by the max so nothing overflows.
+
+    `scale` has the dimensions of `values`, with length 1 along `axis`.
+    """
+    z = values / scale
+    peak = z.max(axis=axis, keepdims=True)
+    return np.squeeze(scale * (peak + np.log(_exp(z - peak).sum(axis=axis, keepdims=True))), axis)
+
+
+def _row_max(block: np.ndarray) -> np.ndarray:
+    """Max over the last axis; numpy's reduction is slow on short rows, so unroll those."""
+    if block.shape[-1] > 8:
+        return block.max(axis=-1)
+    out = block[..., 0].copy()
+    for j in range(1, block.shape[-1]):
+        np.maximum(out, block[..., j], out=out)
+    return out
+
+
+class FlatBP:
+    """Vectorised CPU engine for one GraphBatch (build once per batch, run many times).
+
+    `uniform`: whether to use the layout of a batch of one template (views of its pair tables
+    instead of gathers; None: if it is one); a range of a batch takes the whole batch's choice."""
+
+    def __init__(self, batch: GraphBatch, uniform: bool | None = None):
+        self.batch = batch
+        self.uniform = batch.template is not None if uniform is None else uniform
+        self.workspace = Workspace()   # ConvexBP.run's
+        # fhat is only read by generic parents and by regions with children
+        self._needs_fhat = any(c.generic or not c.childless for c in batch.colours)
+        self._binary = [self._binary_plan(c) for c in batch.colours]
+        # every message is binary and every colour takes the gap-form update
+        self._binary_batch = bool(batch.colours) and all(p is not None for p in self._binary)
+        # the read-outs take fhat only of the regions that are not fast pairs (for words: the
+        # unaries, 3 % of the entries): a compact vector of those, one block per region size
+        blocks = [entries for entries, _, _ in batch.regions_by_size]
+        self._readout_entries = np.concatenate([e.ravel() for e in blocks]) if blocks \
+            else np.zeros(0, np.int64)
+        compact = np.full(batch.num_potentials, -1, dtype=np.int64)
+        compact[self._readout_entries] = np.arange(len(self._readout_entries))
+        self._compact_parent = compact[batch.parent_entry]          # generic parents: never fast
+        self._compact_child = compact[batch.message_child_entry]    # children: never fast pairs
+        # each pair group's potential entries as one flat index (faster to gather and scatter than
+        # the 2-d one), and whether its scales are all 1 (the table needs no division then)
+        self._pair_entries = [g.entries.ravel() for g in batch.pair_groups]
+        self._unit_scale = [bool(np.all(g.scale == 1.0)) for g in batch.pair_groups]
+        self._blocks = []
+        start = 0
+        for e in blocks:
+            self._blocks.append((slice(start, start + e.size), e.shape))
+            start += e.size
+        # one-template batches: each pair group as (first entry, pairs per sample) of a view
+        self._pair_views = [self._pair_view(g) if self.uniform else None for g in batch.pair_groups]
+        # fast groups multiplied per pair slot on those views: (slots, r is the 2nd variable)
+        self._slots = [[None if p is not None else self._slot_plan(g) for g in c.fast]
+                       for c, p in zip(batch.colours, self._binary)]
+        self._unit_fast = [[bool(np.all(g.scale == 1.0)) for g in c.fast] for c in batch.colours]
+        # beliefs of regions with eps c_r <= 0, level by level: (children's entries, each
+        # (child, parent) entry pair's child as a position among them, the parents' entries)
+        self._levels = []
+        for child, parent in batch.belief_levels:
+            entries, position = np.unique(child, return_inverse=True)
+            self._levels.append((entries, position, parent))
+
+    def _pair_view(self, g):
+        """(first entry, pairs per sample) if pair group g's tables are one run of entries in
+        every sample of a one-template batch: (S, P, n_a, n_b) views of the potentials."""
+        b = self.batch
+        samples, (count, size) = b.num_samples, g.entries.shape
+        stride = b.num_potentials // samples
+        if count % samples:
+            return None
+        per = count // samples
+        first = int(g.entries[0, 0])
+        expected = (np.arange(samples) * stride)[:, None] + first + np.arange(per * size)
+        if not np.array_equal(g.entries.reshape(samples, per * size), expected):
+            return None
+        return first, per
+
+    def _slot_plan(self, g):
+        """(pair slots, r is the pair's 2nd variable per slot) if fast group g's edges are the same
+        few slots of every sample, sample after sample, on a pair-group view."""
+        view = self._pair_views[g.pair_group]
+        samples = self.batch.num_samples
+        if view is None or len(g.pairs) % samples or len(g.pairs) // samples > _MAX_SLOTS:
+            return None
+        pairs = g.pairs.reshape(samples, -1)
+        slots = pairs[0] - 0
+        second = g.transposed.reshape(samples, -1)
+        if not np.array_equal(pairs, (np.arange(samples) * view[1])[:, None] + slots) \
+                or not (second == second[0]).all():
+            return None
+        return slots, second[0]
+
+    def _view(self, vector: np.ndarray, group: int) -> np.ndarray:
+        """(S, P, n_a, n_b) view of pair group `group`'s entries of a potential-shaped vector."""
+        first, per = self._pair_views[group]
+        g = self.batch.pair_groups[group]
+        samples = self.batch.num_samples
+        rows = vector.reshape(samples, -1)
+        return rows[:, first:first + per * g.entries.shape[1]].reshape(
+            samples, per, *self._pair_shape(g))
+
+    @functools.cached_property
+    def _message_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each edge's message starts, and each message entry's edge (for warm starts)."""
+        starts = self.batch.message_edge_start
+        lengths = np.diff(starts, append=self.batch.num_messages)
+        return starts, np.repeat(np.arange(len(starts)), lengths)
+
+    @staticmethod
+    def _binary_plan(c: ColourPlan):
+        """Index arrays of the gap-form update, if colour c is binary unaries under fast pairs."""
+        if c.generic or len(c.fast) != 1 or not c.childless or c.fast[0].own.shape[1] != 2 \
+                or c.fast[0].other.shape[1] != 2:
+            return None
+        g = c.fast[0]
+        # every region of the colour has 2 states, so its states are entries 2r, 2r + 1 of Q
+        region = c.edge_entry_q[g.entries][0::2] // 2
+        ratio = c.edge_entry_ratio[g.entries][0::2]
+        # a binary batch stores edge e's message at entries 2e, 2e + 1
+        return g.own[:, 0] // 2, g.other[:, 0] // 2, region, ratio, g.scale
+
+    def sharing(self, source_index, source_size: int, force: bool = False) -> PairSharing | None:
+        """The shared tables of the fast pairs if potentials = source[source_index], source of
+        `source_size` entries; None where that gains nothing or cannot be used: a pair's entries
+        are not one contiguous block of the source (in C order), no table is shared (unless
+        `force`: a range of a batch whose tables are shared), two tables overlap, or some
+        region's belief is marginalised from a fast pair's."""
+        b = self.batch
+        source_index = np.asarray(source_index, dtype=np.int64)
+        if source_index.shape != (b.num_potentials,):
+            raise ValueError(f"source_index: expected {b.num_potentials} entries for this batch, "
+                             f"got shape {source_index.shape}")
+        if not b.pair_groups:
+            return None
+        is_pair = np.zeros(b.num_potentials, dtype=bool)
+        tables, variant, variant_table, variant_scale, variant_rows = [], [], [], [], []
+        for g in b.pair_groups:
+            src = source_index[g.entries]
+            if not np.array_equal(src, src[:, :1] + np.arange(src.shape[1])):
+                return None
+            starts, table_of = np.unique(src[:, 0], return_inverse=True)
+            scales, scale_of = np.unique(g.scale, return_inverse=True)
+            keys, variant_of = np.unique(table_of * len(scales) + scale_of, return_inverse=True)
+            tables.append(starts[:, None] + np.arange(src.shape[1]))
+            variant.append(variant_of)
+            variant_table.append(keys // len(scales))
+            variant_scale.append(scales[keys % len(scales)])
+            variant_rows.append([(v, np.flatnonzero(variant_of == v)) for v in range(len(keys))])
+            is_pair[g.entries] = True
+        positions = np.concatenate([t.ravel() for t in tables])
+        if (len(positions) >= sum(g.entries.size for g in b.pair_groups) and not force) \
+                or len(np.unique(positions)) < len(positions) \
+                or positions.min() < 0 or positions.max() >= source_size:
+            return None
+        if any(is_pair[parent].any() for _, parent in b.belief_levels):
+            return None
+        edge_rows = []
+        for colour in b.colours:
+            per_group = []
+            for g in colour.fast:
+                key = variant[g.pair_group][g.pairs] * 2 + g.transposed
+                kinds = np.unique(key)
+                per_group.append([(np.flatnonzero(key == k) if len(kinds) > 1 else slice(None),
+                                   int(k // 2), bool(k % 2)) for k in kinds])
+            edge_rows.append(per_group)
+        rest = np.flatnonzero(~is_pair)
+        inner_source = [source_index[c.region_entries] if c.childless else None for c in b.colours]
+        # no fast pair is a read-out region or a parent of one (checked above), nor a child
+        in_rest = functools.partial(np.searchsorted, rest)
+        return PairSharing(int(source_size), rest, source_index[rest], tables, variant,
+                           variant_table, variant_scale, variant_rows, edge_rows,
+                           source_index[self._readout_entries], inner_source, b.num_potentials,
+                           [in_rest(entries) for entries, _, _ in b.regions_by_size],
+                           [(in_rest(child), in_rest(parent)) for child, parent in b.belief_levels])
+
+    # --- state ----------------------------------------------------------------------------
+    def start(self, theta: np.ndarray, lam: np.ndarray, warm: bool, sweeps: int | None = None,
+              sharing: PairSharing | None = None, workspace=FRESH) -> FlatState:
+        """The state a run sweeps on (inputs checked by ConvexBP): `theta` the batch's potentials
+        (float64), or with `sharing` (from ``self.sharing``) the source vector it indexes; `lam`
+        the (M,) messages, normalised in place to max 0 per edge if `warm`, then kept by the state;
+        `sweeps`: how many will run, if known (unused); `workspace`: where the per-run arrays
+        come from (a Workspace only where the previous state is done with)."""
+        b = self.batch
+        source = None
+        if sharing is not None:
+            source, theta = theta, None
+            if self._needs_fhat:   # reparameterise reads f everywhere
+                theta = np.zeros(b.num_potentials)
+                theta[sharing.rest] = source[sharing.rest_source]
+            readout = source[sharing.readout_source]
+            inner = [source[where] if where is not None else None for where in sharing.inner_source]
+        else:
+            readout = theta[self._readout_entries]
+            inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
+        if warm and len(lam):   # shift every message to max 0: the dual is unchanged
+            starts, edge_of_entry = self._message_edges
+            lam -= np.maximum.reduceat(lam, starts)[edge_of_entry]
+        pair_tables = self.pair_tables(theta if sharing is None else source, sharing, workspace)
+        oriented = []
+        for colour, binary in zip(b.colours, self._binary):
+            if sharing is not None and binary is None:   # sweeps use sharing.edge_rows instead
+                oriented.append(None)
+                continue
+            k = len(oriented)
+            if binary is not None:   # the gap-form update reads the four entries as columns
+                g = colour.fast[0]
+                table = self._edge_tables(pair_tables[g.pair_group], g, slice(None), workspace.get(
+                    ("edges", k), (len(g.pairs), 2, 2)))
+                tables = [tuple(np.where(g.transposed, table[:, j, i], table[:, i, j])
+                                for i in (0, 1) for j in (0, 1))
+                          + (inner[k][1::2] - inner[k][0::2],)]
+                if not self._binary_batch:   # (the general update runs this colour)
+                    tables.insert(0, self._split_tables(pair_tables[g.pair_group], g, workspace,
+                                                        (k, 0)))
+            else:   # per group: None (slot by slot on views) or its edges' tables, two stacks
+                tables = [None if slots is not None else self._split_tables(
+                    pair_tables[g.pair_group], g, workspace, (k, i))
+                    for i, (g, slots) in enumerate(zip(colour.fast, self._slots[k]))]
+            oriented.append(tables)
+        fhat = self.reparameterise(theta, lam) if self._needs_fhat else None
+        extreme = None
+        if self._binary_batch:   # edges whose table spans more than the gap form can use
+            # (an entry below 1e-250 of the table's largest: the gap's ratio could be subnormal)
+            tiny = [(np.min(t.table.reshape(len(t.table), -1), axis=1)
+                     / np.max(t.table.reshape(len(t.table), -1), axis=1) < _UNDERFLOW)
+                    [t.variant if t.variant is not None else slice(None)] for t in pair_tables]
+            extreme = [np.flatnonzero(tiny[c.fast[0].pair_group][c.fast[0].pairs])
+                       if any(t.any() for t in tiny) else _NONE for c in b.colours]
+        return FlatState(theta, readout, lam, fhat, pair_tables, oriented, inner,
+                         self._binary_batch, sharing, source, extreme)
+
+    def pair_tables(self, theta: np.ndarray, sharing: PairSharing | None = None,
+                    workspace=FRESH) -> list[PairTable]:
+        """exp((f_p - max f_p) / (eps c_p)) of every fast pair (or shared variant), per group."""
+        out = []
+        for i, (g, entries, unit) in enumerate(zip(self.batch.pair_groups, self._pair_entries,
+                                                   self._unit_scale)):
+            if sharing is None and self._pair_views[i] is not None:
+                out.append(self._view_tables(theta, i, unit, workspace))
+                continue
+            if sharing is None:
+                table = np.take(theta, g.entries, out=workspace.get(("pairs", i), g.entries.shape),
+                                mode="clip")
+                scale, variant = g.scale, None
+            else:   # one table per variant (fancy indexing copies: exp is taken in place)
+                table = theta[sharing.tables[i][sharing.variant_table[i]]]
+                scale, variant = sharing.variant_scale[i], sharing.variant[i]
+            top = _row_max(table)
+            table -= top[:, None]
+            if not unit:
+                table /= scale[:, None]
+            _exp(table, out=table)
+            out.append(PairTable(table.reshape(len(table), *self._pair_shape(g)), top, variant))
+        return out
+
+    def _view_tables(self, theta: np.ndarray, group: int, unit: bool, workspace) -> PairTable:
+        """pair_tables for a group with views, read from the potentials without a gather, block
+        by block (max, then exp on what is still in the cache).  A pair whose max f_p / (eps c_p)
+        lies in [-100, 50] is exponentiated as it is (its `top` is 0): subtracting each pair's
+        max, a broadcast over rows of 676, took 4.9 ms for 1000 words (the exp 3.1 ms).  Entries
+        stay below e^50, so a product with a weight that underflowed (below 1e-308) stays far
+        below the 1e-250 under which a sum takes the exact fallback, as with entries <= 1; and a
+        table's largest is above e^-100, so an entry within 1e-250 of it is no subnormal (the
+        binary gap form's bound, start)."""
+        g = self.batch.pair_groups[group]
+        first, per = self._pair_views[group]
+        samples, size = self.batch.num_samples, g.entries.shape[1]
+        view = theta.reshape(samples, -1)[:, first:first + per * size].reshape(samples, per, size)
+        table = workspace.get(("pairs", group), (samples * per, *self._pair_shape(g)))
+        out = table.reshape(view.shape)
+        top = np.empty((samples, per))
+        scale = g.scale.reshape(samples, per)
+        one_scale = bool(np.all(g.scale == g.scale[0])) if len(g.scale) else True
+        step = max(1, _BLOCK_ENTRIES // max(1, per * size))
+        for s in range(0, samples, step):
+            block, rows = out[s:s + step], slice(s, s + step)
+            np.max(view[rows], axis=2, out=top[rows])
+            with np.errstate(over="ignore"):   # (overflows are in pairs shifted below)
+                if unit:
+                    _exp(view[rows], out=block)
+                else:
+                    if one_scale:
+                        np.multiply(view[rows], 1.0 / g.scale[0], out=block)
+                    else:
+                        np.divide(view[rows], scale[rows, :, None], out=block)
+                    _exp(block, out=block)
+            shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) \
+                | (top[rows] < -_SHIFT_BELOW * scale[rows])
+            if shift.any():   # (extreme potentials: those pairs with their max subtracted)
+                i, j = np.nonzero(shift)
+                block[i, j] = _exp((view[rows][i, j] - top[rows][i, j, None])
+                                   / scale[rows][i, j, None])
+            top[rows][~shift] = 0.0
+        return PairTable(table, top.ravel())
+
+    def signature(self) -> tuple:
+        """What decides how a colour is updated (the gap form, fhat or f as the inner term):
+        ranges of a batch run in parallel only where theirs equal the whole batch's."""
+        return self._binary_batch, [(c.childless, bool(c.generic), p is None)
+                                    for c, p in zip(self.batch.colours, self._binary)]
+
+    @staticmethod
+    def _edge_tables(pt: PairTable, g, edges, out) -> np.ndarray:
+        """The pair tables of some edges of fast group g (a gather, into `out`)."""
+        pairs = g.pairs[edges]
+        return np.take(pt.table, pairs if pt.variant is None else pt.variant[pairs], axis=0,
+                       out=out, mode="clip")
+
+    def _split_tables(self, pt: PairTable, g, workspace, key) -> tuple:
+        """Fast group g's edges whose r is the pair's first variable and their tables, then the
+        others and theirs: the products take a stack of each as stored (matrix-vector and
+        vector-matrix), with no copy of the tables in a sweep and no transposed copies."""
+        out = []
+        for side, edges in enumerate((np.flatnonzero(~g.transposed), np.flatnonzero(g.transposed))):
+            out += [edges, self._edge_tables(pt, g, edges, workspace.get(
+                (*key, side), (len(edges), *pt.table.shape[1:])))]
+        return tuple(out)
+
+    @staticmethod
+    def _pair_shape(g) -> tuple[int, int]:
+        return g.message_a.shape[1], g.message_b.shape[1]
+
+    def reparameterise(self, theta, lam) -> np.ndarray:
+        """fhat_r = f_r + sum_{c in C(r)} lambda_{c->r} - sum_{p in P(r)} lambda_{r->p}.
+
+        Exact for every region except the fast pairs (which get f_p: nothing here reads theirs).
+        """
+        b = self.batch
+        n = b.num_potentials
+        return (theta + np.bincount(b.parent_entry, lam[b.parent_entry_message], n)
+                - np.bincount(b.message_child_entry, lam, n))
+
+    # --- one block-coordinate step per colour --------------------------------------------
+    def update_colour(self, state: FlatState, k: int, change: bool = True) -> float:
+        """Update all regions of colour k; return the largest message change (0 where `change`
+        is False: runs of a fixed number of sweeps need it after the last one only)."""
+        if state.gaps is not None:
+            return self._update_binary_colour(state, k, change)
+        plan: ColourPlan = self.batch.colours[k]
+        lam, fhat = state.messages, state.fhat
+        if len(plan.fast) == 1 and not plan.generic:   # (no copy into a vector of all groups)
+            mu = self._fast_mu(state, k, 0, lam).ravel()
+        else:
+            mu = np.empty(len(plan.edge_entry_message))
+            for i, g in enumerate(plan.fast):
+                mu[g.entries] = self._fast_mu(state, k, i, lam).ravel()
+            for g in plan.generic:
+                mu[g.entries] = self._generic_mu(g, fhat, lam).ravel()
+
+        q = plan.edge_entry_q
+        num_q = len(plan.region_entries)
+        if plan.childless:
+            inner = state.inner[k]
+        else:   # f_r + sum_c lambda_{c->r} = fhat_r + sum_p lambda_{r->p}
+            inner = fhat[plan.region_entries] + np.bincount(q, lam[plan.edge_entry_message], num_q)
+        total = inner + np.bincount(q, mu, num_q)
+        new = plan.edge_entry_ratio * total[q] - mu
+        for g in plan.fast + plan.generic:
+            # a constant per message leaves the dual unchanged; max 0 keeps messages bounded
+            block = new[g.entries].reshape(len(g.own), -1)
+            block -= _row_max(block)[:, None]
+        if fhat is None and not change:
+            lam[plan.edge_entry_message] = new
+            state.messages_changed()
+            return 0.0
+        delta = new - lam[plan.edge_entry_message]
+        lam[plan.edge_entry_message] = new
+        if fhat is not None:
+            if not plan.childless:
+                fhat[plan.region_entries] -= np.bincount(q, delta, num_q)
+            # no two regions of a colour share a parent, so these indices are distinct
+            fhat[plan.parent_entry] += delta[plan.parent_entry_source]
+        state.messages_changed()
+        return float(np.abs(delta).max()) if len(delta) else 0.0
+
+    def _update_binary_colour(self, state: FlatState, k: int, change: bool = True) -> float:
+        """update_colour for batches of binary unaries under binary fast pairs (image tagging).
+
+        Fully connected binary graphs have one colour per variable and little work per colour, so
+        the number of array operations and memory traffic decide the speed: the update works on
+        the gap g = lambda(1) - lambda(0) of each message, with one exp and one log per edge:
+
+            mu_{p->r}(1) - mu_{p->r}(0) = eps c_p log((t_10 + t_11 e) / (t_00 + t_01 e)),
+            e = exp(g_{o->p} / (eps c_p)),  t = exp((f_p - top_p) / (eps c_p))
+
+        Edges whose table has an entry below 1e-250 of its largest (found by start) and entries
+        where e overflowed (a non-finite sum) take the same difference in log space, entry by
+        entry.
+        Returns the largest message entry change.
+        """
+        own, other, region, ratio, scale = self._binary[k]
+        t_00, t_01, t_10, t_11, inner_gap = state.oriented[k][-1]
+        x = state.gaps[other] / scale
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            e = _exp(x)
+            mu_gap = scale * _log((t_10 + t_11 * e) / (t_00 + t_01 * e))
+        if len(state.extreme[k]):
+            mu_gap[state.extreme[k]] = self._stable_gap_mu(state, k, state.extreme[k], x)
+        sums = np.bincount(region, mu_gap, len(inner_gap))
+        if not np.isfinite(sums).all():   # e = inf: inf / inf
+            bad = np.flatnonzero(~np.isfinite(mu_gap))
+            mu_gap[bad] = self._stable_gap_mu(state, k, bad, x)
+            sums = np.bincount(region, mu_gap, len(inner_gap))
+        new_gap = ratio * (inner_gap + sums)[region] - mu_gap
+        # a max-0 message with gap g is (min(0, -g), min(0, g)): its entries change by
+        # |d min(0, g)| and |d g - d min(0, g)| (the same largest change the general path reports)
+        largest = 0.0
+        if change and len(new_gap):
+            old_gap = state.gaps[own]
+            low = np.minimum(new_gap, 0.0) - np.minimum(old_gap, 0.0)
+            largest = float(max(np.abs(low).max(), np.abs(new_gap - old_gap - low).max()))
+        state.gaps[own] = new_gap
+        state._stale = True
+        return largest
+
+    def _stable_gap_mu(self, state: FlatState, k: int, edges: np.ndarray, x: np.ndarray):
+        """The gap-form mu of some edges of binary colour k in log space, from f itself:
+        eps c_p (logaddexp(l_10, l_11 + x) - logaddexp(l_00, l_01 + x)), l = f_p / (eps c_p) with
+        r's states as rows (the max of f_p cancels)."""
+        g = self.batch.colours[k].fast[0]
+        f = self._pair_f(state, g.pair_group, g.pairs[edges])
+        flip = g.transposed[edges]
+        f[flip] = f[flip].transpose(0, 2, 1)
+        scale = g.scale[edges]
+        lf = f / scale[:, None, None]
+        x = x[edges]
+        return scale * (np.logaddexp(lf[:, 1, 0], lf[:, 1, 1] + x)
+                        - np.logaddexp(lf[:, 0, 0], lf[:, 0, 1] + x))
+
+    def _fast_mu(self, state, k: int, i: int, lam) -> np.ndarray:
+        """mu_{p->r} of fast group i of colour k, up to a constant per edge (which the update's
+        normalisation removes)."""
+        g = self.batch.colours[k].fast[i]
+        unit = self._unit_fast[k][i]
+        scale = g.scale[:, None]
+        other = lam[g.other]               # max 0, so the weights below are in (0, 1]
+        weights = _exp(other if unit else other / scale)
+        slots = self._slots[k][i]
+        if state.sharing is not None:   # one matrix product per variant and side
+            tables = state.pair_tables[g.pair_group].table
+            total = np.empty((len(weights), g.own.shape[1]))
+            for edges, v, second in state.sharing.edge_rows[k][i]:
+                # r is the pair's first variable: sum_b t[a, b] w[b]; its second: sum_a w[a] t[a, b]
+                total[edges] = _rows_matmul(weights[edges], tables[v] if second else tables[v].T)
+        elif slots is not None:   # slot by slot on views of the pair tables
+            table = state.pair_tables[g.pair_group].table
+            samples = self.batch.num_samples
+            table = table.reshape(samples, -1, *table.shape[1:])
+            w = weights.reshape(samples, len(slots[0]), -1)
+            total = np.empty((samples, len(slots[0]), g.own.shape[1]))
+            for j, (slot, second) in enumerate(zip(*slots)):
+                total[:, j] = _products(table[:, slot], w[:, j], bool(second))
+            total = total.reshape(len(weights), -1)
+        else:
+            total = self._edge_products(state.oriented[k][i], weights)
+        with np.errstate(divide="ignore"):
+            mu = _log(total)
+        if not unit:
+            mu *= scale
+        if len(total) and total.min() < _UNDERFLOW:
+            # extreme potentials: exact log-sum-exp for the entries that underflowed
+            e, y = np.nonzero(total < _UNDERFLOW)
+            f = self._pair_f(state, g.pair_group, g.pairs[e])
+            flip = g.transposed[e]
+            rows = np.empty((len(e), other.shape[1]))
+            if not flip.all():
+                rows[~flip] = f[np.flatnonzero(~flip), y[~flip], :]
+            if flip.any():
+                rows[flip] = f[np.flatnonzero(flip), :, y[flip]]
+            top = state.pair_tables[g.pair_group].pair_top(g.pairs[e])
+            mu[e, y] = _log_sum_exp(rows - top[:, None] + other[e], scale[e], axis=1)
+        return mu
+
+    @staticmethod
+    def _edge_products(tables, weights) -> np.ndarray:
+        """Each edge's table times its weights (tables from _split_tables): table @ w where r
+        picks a row, w @ table where it picks a column."""
+        rows, by_row, columns, by_column = tables
+        if not len(columns):
+            return _products(by_row, weights, False)
+        if not len(rows):
+            return _products(by_column, weights, True)
+        total = np.empty((len(weights), max(by_row.shape[1], by_column.shape[2])))
+        total[rows] = _products(by_row, weights[rows], False)
+        total[columns] = _products(by_column, weights[columns], True)
+        return total
+
+    @staticmethod
+    def _generic_mu(g, fhat, lam) -> np.ndarray:
+        values = fhat[g.grouped] - lam[g.own][:, :, None]        # (E, n_r, k)
+        if g.use_max:
+            return values.max(axis=2)
+        return _log_sum_exp(values, g.scale[:, None, None], axis=2)
+
+    def sweep(self, state: FlatState, change: bool = True) -> float:
+        """One sweep: every colour once, in order; returns the largest message change (see
+        update_colour)."""
+        return max((self.update_colour(state, k, change) for k in range(len(self.batch.colours))),
+                   default=0.0)
+
+    # --- read-outs ------------------------------------------------------------------------
+    def _pair_sums(self, state: FlatState, group: int, beliefs=None):
+        """For each fast pair: w_a, w_b = exp(lambda / (eps c_p)) and sum_ab table * w_a * w_b.
+
+        With the pair's fhat = f_p + lambda_a + lambda_b (it has no parents), its log-partition is
+        top + eps c_p log(that sum), and its belief is table * w_a * w_b / sum.  Given the
+        batch's `beliefs` and a group with views, the pairs' beliefs are written too, block by
+        block right after their sums: the tables are read from memory once (see _pair_beliefs).
+        """
+        g, pt = self.batch.pair_groups[group], state.pair_tables[group]
+        lam, scale = state.messages, g.scale[:, None]
+        w_a, w_b = _exp(lam[g.message_a] / scale), _exp(lam[g.message_b] / scale)
+        if beliefs is not None and pt.variant is None and self._pair_views[group] is not None:
+            out, total = self._view(beliefs, group), np.empty(len(w_a))
+            table = pt.table.reshape(out.shape)
+            shape = out.shape[:2]
+            step = max(1, _BLOCK_ENTRIES // max(1, out[0].size))
+            for s in range(0, len(out), step):
+                rows = slice(s * shape[1], (s + step) * shape[1])
+                wb = w_b[rows].reshape(-1, shape[1], w_b.shape[1])
+                part = (_products(table[s:s + step], wb, False)
+                        * w_a[rows].reshape(-1, shape[1], w_a.shape[1])).sum(axis=2)
+                total[rows] = part.ravel()
+                self._pair_beliefs(table[s:s + step], w_a[rows], wb, part, out[s:s + step])
+            self._low_pair_beliefs(state, group, total, out)
+        elif pt.variant is None:
+            total = (_products(pt.table, w_b, False) * w_a).sum(axis=1)
+        else:
+            total = np.empty(len(w_a))
+            for v, pairs in state.sharing.variant_rows[group]:
+                total[pairs] = (_rows_matmul(w_b[pairs], pt.table[v].T) * w_a[pairs]).sum(axis=1)
+        return w_a, w_b, total
+
+    def _pair_f(self, state: FlatState, group: int, pairs: np.ndarray) -> np.ndarray:
+        """f of some fast pairs of pair group `group`, (len(pairs), n_a, n_b)."""
+        g = self.batch.pair_groups[group]
+        if state.sharing is None:
+            f = state.potentials[g.entries[pairs]]
+        else:
+            f = state.source[state.sharing.tables[group][state.sharing.table_of(group, pairs)]]
+        return f.reshape(len(pairs), *self._pair_shape(g))
+
+    def _pair_fhat(self, state: FlatState, group: int, pairs: np.ndarray) -> np.ndarray:
+        """fhat of some fast pairs, (len(pairs), n_a, n_b): the exact path for extreme values."""
+        g, lam = self.batch.pair_groups[group], state.messages
+        f = self._pair_f(state, group, pairs)
+        return f + lam[g.message_a[pairs]][:, :, None] + lam[g.message_b[pairs]][:, None, :]
+
+    def region_values(self, state: FlatState) -> list[np.ndarray]:
+        """fhat of every region but the fast pairs, an (R, n) block per regions_by_size entry.
+
+        Fresh from the potentials and messages (no incremental rounding reaches the read-outs),
+        and only for the entries read: fast pairs' fhat is never formed."""
+        b, lam = self.batch, state.messages
+        k = len(self._readout_entries)
+        flat = (state.readout
+                + np.bincount(self._compact_parent, lam[b.parent_entry_message], k)
+                - np.bincount(self._compact_child, lam, k))
+        return [flat[where].reshape(shape) for where, shape in self._blocks]
+
+    def pair_sums(self, state: FlatState) -> list[tuple]:
+        """_pair_sums of every pair group (shared by the dual and the beliefs)."""
+        return [self._pair_sums(state, group) for group in range(len(self.batch.pair_groups))]
+
+    def region_softmax(self, values) -> list[tuple]:
+        """Per regions_by_size block, for its regions with eps c_r > 0: (which rows, their beliefs
+        exp(fhat_r / (eps c_r)) normalised, their eps c_r log sum exp(fhat_r / (eps c_r))); the
+        beliefs and the dual share it."""
+        out = []
+        for (_, scale, _), block in zip(self.batch.regions_by_size, values):
+            direct = scale > 0
+            z = block[direct] / scale[direct, None]
+            peak = z.max(axis=1, keepdims=True)
+            z = _exp(z - peak)
+            total = z.sum(axis=1, keepdims=True)
+            out.append((direct, z / total, scale[direct] * (peak[:, 0] + np.log(total[:, 0]))))
+        return out
+
+    def dual(self, state: FlatState, values=None, sums=None, softmax=None) -> np.ndarray:
+        """D(lambda) per sample: sum_r eps c_r log sum exp(fhat_r / (eps c_r)) (max where eps c_r = 0)."""
+        values = self.region_values(state) if values is None else values
+        sums = self.pair_sums(state) if sums is None else sums
+        softmax = self.region_softmax(values) if softmax is None else softmax
+        per_region, samples = [], []
+        for (_, scale, sample), block, (direct, _, log_partition) in zip(
+                self.batch.regions_by_size, values, softmax):
+            out = block.max(axis=1)
+            out[direct] = log_partition
+            negative = scale < 0
+            if negative.any():
+                out[negative] = _log_sum_exp(block[negative], scale[negative, None], axis=1)
+            per_region.append(out)
+            samples.append(sample)
+        for group, (g, pt, (_, _, total)) in enumerate(zip(self.batch.pair_groups,
+                                                           state.pair_tables, sums)):
+            with np.errstate(divide="ignore"):
+                out = pt.pair_top() + g.scale * _log(total)
+            low = np.flatnonzero(total < _UNDERFLOW)
+            if len(low):
+                flat = self._pair_fhat(state, group, low).reshape(len(low), -1)
+                out[low] = _log_sum_exp(flat, g.scale[low, None], axis=1)
+            per_region.append(out)
+            samples.append(g.sample)
+        return np.bincount(np.concatenate(samples), np.concatenate(per_region),
+                           self.batch.num_samples)
+
+    def _exact_pair_beliefs(self, state: FlatState, group: int, pairs: np.ndarray) -> np.ndarray:
+        """Beliefs of some fast pairs from their fhat: the path for sums that underflowed."""
+        g = self.batch.pair_groups[group]
+        z = self._pair_fhat(state, group, pairs).reshape(len(pairs), -1) / g.scale[pairs, None]
+        z = np.exp(z - z.max(axis=1, keepdims=True))
+        return (z / z.sum(axis=1, keepdims=True)).reshape(len(pairs), *self._pair_shape(g))
+
+    def beliefs(self, state: FlatState, values=None, sums=None, softmax=None,
+                out=None, done=()) -> np.ndarray:
+        """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent
+        (written into `out` if given; the fast pairs of the groups in `done` are already).
+
+        With shared tables the fast pairs' entries are NaN: their beliefs are not formed (see
+        ConvexBP.table_beliefs)."""
+        values = self.region_values(state) if values is None else values
+        softmax = self.region_softmax(values) if softmax is None else softmax
+        if state.sharing is not None:
+            spread = state.sharing.spread(self.rest_beliefs(state, values, softmax))
+            if out is None:
+                return spread
+            out[:] = spread
+            return out
+        # every entry is written below: direct regions, fast pairs, then the regions whose belief
+        # is marginalised from a parent (filling a batch's worth of zeros first took 4 ms of
+        # 1000 words' read-outs)
+        beliefs = np.empty(self.batch.num_potentials) if out is None else out
+        for (entries, _, _), (direct, normalised, _) in zip(self.batch.regions_by_size, softmax):
+            beliefs[entries[direct]] = normalised
+        sums = self.pair_sums(state) if sums is None else sums
+        for group, (entries, pt, (w_a, w_b, total)) in enumerate(zip(
+                self._pair_entries, state.pair_tables, sums)):
+            if group in done:
+                continue
+            if self._pair_views[group] is not None:   # straight into the output, block by block
+                b = self._view(beliefs, group)
+                table = pt.table.reshape(b.shape)
+                shape = b.shape[:2]
+                step = max(1, _BLOCK_ENTRIES // max(1, b[0].size))
+                for s in range(0, len(b), step):
+                    rows = slice(s * shape[1], (s + step) * shape[1])
+                    self._pair_beliefs(table[s:s + step], w_a[rows],
+                                       w_b[rows].reshape(-1, shape[1], w_b.shape[1]),
+                                       total[rows].reshape(-1, shape[1]), b[s:s + step])
+                self._low_pair_beliefs(state, group, total, b)
+                continue
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                a = w_a / total[:, None]
+            low = np.flatnonzero(total < _UNDERFLOW)
+            with np.errstate(invalid="ignore", over="ignore"):
+                b = pt.table * a[:, :, None]
+                b *= w_b[:, None, :]
+            if len(low):
+                b[low] = self._exact_pair_beliefs(state, group, low)
+            beliefs[entries] = b.ravel()
+        for entries, position, parent in self._levels:
+            beliefs[entries] = np.bincount(position, beliefs[parent], len(entries))
+        return beliefs
+
+    @staticmethod
+    def _pair_beliefs(table, w_a, w_b, total, out):
+        """Some samples' pair beliefs table * (w_a / sum) w_b^T into `out` (S_block, P, n_a,
+        n_b); w_a (S_block * P, n_a) as the pairs come, w_b (S_block, P, n_b), sums (S_block, P)."""
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            a = w_a / total.reshape(-1)[:, None]
+            np.multiply(table, a.reshape(*out.shape[:3], 1), out=out)
+            out *= w_b[:, :, None, :]
+
+    def _low_pair_beliefs(self, state: FlatState, group: int, total, out):
+        """The beliefs of the pairs whose sum underflowed, from their fhat, into the view `out`."""
+        low = np.flatnonzero(total < _UNDERFLOW)
+        if len(low):
+            out[low // out.shape[1], low % out.shape[1]] = self._exact_pair_beliefs(state, group,
+                                                                                    low)
+
+    def rest_beliefs(self, state: FlatState, values=None, softmax=None) -> np.ndarray:
+        """With shared tables: the beliefs of the entries that are not fast pairs (sharing.rest),
+        without a full-length vector."""
+        sharing = state.sharing
+        if sharing is None:
+            raise ValueError("rest_beliefs: this state has no shared tables (start(..., sharing=))")
+        values = self.region_values(state) if values is None else values
+        softmax = self.region_softmax(values) if softmax is None else softmax
+        beliefs = np.zeros(len(sharing.rest))
+        for where, (direct, normalised, _) in zip(sharing.rest_blocks, softmax):
+            beliefs[where[direct]] = normalised
+        for child, parent in sharing.rest_levels:
+            beliefs += np.bincount(child, beliefs[parent], len(beliefs))
+        return beliefs
+
+    def pair_exports(self, state: FlatState, sums=None) -> list[tuple]:
+        """With shared tables, per pair group what ConvexBP sums per table over the whole batch:
+        (a = w_a / sum, w_b, the pairs whose sum underflowed, their beliefs from fhat)."""
+        sums = self.pair_sums(state) if sums is None else sums
+        out = []
+        for group, (w_a, w_b, total) in enumerate(sums):
+            low = np.flatnonzero(total < _UNDERFLOW)
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                a = w_a / total[:, None]
+            out.append((a, w_b, low, self._exact_pair_beliefs(state, group, low) if len(low)
+                        else None))
+        return out
+
+    def readout(self, state: FlatState, beliefs_out=None, exports=False):
+        """A run's read-outs from one computation of the regions' fhat and the pairs' sums:
+        (the dual per sample, with shared tables the rest beliefs, with `exports` pair_exports);
+        without shared tables the beliefs are written into `beliefs_out` if given."""
+        values = self.region_values(state)
+        fused = beliefs_out if state.sharing is None else None
+        sums = [self._pair_sums(state, group, fused) for group in range(len(self.batch.pair_groups))]
+        softmax = self.region_softmax(values)
+        dual = self.dual(state, values, sums, softmax)
+        if state.sharing is None:
+            if beliefs_out is not None:
+                done = {g for g, v in enumerate(self._pair_views) if v is not None}
+                self.beliefs(state, values, sums, softmax, out=beliefs_out, done=done)
+            return dual, None, None
+        return (dual, self.rest_beliefs(state, values, softmax),
+                self.pair_exports(state, sums) if exports else None)
