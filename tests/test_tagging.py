@@ -16,9 +16,9 @@ from helpers import MPIRUN, dstrain_train, run_params
 
 
 
-def tiny_model(num_tags, pairwise="table", seed=0):
+def tiny_model(num_tags, pairwise="table", seed=0, features=5):
     torch.manual_seed(seed)
-    model = TaggingCRF((7,), num_tags, unary="mlp", hidden=[6], features=5,
+    model = TaggingCRF((7,), num_tags, unary="mlp", hidden=[6], features=features,
                        pairwise=pairwise).double()
     with torch.no_grad():   # pairs away from their zero start, so they matter
         for name, p in model.named_parameters():
@@ -54,11 +54,11 @@ def gradients(model, batch, options):
     return result.loss, [p.grad.clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("num_tags, algorithm, pairwise", [
-    (5, "exact", "table"), (5, "exact", "net"),
-    (2, "converge", "table")])   # two tags: one pair, a tree, where bethe BP is exact
-def test_gradient_equals_brute_force(num_tags, algorithm, pairwise):
-    model, batch = tiny_model(num_tags, pairwise)
+@pytest.mark.parametrize("num_tags, algorithm, pairwise, features", [
+    (5, "exact", "table", 5), (5, "exact", "net", 5), (5, "exact", "net", 0),
+    (2, "converge", "table", 5)])   # two tags: one pair, a tree, where bethe BP is exact
+def test_gradient_equals_brute_force(num_tags, algorithm, pairwise, features):
+    model, batch = tiny_model(num_tags, pairwise, features=features)
     loss, ours = gradients(model, batch, InferenceOptions(
         algorithm=algorithm, counting_numbers="bethe", max_sweeps=1000, tol=1e-12))
     model.zero_grad()
@@ -67,6 +67,19 @@ def test_gradient_equals_brute_force(num_tags, algorithm, pairwise):
     np.testing.assert_allclose(loss, expected.detach().numpy(), rtol=1e-9)
     for mine, p in zip(ours, model.parameters()):
         torch.testing.assert_close(mine, p.grad, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("unary, shape, width", [("cnn", (3, 8, 12), 4 * 2 * 3), ("mlp", (7,), 6)])
+def test_features_zero_gives_heads_the_nets_last_layer(unary, shape, width):
+    """features: 0 -- no hidden layer: the heads read the CNN's flattened conv features (4 channels
+    of 8x12 pooled twice) or the MLP's last hidden layer; features: 9 puts a layer of 9 between."""
+    for features, expected in ((0, width), (9, 9)):
+        model = TaggingCRF(shape, 3, unary=unary, hidden=[6], cnn_channels=[2, 4],
+                           features=features, pairwise="net")
+        assert model.unary_head.in_features == model.pair_head.in_features == expected
+        x = torch.randn(2, *shape)
+        assert model.trunk(x).shape == (2, expected)
+        assert model.potentials(Batch(x, np.zeros((2, 3), np.int64))).source.shape[0] > 0
 
 
 def test_map_decoding_against_exhaustive_search():

@@ -55,7 +55,8 @@ class Linear(nn.Linear):
 
 
 class UnaryMLP(nn.Module):
-    """The paper's unary net: an MLP on the flattened input, ReLU between layers (H1 or H1, H2)."""
+    """The paper's unary net: an MLP on the flattened input, ReLU between layers (H1 or H1, H2).
+    `num_classes` 0: no output layer, the net returns its last hidden layer (`out_features` wide)."""
 
     def __init__(self, image_shape: tuple[int, ...], hidden: list[int], num_classes: int):
         super().__init__()
@@ -63,8 +64,10 @@ class UnaryMLP(nn.Module):
         layers: list[nn.Module] = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layers += [Linear(n_in, n_out), nn.ReLU()]
-        layers.append(Linear(sizes[-1], num_classes))
+        if num_classes:
+            layers.append(Linear(sizes[-1], num_classes))
         self.net = nn.Sequential(*layers)
+        self.out_features = num_classes or sizes[-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(n, H, W) -> (n, num_classes) scores."""
@@ -73,7 +76,8 @@ class UnaryMLP(nn.Module):
 
 class UnaryCNN(nn.Module):
     """A small CNN: (3x3 conv, ReLU, 2x2 max-pool) per channel count, then a linear classifier.
-    `image_shape`: (H, W) grey images or (C, H, W)."""
+    `image_shape`: (H, W) grey images or (C, H, W).  `num_classes` 0: no classifier, the net
+    returns the flattened conv features (`out_features` wide)."""
 
     def __init__(self, image_shape: tuple[int, ...], channels: list[int], num_classes: int):
         super().__init__()
@@ -87,7 +91,8 @@ class UnaryCNN(nn.Module):
                 height, width = height // 2, width // 2
             n_in = n_out
         self.features = nn.Sequential(*layers)
-        self.classifier = Linear(n_in * height * width, num_classes)
+        self.classifier = Linear(n_in * height * width, num_classes) if num_classes else nn.Identity()
+        self.out_features = num_classes or n_in * height * width
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(images.unsqueeze(1) if self.grey else images).flatten(1))

@@ -37,7 +37,9 @@ class TaggingOptions:
     unary: Literal["auto", "mlp", "cnn"] = "auto"   # auto: cnn for images, mlp for feature vectors
     hidden: list[int] = field(default_factory=lambda: [256], metadata={"min_len": 1, "max_len": 3})
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64], metadata={"min_len": 1})
-    features: int = field(default=128, metadata={"low": 1})    # width of the net's last hidden layer
+    # width of a hidden layer between the net and the heads; 0: the heads read the net's last
+    # layer (the CNN's flattened conv features, the MLP's last hidden layer)
+    features: int = field(default=128, metadata={"low": 0})
     pairwise: Literal["table", "net"] = "table"   # one 2x2 table per tag pair, or from the net
 
 
@@ -58,9 +60,10 @@ class TaggingCRF(StructuredModel):
         self.pairs = pairs_of(num_tags)
         if unary == "auto":
             unary = "cnn" if len(x_shape) == 3 else "mlp"
-        self.trunk = nn.Sequential(
-            UnaryCNN(tuple(x_shape), list(cnn_channels), features) if unary == "cnn"
-            else UnaryMLP(tuple(x_shape), list(hidden), features), nn.ReLU())
+        net = (UnaryCNN(tuple(x_shape), list(cnn_channels), features) if unary == "cnn"
+               else UnaryMLP(tuple(x_shape), list(hidden), features))
+        self.trunk = nn.Sequential(net, nn.ReLU()) if features else net
+        features = net.out_features
         self.unary_head = nn.Linear(features, num_tags)
         num_pairs = len(self.pairs)
         if pairwise == "table":
