@@ -137,7 +137,9 @@ class PairTable:
 
     table: np.ndarray           # (P, n_a, n_b), or (V, n_a, n_b) with shared tables
     top: np.ndarray             # (P,) max of f_p, or (V,)
-    variant: np.ndarray | None = None   # shared tables: (P,) each pair's row of `table` and `top`
+    # shared tables: (P,) each pair's row of `table` and `top`; so too where rows are reordered
+    variant: np.ndarray | None = None
+    stored: np.ndarray | None = None   # rows reordered (FlatBP._storage): the pair at each row
 
     def pair_top(self, pairs=slice(None)) -> np.ndarray:
         return self.top[pairs] if self.variant is None else self.top[self.variant[pairs]]
@@ -275,7 +277,6 @@ class FlatBP:
         # the 2-d one), and whether its scales are all 1 (the table needs no division then)
         self._pair_entries = [g.entries.ravel() for g in batch.pair_groups]
         self._unit_scale = [bool(np.all(g.scale == 1.0)) for g in batch.pair_groups]
-        self._pair_runs = [self._runs(e) for e in self._pair_entries]
         self._blocks = []
         start = 0
         for e in blocks:
@@ -283,6 +284,8 @@ class FlatBP:
             start += e.size
         # one-template batches: each pair group as (first entry, pairs per sample) of a view
         self._pair_views = [self._pair_view(g) if self.uniform else None for g in batch.pair_groups]
+        self._stored = [None if view is not None else self._storage(i)
+                        for i, view in enumerate(self._pair_views)]
         # fast groups multiplied per pair slot on those views: (slots, r is the 2nd variable)
         self._slots = [[None if p is not None else self._slot_plan(g) for g in c.fast]
                        for c, p in zip(batch.colours, self._binary)]
@@ -294,16 +297,30 @@ class FlatBP:
             entries, position = np.unique(child, return_inverse=True)
             self._levels.append((entries, position, parent))
 
-    @staticmethod
-    def _runs(entries: np.ndarray):
-        """[(position in `entries`, entry, length)] of its runs of consecutive entries, if they
-        are long (a Python loop of slice copies then beats a scatter), else None."""
-        breaks = np.flatnonzero(np.diff(entries) != 1) + 1
-        if len(entries) == 0 or len(breaks) + 1 > len(entries) // 256:
+    def _storage(self, group: int):
+        """(the pair at each row, each pair's row, each row's first entry) of the exp tables of
+        pair group `group` (without views), rows ordered so that the edges of a colour's fast
+        group on one side (r the pair's first variable, or its second) are consecutive rows in
+        their order where they can be: the sweeps multiply slices of the tables then, not copies
+        (1000 chains: 2 x 43 MB copied a start); None if a pair's entries are not consecutive."""
+        g = self.batch.pair_groups[group]
+        count, size = g.entries.shape
+        if not count or not np.array_equal(g.entries, g.entries[:, :1] + np.arange(size)):
             return None
-        starts = np.concatenate([[0], breaks])
-        lengths = np.diff(starts, append=len(entries))
-        return list(zip(starts.tolist(), entries[starts].tolist(), lengths.tolist()))
+        first = np.full(count, np.iinfo(np.int64).max)   # each pair's first side, its place
+        code = 0
+        for colour in self.batch.colours:
+            for f in colour.fast:
+                if f.pair_group != group:
+                    continue
+                for side in (~f.transposed, f.transposed):
+                    pairs = f.pairs[side]
+                    first[pairs] = np.minimum(first[pairs], code * count + np.arange(len(pairs)))
+                    code += 1
+        stored = np.argsort(first, kind="stable")
+        row = np.empty(count, np.int64)
+        row[stored] = np.arange(count)
+        return stored, row, g.entries[stored, 0]
 
     def _pair_view(self, g):
         """(first entry, pairs per sample) if pair group g's tables are one run of entries in
@@ -486,6 +503,9 @@ class FlatBP:
             if sharing is None and self._pair_views[i] is not None:
                 out.append(self._view_tables(theta, i, unit, workspace))
                 continue
+            if sharing is None and self._stored[i] is not None:
+                out.append(self._stored_tables(theta, i, unit, workspace))
+                continue
             if sharing is None:
                 table = np.take(theta, g.entries, out=workspace.get(("pairs", i), g.entries.shape),
                                 mode="clip")
@@ -541,6 +561,32 @@ class FlatBP:
             top[rows][~shift] = 0.0
         return PairTable(table, top.ravel())
 
+    def _stored_tables(self, theta: np.ndarray, group: int, unit: bool, workspace) -> PairTable:
+        """pair_tables for a group in the rows of _storage, block by block: each block's pairs
+        gathered as rows of a sliding-window view of the potentials (no index per entry), its
+        max and exp while it is in the cache; shifted by the max only where _view_tables does."""
+        g = self.batch.pair_groups[group]
+        stored, row, first = self._stored[group]
+        size = g.entries.shape[1]
+        windows = np.lib.stride_tricks.sliding_window_view(theta, size)
+        table = workspace.get(("pairs", group), (len(stored), size))
+        top = np.empty(len(stored))
+        scale = g.scale[stored]
+        step = max(1, _BLOCK_ENTRIES // size)
+        for s in range(0, len(stored), step):
+            rows = slice(s, s + step)
+            block = windows[first[rows]]   # (a copy the size of the cache)
+            top[rows] = _row_max(block)
+            shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) | (top[rows] < -_SHIFT_BELOW * scale[rows])
+            if shift.any():   # (extreme potentials: those pairs with their max subtracted)
+                block[shift] -= top[rows][shift, None]
+            top[rows][~shift] = 0.0
+            if not unit:
+                block /= scale[rows, None]
+            with np.errstate(over="ignore"):
+                _exp(block, out=table[rows])
+        return PairTable(table.reshape(len(stored), *self._pair_shape(g)), top, row, stored)
+
     def signature(self) -> tuple:
         """What decides how a colour is updated (the gap form, fhat or f as the inner term):
         ranges of a batch run in parallel only where theirs equal the whole batch's."""
@@ -560,6 +606,10 @@ class FlatBP:
         vector-matrix), with no copy of the tables in a sweep and no transposed copies."""
         out = []
         for side, edges in enumerate((np.flatnonzero(~g.transposed), np.flatnonzero(g.transposed))):
+            rows = g.pairs[edges] if pt.variant is None else pt.variant[g.pairs[edges]]
+            if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all():
+                out += [edges, pt.table[rows[0]:rows[-1] + 1]]   # consecutive rows: a view
+                continue
             out += [edges, self._edge_tables(pt, g, edges, workspace.get(
                 (*key, side), (len(edges), *pt.table.shape[1:])))]
         return tuple(out)
@@ -773,6 +823,10 @@ class FlatBP:
             self._low_pair_beliefs(state, group, total, out)
         elif pt.variant is None:
             total = (_products(pt.table, w_b, False) * w_a).sum(axis=1)
+        elif pt.stored is not None:   # rows reordered: the sums in the pairs' order
+            total = np.empty(len(w_a))
+            total[pt.stored] = (_products(pt.table, w_b[pt.stored], False)
+                                * w_a[pt.stored]).sum(axis=1)
         else:
             total = np.empty(len(w_a))
             for v, pairs in state.sharing.variant_rows[group]:
@@ -912,16 +966,21 @@ class FlatBP:
                 a = w_a / total[:, None]
             low = np.flatnonzero(total < _UNDERFLOW)
             b = state.workspace.get(("beliefs", group), pt.table.shape)
-            _scale_tables(pt.table[None], a[None], w_b[None], b[None])
-            if len(low):
-                b[low] = self._exact_pair_beliefs(state, group, low)
-            runs = self._pair_runs[group]
-            if runs is None:
+            if pt.stored is None:
+                _scale_tables(pt.table[None], a[None], w_b[None], b[None])
+                if len(low):
+                    b[low] = self._exact_pair_beliefs(state, group, low)
                 beliefs[entries] = b.ravel()
-            else:   # runs of consecutive entries (a sample's pairs): slice copies, no scatter
-                b = b.ravel()
-                for source, target, length in runs:
-                    beliefs[target:target + length] = b[source:source + length]
+                continue
+            _scale_tables(pt.table[None], a[pt.stored][None], w_b[pt.stored][None], b[None])
+            if len(low):
+                b[pt.variant[low]] = self._exact_pair_beliefs(state, group, low)
+            # each row into its pair's consecutive entries: rows of a sliding window over the
+            # beliefs (a copy per pair, no index per entry)
+            size = b[0].size
+            windows = np.lib.stride_tricks.as_strided(
+                beliefs, (len(beliefs) - size + 1, size), (beliefs.strides[0],) * 2)
+            windows[self._stored[group][2]] = b.reshape(len(b), size)
         for entries, position, parent in self._levels:
             beliefs[entries] = np.bincount(position, beliefs[parent], len(entries))
         return beliefs
