@@ -214,6 +214,9 @@ class FlatState:
         # binary colours: positions of the edges whose pair table has an entry below _UNDERFLOW
         # (their gap update is computed in log space, FlatBP._stable_gap_mu)
         self.extreme = extreme
+        # {(colour, fast group): its edges' products sum_o t * exp(lambda_o / (eps c_p))} of
+        # the last sweep, whole (FlatBP.sweep); None after any other update
+        self.products = None
 
     @property
     def messages(self) -> np.ndarray:
@@ -286,6 +289,7 @@ class FlatBP:
         self._pair_views = [self._pair_view(g) if self.uniform else None for g in batch.pair_groups]
         self._stored = [None if view is not None else self._storage(i)
                         for i, view in enumerate(self._pair_views)]
+        self._last_updates = [self._last_update(i) for i in range(len(batch.pair_groups))]
         # fast groups multiplied per pair slot on those views: (slots, r is the 2nd variable)
         self._slots = [[None if p is not None else self._slot_plan(g) for g in c.fast]
                        for c, p in zip(batch.colours, self._binary)]
@@ -296,6 +300,48 @@ class FlatBP:
         for child, parent in batch.belief_levels:
             entries, position = np.unique(child, return_inverse=True)
             self._levels.append((entries, position, parent))
+
+    def _last_update(self, group: int):
+        """Where a sweep updates each pair of pair group `group` last (the edge of its endpoint
+        in the later colour): [(colour, fast group, pairs, their edges, r is the 2nd
+        variable)]; None if some pair has no edge."""
+        g = self.batch.pair_groups[group]
+        owner = np.full(len(g.entries), -1)
+        edge = np.zeros(len(g.entries), np.int64)
+        keys = []
+        for k, colour in enumerate(self.batch.colours):
+            for i, f in enumerate(colour.fast):
+                if f.pair_group == group:   # (a later colour overwrites)
+                    owner[f.pairs] = len(keys)
+                    edge[f.pairs] = np.arange(len(f.pairs))
+                    keys.append((k, i))
+        if (owner < 0).any():
+            return None
+        plan = []
+        for code, (k, i) in enumerate(keys):
+            pairs = np.flatnonzero(owner == code)
+            second = self.batch.colours[k].fast[i].transposed[edge[pairs]]
+            for flag in (False, True):
+                mine = pairs[second == flag]
+                if len(mine):
+                    plan.append((k, i, mine, edge[mine], flag))
+        return plan
+
+    def _saved_sums(self, state: FlatState, group: int, w_a, w_b):
+        """The pairs' sums sum_ab table * w_a * w_b from the last sweep's products, where it ran
+        whole after start: at its last update of a pair, the product of the table with the
+        other endpoint's (final) weights is formed; times r's final weights it is the sum
+        (the read-out's matrix products skipped).  None where they are not all there."""
+        plan = self._last_updates[group]
+        if plan is None or not state.products:
+            return None
+        total = np.empty(len(w_a))
+        for k, i, pairs, edges, second in plan:
+            products = state.products.get((k, i))
+            if products is None:
+                return None
+            total[pairs] = (products[edges] * (w_b if second else w_a)[pairs]).sum(axis=1)
+        return total
 
     def _storage(self, group: int):
         """(the pair at each row, each pair's row, each row's first entry) of the exp tables of
@@ -629,9 +675,13 @@ class FlatBP:
                 - np.bincount(b.message_child_entry, lam, n))
 
     # --- one block-coordinate step per colour --------------------------------------------
-    def update_colour(self, state: FlatState, k: int, change: bool = True) -> float:
+    def update_colour(self, state: FlatState, k: int, change: bool = True,
+                      whole: bool = False) -> float:
         """Update all regions of colour k; return the largest message change (0 where `change`
-        is False: runs of a fixed number of sweeps need it after the last one only)."""
+        is False: runs of a fixed number of sweeps need it after the last one only); `whole`:
+        part of a sweep (else the last sweep's products are stale)."""
+        if not whole:
+            state.products = None
         if state.gaps is not None:
             return self._update_binary_colour(state, k, change)
         plan: ColourPlan = self.batch.colours[k]
@@ -751,6 +801,8 @@ class FlatBP:
             total = total.reshape(len(weights), -1)
         else:
             total = self._edge_products(state.oriented[k][i], weights)
+        if state.products is not None:   # (FlatBP.sweep: the read-outs take it)
+            state.products[k, i] = total
         with np.errstate(divide="ignore"):
             mu = _log(total)
         if not unit:
@@ -792,9 +844,11 @@ class FlatBP:
 
     def sweep(self, state: FlatState, change: bool = True) -> float:
         """One sweep: every colour once, in order; returns the largest message change (see
-        update_colour)."""
-        return max((self.update_colour(state, k, change) for k in range(len(self.batch.colours))),
-                   default=0.0)
+        update_colour).  Its products stay in the state for the read-outs (_saved_sums)."""
+        state.products = {}
+        largest = max((self.update_colour(state, k, change, whole=True)
+                       for k in range(len(self.batch.colours))), default=0.0)
+        return largest
 
     # --- read-outs ------------------------------------------------------------------------
     def _pair_sums(self, state: FlatState, group: int, beliefs=None):
@@ -807,20 +861,30 @@ class FlatBP:
         """
         g, pt = self.batch.pair_groups[group], state.pair_tables[group]
         lam, scale = state.messages, g.scale[:, None]
-        w_a, w_b = _exp(lam[g.message_a] / scale), _exp(lam[g.message_b] / scale)
+        if self._unit_scale[group]:   # (x / 1 is x)
+            w_a, w_b = _exp(lam[g.message_a]), _exp(lam[g.message_b])
+        else:
+            w_a, w_b = _exp(lam[g.message_a] / scale), _exp(lam[g.message_b] / scale)
+        saved = self._saved_sums(state, group, w_a, w_b)
         if beliefs is not None and pt.variant is None and self._pair_views[group] is not None:
-            out, total = self._view(beliefs, group), np.empty(len(w_a))
+            out = self._view(beliefs, group)
+            total = np.empty(len(w_a)) if saved is None else saved
             table = pt.table.reshape(out.shape)
             shape = out.shape[:2]
             step = max(1, _BLOCK_ENTRIES // max(1, out[0].size))
             for s in range(0, len(out), step):
                 rows = slice(s * shape[1], (s + step) * shape[1])
                 wb = w_b[rows].reshape(-1, shape[1], w_b.shape[1])
-                part = (_products(table[s:s + step], wb, False)
-                        * w_a[rows].reshape(-1, shape[1], w_a.shape[1])).sum(axis=2)
-                total[rows] = part.ravel()
+                if saved is None:
+                    part = (_products(table[s:s + step], wb, False)
+                            * w_a[rows].reshape(-1, shape[1], w_a.shape[1])).sum(axis=2)
+                    total[rows] = part.ravel()
+                else:
+                    part = total[rows].reshape(-1, shape[1])
                 self._pair_beliefs(table[s:s + step], w_a[rows], wb, part, out[s:s + step])
             self._low_pair_beliefs(state, group, total, out)
+        elif saved is not None:
+            total = saved
         elif pt.variant is None:
             total = (_products(pt.table, w_b, False) * w_a).sum(axis=1)
         elif pt.stored is not None:   # rows reordered: the sums in the pairs' order
