@@ -1029,22 +1029,29 @@ class FlatBP:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 a = w_a / total[:, None]
             low = np.flatnonzero(total < _UNDERFLOW)
-            b = state.workspace.get(("beliefs", group), pt.table.shape)
             if pt.stored is None:
+                b = state.workspace.get(("beliefs", group), pt.table.shape)
                 _scale_tables(pt.table[None], a[None], w_b[None], b[None])
                 if len(low):
                     b[low] = self._exact_pair_beliefs(state, group, low)
                 beliefs[entries] = b.ravel()
                 continue
-            _scale_tables(pt.table[None], a[pt.stored][None], w_b[pt.stored][None], b[None])
-            if len(low):
-                b[pt.variant[low]] = self._exact_pair_beliefs(state, group, low)
-            # each row into its pair's consecutive entries: rows of a sliding window over the
-            # beliefs (a copy per pair, no index per entry)
-            size = b[0].size
+            # block by block in the cache, each row then into its pair's consecutive entries:
+            # rows of a sliding window over the beliefs (a copy per pair, no index per entry)
+            a, w_b, first = a[pt.stored], w_b[pt.stored], self._stored[group][2]
+            size = pt.table[0].size
             windows = np.lib.stride_tricks.as_strided(
                 beliefs, (len(beliefs) - size + 1, size), (beliefs.strides[0],) * 2)
-            windows[self._stored[group][2]] = b.reshape(len(b), size)
+            step = max(1, _BLOCK_ENTRIES // size)
+            block = state.workspace.get(("beliefs", group), (step, *pt.table.shape[1:]))
+            for s in range(0, len(first), step):
+                rows = slice(s, s + step)
+                mine = block[:len(first[rows])]
+                _scale_tables(pt.table[None, rows], a[None, rows], w_b[None, rows], mine[None])
+                windows[first[rows]] = mine.reshape(len(mine), size)
+            if len(low):
+                windows[first[pt.variant[low]]] = self._exact_pair_beliefs(
+                    state, group, low).reshape(len(low), size)
         for entries, position, parent in self._levels:
             beliefs[entries] = np.bincount(position, beliefs[parent], len(entries))
         return beliefs
