@@ -242,6 +242,17 @@ def _log_sum_exp(values: np.ndarray, scale, axis: int) -> np.ndarray:
     return np.squeeze(scale * (peak + np.log(_exp(z - peak).sum(axis=axis, keepdims=True))), axis)
 
 
+def _row_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """sum_j x[:, j] y[:, j]; numpy's reduction is slow on short rows, so unroll those (in
+    column order: a row's bits do not depend on the others)."""
+    if x.shape[1] > 8:
+        return (x * y).sum(axis=1)
+    out = x[:, 0] * y[:, 0]
+    for j in range(1, x.shape[1]):
+        out += x[:, j] * y[:, j]
+    return out
+
+
 def _row_max(block: np.ndarray) -> np.ndarray:
     """Max over the last axis; numpy's reduction is slow on short rows, so unroll those."""
     if block.shape[-1] > 8:
@@ -340,7 +351,7 @@ class FlatBP:
             products = state.products.get((k, i))
             if products is None:
                 return None
-            total[pairs] = (products[edges] * (w_b if second else w_a)[pairs]).sum(axis=1)
+            total[pairs] = _row_dot(products[edges], (w_b if second else w_a)[pairs])
         return total
 
     def _storage(self, group: int):
