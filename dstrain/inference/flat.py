@@ -242,6 +242,13 @@ def _log_sum_exp(values: np.ndarray, scale, axis: int) -> np.ndarray:
     return np.squeeze(scale * (peak + np.log(_exp(z - peak).sum(axis=axis, keepdims=True))), axis)
 
 
+def _window_rows(vector: np.ndarray, size: int) -> np.ndarray:
+    """(len - size + 1, size) writable view of a contiguous vector whose row i starts at entry
+    i: assigning to some of its rows copies a row per index, not an index per entry."""
+    return np.lib.stride_tricks.as_strided(vector, (len(vector) - size + 1, size),
+                                           (vector.strides[0],) * 2)
+
+
 def _row_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """sum_j x[:, j] y[:, j]; numpy's reduction is slow on short rows, so unroll those (in
     column order: a row's bits do not depend on the others)."""
@@ -281,6 +288,8 @@ class FlatBP:
         # the read-outs take fhat only of the regions that are not fast pairs (for words: the
         # unaries, 3 % of the entries): a compact vector of those, one block per region size
         blocks = [entries for entries, _, _ in batch.regions_by_size]
+        self._consecutive = [len(e) > 0 and np.array_equal(e, e[:, :1] + np.arange(e.shape[1]))
+                             for e in blocks]
         self._readout_entries = np.concatenate([e.ravel() for e in blocks]) if blocks \
             else np.zeros(0, np.int64)
         compact = np.full(batch.num_potentials, -1, dtype=np.int64)
@@ -1018,8 +1027,14 @@ class FlatBP:
         # is marginalised from a parent (filling a batch's worth of zeros first took 4 ms of
         # 1000 words' read-outs)
         beliefs = np.empty(self.batch.num_potentials) if out is None else out
-        for (entries, _, _), (direct, normalised, _) in zip(self.batch.regions_by_size, softmax):
-            beliefs[entries[direct]] = normalised
+        for (entries, _, _), (direct, normalised, _), consecutive in zip(
+                self.batch.regions_by_size, softmax, self._consecutive):
+            if not direct.all():
+                beliefs[entries[direct]] = normalised
+            elif consecutive:   # a region's entries are consecutive: rows of a sliding window
+                _window_rows(beliefs, entries.shape[1])[entries[:, 0]] = normalised
+            else:
+                beliefs[entries] = normalised
         sums = self.pair_sums(state) if sums is None else sums
         for group, (entries, pt, (w_a, w_b, total)) in enumerate(zip(
                 self._pair_entries, state.pair_tables, sums)):
@@ -1051,8 +1066,7 @@ class FlatBP:
             # rows of a sliding window over the beliefs (a copy per pair, no index per entry)
             a, w_b, first = a[pt.stored], w_b[pt.stored], self._stored[group][2]
             size = pt.table[0].size
-            windows = np.lib.stride_tricks.as_strided(
-                beliefs, (len(beliefs) - size + 1, size), (beliefs.strides[0],) * 2)
+            windows = _window_rows(beliefs, size)
             step = max(1, _BLOCK_ENTRIES // size)
             block = state.workspace.get(("beliefs", group), (step, *pt.table.shape[1:]))
             for s in range(0, len(first), step):
