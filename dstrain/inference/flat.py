@@ -54,6 +54,10 @@ _SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
 # grain size): the engine's threads alone then decide where the work runs
 _TORCH_SERIAL = 32768
 
+# rows of a sliding window are copied faster than entries are scattered from this length
+# (measured: rows of 26, 0.14 against 0.24 ms for 5000; rows of 5, 0.38 against 0.18 for 20480)
+_WINDOW_ROW = 16
+
 _exp, _log = np.exp, np.log
 _NONE = np.zeros(0, dtype=np.int64)
 
@@ -288,8 +292,10 @@ class FlatBP:
         # the read-outs take fhat only of the regions that are not fast pairs (for words: the
         # unaries, 3 % of the entries): a compact vector of those, one block per region size
         blocks = [entries for entries, _, _ in batch.regions_by_size]
-        self._consecutive = [len(e) > 0 and np.array_equal(e, e[:, :1] + np.arange(e.shape[1]))
-                             for e in blocks]
+        # blocks whose regions' entries are consecutive runs of at least _WINDOW_ROW entries
+        # (their beliefs are written as rows of a sliding window)
+        self._consecutive = [len(e) > 0 and e.shape[1] >= _WINDOW_ROW
+                             and np.array_equal(e, e[:, :1] + np.arange(e.shape[1])) for e in blocks]
         self._readout_entries = np.concatenate([e.ravel() for e in blocks]) if blocks \
             else np.zeros(0, np.int64)
         compact = np.full(batch.num_potentials, -1, dtype=np.int64)
