@@ -19,8 +19,13 @@ one matrix product, and the pairs' beliefs are summed per table instead of forme
 ``ConvexBP`` (bp.py) runs one ``FlatBP`` per range of samples, in threads.  So that its results
 do not depend on how the batch is split, every number here is computed per sample (per region,
 edge or entry) by the same operations whatever the range: numpy's exp and log (never a size-
-dependent switch to another library), matrix products of fixed shapes, and per-entry fallbacks
-for extreme values instead of a switch for a whole colour.
+dependent switch to another library; the pair beliefs' elementwise products are torch's, whose
+product of two doubles is numpy's, run below its grain size so it never starts threads of its
+own), matrix products of fixed shapes, and per-entry fallbacks for extreme values instead of a
+switch for a whole colour.
+
+Read-outs after a whole sweep take the pairs' sums from that sweep's products (``_saved_sums``);
+a run reuses its beliefs array once nothing else holds it (``ConvexBP._result_array``).
 """
 from __future__ import annotations
 
