@@ -300,7 +300,8 @@ class FlatBP:
         # blocks whose regions' entries are consecutive runs of at least _WINDOW_ROW entries
         # (their beliefs are written as rows of a sliding window)
         self._consecutive = [len(e) > 0 and e.shape[1] >= _WINDOW_ROW
-                             and np.array_equal(e, e[:, :1] + np.arange(e.shape[1])) for e in blocks]
+                             and np.array_equal(e, e[:, :1] + np.arange(e.shape[1]))
+                             for e in blocks]
         self._readout_entries = np.concatenate([e.ravel() for e in blocks]) if blocks \
             else np.zeros(0, np.int64)
         compact = np.full(batch.num_potentials, -1, dtype=np.int64)
@@ -654,7 +655,8 @@ class FlatBP:
             rows = slice(s, s + step)
             block = windows[first[rows]]   # (a copy the size of the cache)
             top[rows] = _row_max(block)
-            shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) | (top[rows] < -_SHIFT_BELOW * scale[rows])
+            shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) \
+                | (top[rows] < -_SHIFT_BELOW * scale[rows])
             if shift.any():   # (extreme potentials: those pairs with their max subtracted)
                 block[shift] -= top[rows][shift, None]
             top[rows][~shift] = 0.0
