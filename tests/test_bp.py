@@ -471,10 +471,14 @@ def test_read_outs_from_the_last_sweeps_products_equal_those_formed_afresh():
         assert flat.products is None
 
 
-def test_chains_of_several_lengths_sweep_on_slices_of_their_exp_tables():
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+@pytest.mark.parametrize("options", [{}, {"eps": 0.6, "counting_numbers": "trw"}])
+def test_chains_of_several_lengths_sweep_on_slices_of_their_exp_tables(scale, options):
     # 1st-order chains without views: each colour's edges on one side are consecutive rows of
-    # the exp tables (FlatBP._storage), so start copies no tables; results as the reference's
-    engine = _against_reference([chain(int(n), 7) for n in (3, 6, 2, 9, 4)], 1.0)
+    # the exp tables (FlatBP._storage), so start copies no tables; results as the reference's,
+    # also with extreme potentials (pairs shifted by their max) and scales other than 1
+    engine = _against_reference([chain(int(n), 7, **options) for n in (3, 6, 2, 9, 4)], scale)
+    assert all(s is not None for s in engine._flat._stored)
     state = engine.start(np.zeros(engine.batch.num_potentials))
     tables = [t for colour in state.states[0].oriented for group in colour for t in group[1::2]]
     assert tables and all(t.base is not None for t in tables)
@@ -494,3 +498,14 @@ def test_a_run_reuses_its_beliefs_array_only_once_nothing_holds_it():
     third = engine.run(potentials, max_sweeps=3, tol=0.0)
     assert id(third.beliefs) == address
     np.testing.assert_array_equal(third.beliefs, kept)
+
+
+def test_pair_beliefs_by_torch_have_numpys_bits():
+    # _scale_tables multiplies as numpy's broadcast would, in blocks below torch's grain size
+    from dstrain.inference.flat import _scale_tables
+    rng = np.random.default_rng(11)
+    for shape in ((3, 50, 26, 26), (2, 3000, 5, 5), (1, 7, 3, 4)):
+        table, out = rng.random(shape), np.empty(shape)
+        rows, columns = rng.random(shape[:3]), rng.random((*shape[:2], shape[3]))
+        _scale_tables(table, rows, columns, out)
+        np.testing.assert_array_equal(out, table * rows[..., :, None] * columns[..., None, :])
