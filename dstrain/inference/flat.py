@@ -269,6 +269,14 @@ def _row_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+def _unshifted(values: np.ndarray, scale: np.ndarray) -> bool:
+    """Whether every pair's max f_p / (eps c_p) in `values` surely lies in [-_SHIFT_BELOW,
+    _SHIFT_ABOVE] (then no pair is shifted): from the largest and smallest entry and the least
+    scale, two reductions over the whole block instead of one per pair."""
+    least = scale.min()
+    return bool(values.max() <= _SHIFT_ABOVE * least and values.min() >= -_SHIFT_BELOW * least)
+
+
 def _row_max(block: np.ndarray) -> np.ndarray:
     """Max over the last axis; numpy's reduction is slow on short rows, so unroll those."""
     if block.shape[-1] > 8:
@@ -620,7 +628,9 @@ class FlatBP:
         step = max(1, _BLOCK_ENTRIES // max(1, per * size))
         for s in range(0, samples, step):
             block, rows = out[s:s + step], slice(s, s + step)
-            np.max(view[rows], axis=2, out=top[rows])
+            plain = _unshifted(view[rows], scale[rows])
+            if not plain:
+                np.max(view[rows], axis=2, out=top[rows])
             with np.errstate(over="ignore"):   # (overflows are in pairs shifted below)
                 if unit:
                     _exp(view[rows], out=block)
@@ -630,6 +640,9 @@ class FlatBP:
                     else:
                         np.divide(view[rows], scale[rows, :, None], out=block)
                     _exp(block, out=block)
+            if plain:
+                top[rows] = 0.0
+                continue
             shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) \
                 | (top[rows] < -_SHIFT_BELOW * scale[rows])
             if shift.any():   # (extreme potentials: those pairs with their max subtracted)
@@ -654,12 +667,15 @@ class FlatBP:
         for s in range(0, len(stored), step):
             rows = slice(s, s + step)
             block = windows[first[rows]]   # (a copy the size of the cache)
-            top[rows] = _row_max(block)
-            shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) \
-                | (top[rows] < -_SHIFT_BELOW * scale[rows])
-            if shift.any():   # (extreme potentials: those pairs with their max subtracted)
-                block[shift] -= top[rows][shift, None]
-            top[rows][~shift] = 0.0
+            if _unshifted(block, scale[rows]):
+                top[rows] = 0.0
+            else:
+                top[rows] = _row_max(block)
+                shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) \
+                    | (top[rows] < -_SHIFT_BELOW * scale[rows])
+                if shift.any():   # (extreme potentials: those pairs with their max subtracted)
+                    block[shift] -= top[rows][shift, None]
+                top[rows][~shift] = 0.0
             if not unit:
                 block /= scale[rows, None]
             with np.errstate(over="ignore"):
