@@ -500,8 +500,8 @@ def test_a_run_reuses_its_beliefs_array_only_once_nothing_holds_it():
     np.testing.assert_array_equal(third.beliefs, kept)
 
 
-def test_pair_beliefs_by_torch_have_numpys_bits():
-    # _scale_tables multiplies as numpy's broadcast would, in blocks below torch's grain size
+def test_pair_beliefs_are_the_tables_scaled_in_order():
+    # _scale_tables: table * rows * columns, in that order (the bits of the former expression)
     from dstrain.inference.flat import _scale_tables
     rng = np.random.default_rng(11)
     for shape in ((3, 50, 26, 26), (2, 3000, 5, 5), (1, 7, 3, 4)):

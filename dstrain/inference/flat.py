@@ -19,10 +19,8 @@ one matrix product, and the pairs' beliefs are summed per table instead of forme
 ``ConvexBP`` (bp.py) runs one ``FlatBP`` per range of samples, in threads.  So that its results
 do not depend on how the batch is split, every number here is computed per sample (per region,
 edge or entry) by the same operations whatever the range: numpy's exp and log (never a size-
-dependent switch to another library; the pair beliefs' elementwise products are torch's, whose
-product of two doubles is numpy's, run below its grain size so it never starts threads of its
-own), matrix products of fixed shapes, and per-entry fallbacks for extreme values instead of a
-switch for a whole colour.
+dependent switch to another library), matrix products of fixed shapes, and per-entry fallbacks
+for extreme values instead of a switch for a whole colour.
 
 Read-outs after a whole sweep take the pairs' sums from that sweep's products (``_saved_sums``);
 a run reuses its beliefs array once nothing else holds it (``ConvexBP._result_array``).
@@ -33,7 +31,6 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..graph.batch import ColourPlan, GraphBatch
 
@@ -54,10 +51,6 @@ _BLOCK_ENTRIES = 1 << 17
 # views' pair tables are exp(f_p / (eps c_p)) as they are where max f_p / (eps c_p) lies in
 # [-_SHIFT_BELOW, _SHIFT_ABOVE], else exp((f_p - max f_p) / (eps c_p)) (FlatBP._view_tables)
 _SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
-
-# torch runs an elementwise operation on fewer entries than this in the calling thread (its
-# grain size): the engine's threads alone then decide where the work runs
-_TORCH_SERIAL = 32768
 
 # rows of a sliding window are copied faster than entries are scattered from this length
 # (measured: rows of 26, 0.14 against 0.24 ms for 5000; rows of 5, 0.38 against 0.18 for 20480)
@@ -125,19 +118,12 @@ def _rows_matmul(w: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 def _scale_tables(table, rows, columns, out):
     """out = table * rows[..., :, None] * columns[..., None, :] for (A, B, n_a, n_b) stacks of
-    tables (rows (A, B, n_a), columns (A, B, n_b)), in that order, by torch in blocks below its
-    grain size: numpy's broadcast loops run n_b entries at a time (measured, 7000 26 x 26 tables:
-    5.2 against numpy's 8.2 ms); a product of two doubles has the same bits in either library."""
-    t, r, c, o = (torch.from_numpy(x) for x in (table, rows, columns, out))
-    A, B = out.shape[:2]
-    per = max(1, _TORCH_SERIAL // max(1, out.shape[2] * out.shape[3]))   # tables per call
-    step_a, step_b = (max(1, per // B), B) if B <= per else (1, per)
-    for i in range(0, A, step_a):
-        for j in range(0, B, step_b):
-            block = o[i:i + step_a, j:j + step_b]
-            torch.mul(t[i:i + step_a, j:j + step_b], r[i:i + step_a, j:j + step_b, :, None],
-                      out=block)
-            block.mul_(c[i:i + step_a, j:j + step_b, None, :])
+    tables (rows (A, B, n_a), columns (A, B, n_b)), in that order.  (torch's multiply was tried:
+    faster for 1000 words on one thread, slower on two, where its calls did not run in parallel,
+    and for chains and grids; measured side by side on an idle machine.)"""
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.multiply(table, rows[..., :, None], out=out)
+        out *= columns[..., None, :]
 
 
 @dataclass
