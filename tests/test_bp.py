@@ -445,3 +445,67 @@ def test_the_grid_path_equals_the_reference(counting, scale):
             assert all(v is not None for v in flat._pair_views) and engine._dense is None
             if states > 2:
                 assert all((s is not None) == slots for c in flat._slots for s in c)
+
+
+def test_read_outs_from_the_last_sweeps_products_equal_those_formed_afresh():
+    # the pairs' sums come from the last whole sweep's products where it ran; any other update
+    # drops them (then the read-outs form the products themselves)
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(2, 9, 12)
+    for graphs in ([chain(int(n), 5) for n in lengths], [chain(5, 6, order=2)] * 4,
+                   [grid(7, 8, 4)] * 2, _mixed_graphs(rng)):
+        batch = GraphBatch(graphs)
+        engine = ConvexBP(batch, threads=1)
+        potentials = rng.normal(scale=2.0, size=batch.num_potentials)
+        state = engine.start(potentials)
+        for _ in range(3):
+            engine.sweep(state)
+        flat = state.states[0]
+        assert flat.products
+        saved = engine.beliefs(state), engine.dual(state)
+        flat.products = None
+        np.testing.assert_allclose(engine.beliefs(state), saved[0], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(engine.dual(state), saved[1], rtol=1e-12)
+        engine.sweep(state)
+        engine.update_colour(state, 0)
+        assert flat.products is None
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+@pytest.mark.parametrize("options", [{}, {"eps": 0.6, "counting_numbers": "trw"}])
+def test_chains_of_several_lengths_sweep_on_slices_of_their_exp_tables(scale, options):
+    # 1st-order chains without views: each colour's edges on one side are consecutive rows of
+    # the exp tables (FlatBP._storage), so start copies no tables; results as the reference's,
+    # also with extreme potentials (pairs shifted by their max) and scales other than 1
+    engine = _against_reference([chain(int(n), 7, **options) for n in (3, 6, 2, 9, 4)], scale)
+    assert all(s is not None for s in engine._flat._stored)
+    state = engine.start(np.zeros(engine.batch.num_potentials))
+    tables = [t for colour in state.states[0].oriented for group in colour for t in group[1::2]]
+    assert tables and all(t.base is not None for t in tables)
+
+
+def test_a_run_reuses_its_beliefs_array_only_once_nothing_holds_it():
+    batch = GraphBatch([chain(5, 4, order=2)] * 3)
+    engine = ConvexBP(batch, threads=1)
+    potentials = np.random.default_rng(3).normal(size=batch.num_potentials)
+    first = engine.run(potentials, max_sweeps=3, tol=0.0)
+    kept = first.beliefs.copy()
+    second = engine.run(potentials * 2, max_sweeps=3, tol=0.0)
+    assert second.beliefs is not first.beliefs
+    np.testing.assert_array_equal(first.beliefs, kept)   # the held result is untouched
+    address = id(second.beliefs)
+    del first, second
+    third = engine.run(potentials, max_sweeps=3, tol=0.0)
+    assert id(third.beliefs) == address
+    np.testing.assert_array_equal(third.beliefs, kept)
+
+
+def test_pair_beliefs_are_the_tables_scaled_in_order():
+    # _scale_tables: table * rows * columns, in that order (the bits of the former expression)
+    from dstrain.inference.flat import _scale_tables
+    rng = np.random.default_rng(11)
+    for shape in ((3, 50, 26, 26), (2, 3000, 5, 5), (1, 7, 3, 4)):
+        table, out = rng.random(shape), np.empty(shape)
+        rows, columns = rng.random(shape[:3]), rng.random((*shape[:2], shape[3]))
+        _scale_tables(table, rows, columns, out)
+        np.testing.assert_array_equal(out, table * rows[..., :, None] * columns[..., None, :])

@@ -21,6 +21,9 @@ do not depend on how the batch is split, every number here is computed per sampl
 edge or entry) by the same operations whatever the range: numpy's exp and log (never a size-
 dependent switch to another library), matrix products of fixed shapes, and per-entry fallbacks
 for extreme values instead of a switch for a whole colour.
+
+Read-outs after a whole sweep take the pairs' sums from that sweep's products (``_saved_sums``);
+a run reuses its beliefs array once nothing else holds it (``ConvexBP._result_array``).
 """
 from __future__ import annotations
 
@@ -48,6 +51,10 @@ _BLOCK_ENTRIES = 1 << 17
 # views' pair tables are exp(f_p / (eps c_p)) as they are where max f_p / (eps c_p) lies in
 # [-_SHIFT_BELOW, _SHIFT_ABOVE], else exp((f_p - max f_p) / (eps c_p)) (FlatBP._view_tables)
 _SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
+
+# rows of a sliding window are copied faster than entries are scattered from this length
+# (measured: rows of 26, 0.14 against 0.24 ms for 5000; rows of 5, 0.38 against 0.18 for 20480)
+_WINDOW_ROW = 16
 
 _exp, _log = np.exp, np.log
 _NONE = np.zeros(0, dtype=np.int64)
@@ -109,13 +116,25 @@ def _rows_matmul(w: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out.reshape(padded, -1)[:rows]
 
 
+def _scale_tables(table, rows, columns, out):
+    """out = table * rows[..., :, None] * columns[..., None, :] for (A, B, n_a, n_b) stacks of
+    tables (rows (A, B, n_a), columns (A, B, n_b)), in that order.  (torch's multiply was tried:
+    faster for 1000 words on one thread, slower on two, where its calls did not run in parallel,
+    and for chains and grids; measured side by side on an idle machine.)"""
+    with np.errstate(invalid="ignore", over="ignore"):
+        np.multiply(table, rows[..., :, None], out=out)
+        out *= columns[..., None, :]
+
+
 @dataclass
 class PairTable:
     """exp((f_p - top_p) / (eps c_p)) of the fast pairs of one PairGroup; constant during a run."""
 
     table: np.ndarray           # (P, n_a, n_b), or (V, n_a, n_b) with shared tables
     top: np.ndarray             # (P,) max of f_p, or (V,)
-    variant: np.ndarray | None = None   # shared tables: (P,) each pair's row of `table` and `top`
+    # shared tables: (P,) each pair's row of `table` and `top`; so too where rows are reordered
+    variant: np.ndarray | None = None
+    stored: np.ndarray | None = None   # rows reordered (FlatBP._storage): the pair at each row
 
     def pair_top(self, pairs=slice(None)) -> np.ndarray:
         return self.top[pairs] if self.variant is None else self.top[self.variant[pairs]]
@@ -190,6 +209,9 @@ class FlatState:
         # binary colours: positions of the edges whose pair table has an entry below _UNDERFLOW
         # (their gap update is computed in log space, FlatBP._stable_gap_mu)
         self.extreme = extreme
+        # {(colour, fast group): its edges' products sum_o t * exp(lambda_o / (eps c_p))} of
+        # the last sweep, whole (FlatBP.sweep); None after any other update
+        self.products = None
 
     @property
     def messages(self) -> np.ndarray:
@@ -213,6 +235,32 @@ def _log_sum_exp(values: np.ndarray, scale, axis: int) -> np.ndarray:
     z = values / scale
     peak = z.max(axis=axis, keepdims=True)
     return np.squeeze(scale * (peak + np.log(_exp(z - peak).sum(axis=axis, keepdims=True))), axis)
+
+
+def _window_rows(vector: np.ndarray, size: int) -> np.ndarray:
+    """(len - size + 1, size) writable view of a contiguous vector whose row i starts at entry
+    i: assigning to some of its rows copies a row per index, not an index per entry."""
+    return np.lib.stride_tricks.as_strided(vector, (len(vector) - size + 1, size),
+                                           (vector.strides[0],) * 2)
+
+
+def _row_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """sum_j x[:, j] y[:, j]; numpy's reduction is slow on short rows, so unroll those (in
+    column order: a row's bits do not depend on the others)."""
+    if x.shape[1] > 8:
+        return (x * y).sum(axis=1)
+    out = x[:, 0] * y[:, 0]
+    for j in range(1, x.shape[1]):
+        out += x[:, j] * y[:, j]
+    return out
+
+
+def _unshifted(values: np.ndarray, scale: np.ndarray) -> bool:
+    """Whether every pair's max f_p / (eps c_p) in `values` surely lies in [-_SHIFT_BELOW,
+    _SHIFT_ABOVE] (then no pair is shifted): from the largest and smallest entry and the least
+    scale, two reductions over the whole block instead of one per pair."""
+    least = scale.min()
+    return bool(values.max() <= _SHIFT_ABOVE * least and values.min() >= -_SHIFT_BELOW * least)
 
 
 def _row_max(block: np.ndarray) -> np.ndarray:
@@ -243,6 +291,11 @@ class FlatBP:
         # the read-outs take fhat only of the regions that are not fast pairs (for words: the
         # unaries, 3 % of the entries): a compact vector of those, one block per region size
         blocks = [entries for entries, _, _ in batch.regions_by_size]
+        # blocks whose regions' entries are consecutive runs of at least _WINDOW_ROW entries
+        # (their beliefs are written as rows of a sliding window)
+        self._consecutive = [len(e) > 0 and e.shape[1] >= _WINDOW_ROW
+                             and np.array_equal(e, e[:, :1] + np.arange(e.shape[1]))
+                             for e in blocks]
         self._readout_entries = np.concatenate([e.ravel() for e in blocks]) if blocks \
             else np.zeros(0, np.int64)
         compact = np.full(batch.num_potentials, -1, dtype=np.int64)
@@ -260,6 +313,9 @@ class FlatBP:
             start += e.size
         # one-template batches: each pair group as (first entry, pairs per sample) of a view
         self._pair_views = [self._pair_view(g) if self.uniform else None for g in batch.pair_groups]
+        self._stored = [None if view is not None else self._storage(i)
+                        for i, view in enumerate(self._pair_views)]
+        self._last_updates = [self._last_update(i) for i in range(len(batch.pair_groups))]
         # fast groups multiplied per pair slot on those views: (slots, r is the 2nd variable)
         self._slots = [[None if p is not None else self._slot_plan(g) for g in c.fast]
                        for c, p in zip(batch.colours, self._binary)]
@@ -270,6 +326,73 @@ class FlatBP:
         for child, parent in batch.belief_levels:
             entries, position = np.unique(child, return_inverse=True)
             self._levels.append((entries, position, parent))
+
+    def _last_update(self, group: int):
+        """Where a sweep updates each pair of pair group `group` last (the edge of its endpoint
+        in the later colour): [(colour, fast group, pairs, their edges, r is the 2nd
+        variable)]; None if some pair has no edge."""
+        g = self.batch.pair_groups[group]
+        owner = np.full(len(g.entries), -1)
+        edge = np.zeros(len(g.entries), np.int64)
+        keys = []
+        for k, colour in enumerate(self.batch.colours):
+            for i, f in enumerate(colour.fast):
+                if f.pair_group == group:   # (a later colour overwrites)
+                    owner[f.pairs] = len(keys)
+                    edge[f.pairs] = np.arange(len(f.pairs))
+                    keys.append((k, i))
+        if (owner < 0).any():
+            return None
+        plan = []
+        for code, (k, i) in enumerate(keys):
+            pairs = np.flatnonzero(owner == code)
+            second = self.batch.colours[k].fast[i].transposed[edge[pairs]]
+            for flag in (False, True):
+                mine = pairs[second == flag]
+                if len(mine):
+                    plan.append((k, i, mine, edge[mine], flag))
+        return plan
+
+    def _saved_sums(self, state: FlatState, group: int, w_a, w_b):
+        """The pairs' sums sum_ab table * w_a * w_b from the last sweep's products, where it ran
+        whole after start: at its last update of a pair, the product of the table with the
+        other endpoint's (final) weights is formed; times r's final weights it is the sum
+        (the read-out's matrix products skipped).  None where they are not all there."""
+        plan = self._last_updates[group]
+        if plan is None or not state.products:
+            return None
+        total = np.empty(len(w_a))
+        for k, i, pairs, edges, second in plan:
+            products = state.products.get((k, i))
+            if products is None:
+                return None
+            total[pairs] = _row_dot(products[edges], (w_b if second else w_a)[pairs])
+        return total
+
+    def _storage(self, group: int):
+        """(the pair at each row, each pair's row, each row's first entry) of the exp tables of
+        pair group `group` (without views), rows ordered so that the edges of a colour's fast
+        group on one side (r the pair's first variable, or its second) are consecutive rows in
+        their order where they can be: the sweeps multiply slices of the tables then, not copies
+        (1000 chains: 2 x 43 MB copied a start); None if a pair's entries are not consecutive."""
+        g = self.batch.pair_groups[group]
+        count, size = g.entries.shape
+        if not count or not np.array_equal(g.entries, g.entries[:, :1] + np.arange(size)):
+            return None
+        first = np.full(count, np.iinfo(np.int64).max)   # each pair's first side, its place
+        code = 0
+        for colour in self.batch.colours:
+            for f in colour.fast:
+                if f.pair_group != group:
+                    continue
+                for side in (~f.transposed, f.transposed):
+                    pairs = f.pairs[side]
+                    first[pairs] = np.minimum(first[pairs], code * count + np.arange(len(pairs)))
+                    code += 1
+        stored = np.argsort(first, kind="stable")
+        row = np.empty(count, np.int64)
+        row[stored] = np.arange(count)
+        return stored, row, g.entries[stored, 0]
 
     def _pair_view(self, g):
         """(first entry, pairs per sample) if pair group g's tables are one run of entries in
@@ -438,8 +561,10 @@ class FlatBP:
                     [t.variant if t.variant is not None else slice(None)] for t in pair_tables]
             extreme = [np.flatnonzero(tiny[c.fast[0].pair_group][c.fast[0].pairs])
                        if any(t.any() for t in tiny) else _NONE for c in b.colours]
-        return FlatState(theta, readout, lam, fhat, pair_tables, oriented, inner,
-                         self._binary_batch, sharing, source, extreme)
+        state = FlatState(theta, readout, lam, fhat, pair_tables, oriented, inner,
+                          self._binary_batch, sharing, source, extreme)
+        state.workspace = workspace   # (the read-outs' arrays come from it too)
+        return state
 
     def pair_tables(self, theta: np.ndarray, sharing: PairSharing | None = None,
                     workspace=FRESH) -> list[PairTable]:
@@ -449,6 +574,9 @@ class FlatBP:
                                                    self._unit_scale)):
             if sharing is None and self._pair_views[i] is not None:
                 out.append(self._view_tables(theta, i, unit, workspace))
+                continue
+            if sharing is None and self._stored[i] is not None:
+                out.append(self._stored_tables(theta, i, unit, workspace))
                 continue
             if sharing is None:
                 table = np.take(theta, g.entries, out=workspace.get(("pairs", i), g.entries.shape),
@@ -486,7 +614,9 @@ class FlatBP:
         step = max(1, _BLOCK_ENTRIES // max(1, per * size))
         for s in range(0, samples, step):
             block, rows = out[s:s + step], slice(s, s + step)
-            np.max(view[rows], axis=2, out=top[rows])
+            plain = _unshifted(view[rows], scale[rows])
+            if not plain:
+                np.max(view[rows], axis=2, out=top[rows])
             with np.errstate(over="ignore"):   # (overflows are in pairs shifted below)
                 if unit:
                     _exp(view[rows], out=block)
@@ -496,6 +626,9 @@ class FlatBP:
                     else:
                         np.divide(view[rows], scale[rows, :, None], out=block)
                     _exp(block, out=block)
+            if plain:
+                top[rows] = 0.0
+                continue
             shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) \
                 | (top[rows] < -_SHIFT_BELOW * scale[rows])
             if shift.any():   # (extreme potentials: those pairs with their max subtracted)
@@ -504,6 +637,36 @@ class FlatBP:
                                    / scale[rows][i, j, None])
             top[rows][~shift] = 0.0
         return PairTable(table, top.ravel())
+
+    def _stored_tables(self, theta: np.ndarray, group: int, unit: bool, workspace) -> PairTable:
+        """pair_tables for a group in the rows of _storage, block by block: each block's pairs
+        gathered as rows of a sliding-window view of the potentials (no index per entry), its
+        max and exp while it is in the cache; shifted by the max only where _view_tables does."""
+        g = self.batch.pair_groups[group]
+        stored, row, first = self._stored[group]
+        size = g.entries.shape[1]
+        windows = np.lib.stride_tricks.sliding_window_view(theta, size)
+        table = workspace.get(("pairs", group), (len(stored), size))
+        top = np.empty(len(stored))
+        scale = g.scale[stored]
+        step = max(1, _BLOCK_ENTRIES // size)
+        for s in range(0, len(stored), step):
+            rows = slice(s, s + step)
+            block = windows[first[rows]]   # (a copy the size of the cache)
+            if _unshifted(block, scale[rows]):
+                top[rows] = 0.0
+            else:
+                top[rows] = _row_max(block)
+                shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) \
+                    | (top[rows] < -_SHIFT_BELOW * scale[rows])
+                if shift.any():   # (extreme potentials: those pairs with their max subtracted)
+                    block[shift] -= top[rows][shift, None]
+                top[rows][~shift] = 0.0
+            if not unit:
+                block /= scale[rows, None]
+            with np.errstate(over="ignore"):
+                _exp(block, out=table[rows])
+        return PairTable(table.reshape(len(stored), *self._pair_shape(g)), top, row, stored)
 
     def signature(self) -> tuple:
         """What decides how a colour is updated (the gap form, fhat or f as the inner term):
@@ -524,6 +687,10 @@ class FlatBP:
         vector-matrix), with no copy of the tables in a sweep and no transposed copies."""
         out = []
         for side, edges in enumerate((np.flatnonzero(~g.transposed), np.flatnonzero(g.transposed))):
+            rows = g.pairs[edges] if pt.variant is None else pt.variant[g.pairs[edges]]
+            if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all():
+                out += [edges, pt.table[rows[0]:rows[-1] + 1]]   # consecutive rows: a view
+                continue
             out += [edges, self._edge_tables(pt, g, edges, workspace.get(
                 (*key, side), (len(edges), *pt.table.shape[1:])))]
         return tuple(out)
@@ -543,9 +710,13 @@ class FlatBP:
                 - np.bincount(b.message_child_entry, lam, n))
 
     # --- one block-coordinate step per colour --------------------------------------------
-    def update_colour(self, state: FlatState, k: int, change: bool = True) -> float:
+    def update_colour(self, state: FlatState, k: int, change: bool = True,
+                      whole: bool = False) -> float:
         """Update all regions of colour k; return the largest message change (0 where `change`
-        is False: runs of a fixed number of sweeps need it after the last one only)."""
+        is False: runs of a fixed number of sweeps need it after the last one only); `whole`:
+        part of a sweep (else the last sweep's products are stale)."""
+        if not whole:
+            state.products = None
         if state.gaps is not None:
             return self._update_binary_colour(state, k, change)
         plan: ColourPlan = self.batch.colours[k]
@@ -665,6 +836,8 @@ class FlatBP:
             total = total.reshape(len(weights), -1)
         else:
             total = self._edge_products(state.oriented[k][i], weights)
+        if state.products is not None:   # (FlatBP.sweep: the read-outs take it)
+            state.products[k, i] = total
         with np.errstate(divide="ignore"):
             mu = _log(total)
         if not unit:
@@ -706,9 +879,11 @@ class FlatBP:
 
     def sweep(self, state: FlatState, change: bool = True) -> float:
         """One sweep: every colour once, in order; returns the largest message change (see
-        update_colour)."""
-        return max((self.update_colour(state, k, change) for k in range(len(self.batch.colours))),
-                   default=0.0)
+        update_colour).  Its products stay in the state for the read-outs (_saved_sums)."""
+        state.products = {}
+        largest = max((self.update_colour(state, k, change, whole=True)
+                       for k in range(len(self.batch.colours))), default=0.0)
+        return largest
 
     # --- read-outs ------------------------------------------------------------------------
     def _pair_sums(self, state: FlatState, group: int, beliefs=None):
@@ -721,22 +896,36 @@ class FlatBP:
         """
         g, pt = self.batch.pair_groups[group], state.pair_tables[group]
         lam, scale = state.messages, g.scale[:, None]
-        w_a, w_b = _exp(lam[g.message_a] / scale), _exp(lam[g.message_b] / scale)
+        if self._unit_scale[group]:   # (x / 1 is x)
+            w_a, w_b = _exp(lam[g.message_a]), _exp(lam[g.message_b])
+        else:
+            w_a, w_b = _exp(lam[g.message_a] / scale), _exp(lam[g.message_b] / scale)
+        saved = self._saved_sums(state, group, w_a, w_b)
         if beliefs is not None and pt.variant is None and self._pair_views[group] is not None:
-            out, total = self._view(beliefs, group), np.empty(len(w_a))
+            out = self._view(beliefs, group)
+            total = np.empty(len(w_a)) if saved is None else saved
             table = pt.table.reshape(out.shape)
             shape = out.shape[:2]
             step = max(1, _BLOCK_ENTRIES // max(1, out[0].size))
             for s in range(0, len(out), step):
                 rows = slice(s * shape[1], (s + step) * shape[1])
                 wb = w_b[rows].reshape(-1, shape[1], w_b.shape[1])
-                part = (_products(table[s:s + step], wb, False)
-                        * w_a[rows].reshape(-1, shape[1], w_a.shape[1])).sum(axis=2)
-                total[rows] = part.ravel()
+                if saved is None:
+                    part = (_products(table[s:s + step], wb, False)
+                            * w_a[rows].reshape(-1, shape[1], w_a.shape[1])).sum(axis=2)
+                    total[rows] = part.ravel()
+                else:
+                    part = total[rows].reshape(-1, shape[1])
                 self._pair_beliefs(table[s:s + step], w_a[rows], wb, part, out[s:s + step])
             self._low_pair_beliefs(state, group, total, out)
+        elif saved is not None:
+            total = saved
         elif pt.variant is None:
             total = (_products(pt.table, w_b, False) * w_a).sum(axis=1)
+        elif pt.stored is not None:   # rows reordered: the sums in the pairs' order
+            total = np.empty(len(w_a))
+            total[pt.stored] = (_products(pt.table, w_b[pt.stored], False)
+                                * w_a[pt.stored]).sum(axis=1)
         else:
             total = np.empty(len(w_a))
             for v, pairs in state.sharing.variant_rows[group]:
@@ -781,11 +970,19 @@ class FlatBP:
         out = []
         for (_, scale, _), block in zip(self.batch.regions_by_size, values):
             direct = scale > 0
-            z = block[direct] / scale[direct, None]
-            peak = z.max(axis=1, keepdims=True)
-            z = _exp(z - peak)
+            every = bool(direct.all())   # (then no copies of the rows)
+            z, mine = (block, scale) if every else (block[direct], scale[direct])
+            if np.all(mine == 1.0):   # (z / 1 is z: the same bits without the division)
+                peak = _row_max(z)[:, None]
+                z = z - peak
+            else:
+                z = z / mine[:, None]
+                peak = _row_max(z)[:, None]
+                z -= peak
+            _exp(z, out=z)
             total = z.sum(axis=1, keepdims=True)
-            out.append((direct, z / total, scale[direct] * (peak[:, 0] + np.log(total[:, 0]))))
+            z /= total
+            out.append((direct, z, mine * (peak[:, 0] + np.log(total[:, 0]))))
         return out
 
     def dual(self, state: FlatState, values=None, sums=None, softmax=None) -> np.ndarray:
@@ -796,8 +993,11 @@ class FlatBP:
         per_region, samples = [], []
         for (_, scale, sample), block, (direct, _, log_partition) in zip(
                 self.batch.regions_by_size, values, softmax):
-            out = block.max(axis=1)
+            out = np.empty(len(block))
             out[direct] = log_partition
+            zero = scale == 0   # (the max of rows with eps c_r > 0 is not read: not formed)
+            if zero.any():
+                out[zero] = _row_max(block[zero])
             negative = scale < 0
             if negative.any():
                 out[negative] = _log_sum_exp(block[negative], scale[negative, None], axis=1)
@@ -842,8 +1042,14 @@ class FlatBP:
         # is marginalised from a parent (filling a batch's worth of zeros first took 4 ms of
         # 1000 words' read-outs)
         beliefs = np.empty(self.batch.num_potentials) if out is None else out
-        for (entries, _, _), (direct, normalised, _) in zip(self.batch.regions_by_size, softmax):
-            beliefs[entries[direct]] = normalised
+        for (entries, _, _), (direct, normalised, _), consecutive in zip(
+                self.batch.regions_by_size, softmax, self._consecutive):
+            if not direct.all():
+                beliefs[entries[direct]] = normalised
+            elif consecutive:   # a region's entries are consecutive: rows of a sliding window
+                _window_rows(beliefs, entries.shape[1])[entries[:, 0]] = normalised
+            else:
+                beliefs[entries] = normalised
         sums = self.pair_sums(state) if sums is None else sums
         for group, (entries, pt, (w_a, w_b, total)) in enumerate(zip(
                 self._pair_entries, state.pair_tables, sums)):
@@ -864,12 +1070,28 @@ class FlatBP:
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 a = w_a / total[:, None]
             low = np.flatnonzero(total < _UNDERFLOW)
-            with np.errstate(invalid="ignore", over="ignore"):
-                b = pt.table * a[:, :, None]
-                b *= w_b[:, None, :]
+            if pt.stored is None:
+                b = state.workspace.get(("beliefs", group), pt.table.shape)
+                _scale_tables(pt.table[None], a[None], w_b[None], b[None])
+                if len(low):
+                    b[low] = self._exact_pair_beliefs(state, group, low)
+                beliefs[entries] = b.ravel()
+                continue
+            # block by block in the cache, each row then into its pair's consecutive entries:
+            # rows of a sliding window over the beliefs (a copy per pair, no index per entry)
+            a, w_b, first = a[pt.stored], w_b[pt.stored], self._stored[group][2]
+            size = pt.table[0].size
+            windows = _window_rows(beliefs, size)
+            step = max(1, _BLOCK_ENTRIES // size)
+            block = state.workspace.get(("beliefs", group), (step, *pt.table.shape[1:]))
+            for s in range(0, len(first), step):
+                rows = slice(s, s + step)
+                mine = block[:len(first[rows])]
+                _scale_tables(pt.table[None, rows], a[None, rows], w_b[None, rows], mine[None])
+                windows[first[rows]] = mine.reshape(len(mine), size)
             if len(low):
-                b[low] = self._exact_pair_beliefs(state, group, low)
-            beliefs[entries] = b.ravel()
+                windows[first[pt.variant[low]]] = self._exact_pair_beliefs(
+                    state, group, low).reshape(len(low), size)
         for entries, position, parent in self._levels:
             beliefs[entries] = np.bincount(position, beliefs[parent], len(entries))
         return beliefs
@@ -880,8 +1102,7 @@ class FlatBP:
         n_b); w_a (S_block * P, n_a) as the pairs come, w_b (S_block, P, n_b), sums (S_block, P)."""
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             a = w_a / total.reshape(-1)[:, None]
-            np.multiply(table, a.reshape(*out.shape[:3], 1), out=out)
-            out *= w_b[:, :, None, :]
+        _scale_tables(table, a.reshape(out.shape[:3]), w_b, out)
 
     def _low_pair_beliefs(self, state: FlatState, group: int, total, out):
         """The beliefs of the pairs whose sum underflowed, from their fhat, into the view `out`."""
