@@ -13,12 +13,12 @@ headline validation metric (words: word accuracy; tagging: Hamming error, lower 
 segmentation: mean IoU), or `--metric NAME [--lower-is-better]`.  converge trains the
 config's epochs; blend trains the same plus as many joint epochs again, and the bench finds when
 blend first reaches the validation score converge ends at.  Each curve is the mean over --seeds
-runs, run seed by seed with every configuration in turn.  Training time is summed per epoch from each run's metrics.jsonl, the
-unary epochs (the same work for both) included and evaluation (the same for both) not.  Because
-a converge run of n epochs is the first n epochs of a longer one (the learning-rate plateau only
-looks back), the bench also reports the speed-up against converge runs of a half and a quarter of
-the joint epochs.  The project's target: blend reaches converge's final score at least 3x
-sooner.
+runs, run seed by seed with every configuration in turn.  Training time is summed per epoch from
+each run's metrics.jsonl, the unary epochs (the same work for both) included and evaluation (the
+same for both) not.  Because a converge run of n epochs is the first n epochs of a longer one (the
+learning-rate plateau only looks back), the bench also reports the speed-up against converge runs
+of a half and a quarter of the joint epochs.  The project's target: blend reaches converge's final
+score at least 3x sooner.
 """
 from __future__ import annotations
 
@@ -92,8 +92,8 @@ def times(ratio: float | None) -> str:
 
 def compare(score: Score, blend, sweeps: int, converge, tol: float) -> list[str]:
     lines = [f"## converge to tol = {tol:g} against blend ({sweeps} sweep{'s' * (sweeps > 1)} per step)",
-             "", f"| epoch | converge: train s, sweeps/step, val {score.metric} | blend: train s, sweeps/step, "
-             f"val {score.metric} |", "|---|---|---|"]
+             "", f"| epoch | converge: train s, sweeps/step, val {score.metric} | "
+             f"blend: train s, sweeps/step, val {score.metric} |", "|---|---|---|"]
     for k in range(len(blend)):
         left = (f"{converge[k][0]:.1f} s, {converge[k][2]:.1f}, {100 * converge[k][1]:.1f} %"
                 if k < len(converge) else "")
@@ -178,12 +178,13 @@ def main(argv=None):
         # lands on blend and converge alike instead of on whichever ran during it
         for seed in range(args.seeds):
             for (name, value), overrides in runs.items():
-                curve, ms = train_curve(score, f"{name}-{value:g}-seed{seed}", overrides, Path(tmp), seed)
+                curve, ms = train_curve(score, f"{name}-{value:g}-seed{seed}", overrides,
+                                        Path(tmp), seed)
                 curves[name, value].append(curve)
                 ms_per_step[name, value].append(ms)
-        accuracy_of_tol = gradient_error_by_tol(score, Path(tmp) / f"converge-{args.tols[0]:g}-seed0",
-                                                base, [1e-2, 1e-3, *args.tols],
-                                                args.gradient_samples) \
+        converged_run = Path(tmp) / f"converge-{args.tols[0]:g}-seed0"
+        accuracy_of_tol = gradient_error_by_tol(score, converged_run, base,
+                                                [1e-2, 1e-3, *args.tols], args.gradient_samples) \
             if args.gradient_samples > 0 else []
     means = {key: mean_curve(runs_of_key) for key, runs_of_key in curves.items()}
     lines = ["# blend vs converge (`bench/blend_vs_converge.py`)", "",

@@ -881,9 +881,8 @@ class FlatBP:
         """One sweep: every colour once, in order; returns the largest message change (see
         update_colour).  Its products stay in the state for the read-outs (_saved_sums)."""
         state.products = {}
-        largest = max((self.update_colour(state, k, change, whole=True)
-                       for k in range(len(self.batch.colours))), default=0.0)
-        return largest
+        return max((self.update_colour(state, k, change, whole=True)
+                    for k in range(len(self.batch.colours))), default=0.0)
 
     # --- read-outs ------------------------------------------------------------------------
     def _pair_sums(self, state: FlatState, group: int, beliefs=None):

@@ -70,7 +70,7 @@ class UnaryMLP(nn.Module):
         self.out_features = num_classes or sizes[-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(n, H, W) -> (n, num_classes) scores."""
+        """(n, H, W) -> (n, out_features): the class scores, or the last hidden layer."""
         return self.net(images.flatten(1))
 
 

@@ -63,13 +63,13 @@ class TaggingCRF(StructuredModel):
         net = (UnaryCNN(tuple(x_shape), list(cnn_channels), features) if unary == "cnn"
                else UnaryMLP(tuple(x_shape), list(hidden), features))
         self.trunk = nn.Sequential(net, nn.ReLU()) if features else net
-        features = net.out_features
-        self.unary_head = nn.Linear(features, num_tags)
+        width = net.out_features   # what the heads read
+        self.unary_head = nn.Linear(width, num_tags)
         num_pairs = len(self.pairs)
         if pairwise == "table":
             self.pair_tables = nn.Parameter(torch.zeros(num_pairs, 2, 2))
         else:
-            self.pair_head = nn.Linear(features, num_pairs * 4)
+            self.pair_head = nn.Linear(width, num_pairs * 4)
             nn.init.zeros_(self.pair_head.weight)
             nn.init.zeros_(self.pair_head.bias)
 
