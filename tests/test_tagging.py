@@ -82,6 +82,18 @@ def test_features_zero_gives_heads_the_nets_last_layer(unary, shape, width):
         assert model.potentials(Batch(x, np.zeros((2, 3), np.int64))).source.shape[0] > 0
 
 
+def test_the_pairwise_nets_tables_are_its_outputs_over_the_partners_of_a_tag():
+    # a tag's field sums K - 1 pair tables: each is divided by K - 1 unless pair_scale is given
+    model, batch = tiny_model(5, "net")
+    hidden = model.trunk(batch.x)
+    outputs = model.pair_head(hidden).detach().numpy().reshape(len(batch), -1, 2, 2)
+    for scale, expected in ((0.0, 1 / 4), (1.0, 1.0), (0.3, 0.3)):
+        model.pair_scale = TaggingCRF((7,), 5, pair_scale=scale, pairwise="net").pair_scale
+        unary, pair = model.split_potentials(model.potentials(batch))
+        np.testing.assert_allclose(pair, outputs * expected, rtol=1e-12)
+        np.testing.assert_allclose(unary[..., 1], model.unary_head(hidden).detach().numpy())
+
+
 def test_map_decoding_against_exhaustive_search():
     rng = np.random.default_rng(3)
     K, B = 10, 40

@@ -4,7 +4,7 @@ feature vectors).
 Tag k's unary table is (0, s_k), s_k the net's score; every pair of tags (i < j) has a 2x2 table,
 one per pair learned for the whole data set (``pairwise: table``; zero at start, so the joint
 model starts as the unary one) or computed per image from the net's features
-(``pairwise: net``).  Decoding is a MAP assignment: exhaustive search up to ``EXHAUSTIVE_TAGS``
+(``pairwise: net``, a linear head, zero at start, times ``pair_scale``).  Decoding is a MAP assignment: exhaustive search up to ``EXHAUSTIVE_TAGS``
 tags, otherwise a greedy local search (flip the tag that raises the score most, until none
 does) started from the marginals thresholded at 0.5 and from the empty assignment, keeping the
 better -- never worse than thresholding, since that is a start.  Metrics: Hamming error (the
@@ -41,6 +41,8 @@ class TaggingOptions:
     # layer (the CNN's flattened conv features, the MLP's last hidden layer)
     features: int = field(default=128, metadata={"low": 0})
     pairwise: Literal["table", "net"] = "table"   # one 2x2 table per tag pair, or from the net
+    # the pairwise net's tables are its head's outputs times this; 0: 1 / (K - 1) (pair_scores)
+    pair_scale: float = field(default=0.0, metadata={"low": 0.0})
 
 
 def pairs_of(num_tags: int) -> np.ndarray:
@@ -54,9 +56,11 @@ class TaggingCRF(StructuredModel):
     variable_name = "tag"
 
     def __init__(self, x_shape, num_tags: int, unary: str = "auto", hidden=(256,),
-                 cnn_channels=(32, 64), features: int = 128, pairwise: str = "table"):
+                 cnn_channels=(32, 64), features: int = 128, pairwise: str = "table",
+                 pair_scale: float = 0.0):
         super().__init__()
         self.num_tags, self.pairwise_kind = num_tags, pairwise
+        self.pair_scale = pair_scale or 1.0 / max(num_tags - 1, 1)
         self.pairs = pairs_of(num_tags)
         if unary == "auto":
             unary = "cnn" if len(x_shape) == 3 else "mlp"
@@ -76,7 +80,7 @@ class TaggingCRF(StructuredModel):
     @classmethod
     def from_data(cls, data, options: TaggingOptions) -> "TaggingCRF":
         return cls(data.x_shape, data.num_labels, options.unary, options.hidden,
-                   options.cnn_channels, options.features, options.pairwise)
+                   options.cnn_channels, options.features, options.pairwise, options.pair_scale)
 
     def graph(self, families: Sequence[str]) -> GraphSpec:
         if "pairwise" in families:
@@ -92,8 +96,18 @@ class TaggingCRF(StructuredModel):
         tables = [torch.stack([torch.zeros_like(scores), scores], dim=2)]   # (B, K, 2)
         if "pairwise" in families:
             tables.append(self.pair_tables[None] if self.pairwise_kind == "table"
-                          else self.pair_head(hidden).reshape(len(batch), -1, 2, 2))
+                          else self.pair_scores(hidden))
         return stacked_potentials(self.graph(families), tables)
+
+    def pair_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, E, 2, 2) the pairwise net's tables: its head's outputs times ``pair_scale``.
+
+        In joint training a tag's field sums the tables of its K - 1 partners, so by default they
+        are divided by K - 1: an Adam step then moves that sum as far as a step of the unary head
+        moves the tag's own score (undivided, joint training of 38 tags ends far worse than
+        unary only).  Piecewise training fits each table alone, as its own classifier, where
+        the division only slows it down: ``pair_scale: 1`` there."""
+        return self.pair_head(hidden).reshape(len(hidden), -1, 2, 2) * self.pair_scale
 
     # --- decoding -------------------------------------------------------------------------
     def split_potentials(self, potentials: RegionPotentials):
