@@ -509,3 +509,18 @@ def test_pair_beliefs_are_the_tables_scaled_in_order():
         rows, columns = rng.random(shape[:3]), rng.random((*shape[:2], shape[3]))
         _scale_tables(table, rows, columns, out)
         np.testing.assert_array_equal(out, table * rows[..., :, None] * columns[..., None, :])
+
+
+@pytest.mark.parametrize("counting", ["convex", "trw"])
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_the_dense_path_on_an_incomplete_graph_equals_the_reference(counting, scale):
+    # DenseBP's shifted gaps (h = g - K) where some pairs are missing (K = 0 there), pairs stored
+    # with their larger variable first, eps c_p != 1, and extreme interactions at scale 300
+    rng = np.random.default_rng(3)
+    V = 9
+    pairs = [(j, i) if rng.random() < 0.5 else (i, j) for i in range(V) for j in range(i + 1, V)
+             if rng.random() < 0.7]
+    graph = RegionGraph([2] * V, [(i,) for i in range(V)] + pairs, counting_numbers=counting,
+                        eps=0.7)
+    engine = _against_reference([graph] * 3, scale, sweeps=3, seed=2)
+    assert engine._dense is not None
