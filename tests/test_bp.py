@@ -500,12 +500,65 @@ def test_a_run_reuses_its_beliefs_array_only_once_nothing_holds_it():
     np.testing.assert_array_equal(third.beliefs, kept)
 
 
-def test_pair_beliefs_are_the_tables_scaled_in_order():
-    # _scale_tables: table * rows * columns, in that order (the bits of the former expression)
+def test_pair_beliefs_are_the_tables_times_the_outer_products():
+    # _scale_tables: table * (rows * columns), with or without a work array, into a view too
     from dstrain.inference.flat import _scale_tables
     rng = np.random.default_rng(11)
     for shape in ((3, 50, 26, 26), (2, 3000, 5, 5), (1, 7, 3, 4)):
         table, out = rng.random(shape), np.empty(shape)
         rows, columns = rng.random(shape[:3]), rng.random((*shape[:2], shape[3]))
+        expected = table * (rows[..., :, None] * columns[..., None, :])
         _scale_tables(table, rows, columns, out)
-        np.testing.assert_array_equal(out, table * rows[..., :, None] * columns[..., None, :])
+        np.testing.assert_array_equal(out, expected)
+        wide = np.full((shape[0], shape[1] + 2, *shape[2:]), np.nan)
+        _scale_tables(table, rows, columns, wide[:, 1:-1], np.empty(shape))
+        np.testing.assert_array_equal(wide[:, 1:-1], expected)
+        assert np.isnan(wide[:, [0, -1]]).all()
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+@pytest.mark.parametrize("options", [{}, {"eps": 0.6, "counting_numbers": "trw"}])
+def test_chains_read_out_in_the_order_of_their_exp_tables(scale, options):
+    # 1st-order chains (lengths 1 and 2 among them): the read-outs take weights, sums and
+    # beliefs in the tables' row order (FlatBP._storage); warm-started, against the reference,
+    # with the sums from the last sweep's products and formed afresh; at scale 300 some sums
+    # underflow (their beliefs and dual from fhat, placed by row)
+    graphs = [chain(int(n), 7, **options) for n in (1, 2, 5, 3, 8, 2, 4)]
+    engine = _against_reference(graphs, scale, seed=4)
+    flat = engine._flat
+    assert flat._stored[0] is not None and not np.array_equal(flat._stored[0][0],
+                                                              np.arange(len(flat._stored[0][0])))
+    rng = np.random.default_rng(5)
+    batch = engine.batch
+    potentials = batch.pack([random_potentials(rng, g, scale=scale) for g in graphs])
+    state = engine.start(potentials, rng.normal(size=batch.num_messages))
+    for _ in range(3):
+        engine.sweep(state)
+    [(_, _, total)] = flat.pair_sums(state.states[0])
+    assert (total < 1e-250).any() == (scale > 1.0)
+    saved = engine.beliefs(state), engine.dual(state)
+    state.states[0].products = None
+    np.testing.assert_allclose(engine.beliefs(state), saved[0], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(engine.dual(state), saved[1], rtol=1e-12)
+    result = engine.run(potentials, state.messages, max_sweeps=2, tol=0.0)
+    again = ConvexBP(batch, threads=1)
+    state = again.start(potentials, state.messages)
+    for _ in range(2):
+        again.sweep(state)
+    np.testing.assert_array_equal(result.beliefs, again.beliefs(state))
+    np.testing.assert_array_equal(result.dual, again.dual(state))
+
+
+@pytest.mark.parametrize("counting", ["convex", "trw"])
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_the_dense_path_on_an_incomplete_graph_equals_the_reference(counting, scale):
+    # DenseBP's shifted gaps (h = g - K) where some pairs are missing (K = 0 there), pairs stored
+    # with their larger variable first, eps c_p != 1, and extreme interactions at scale 300
+    rng = np.random.default_rng(3)
+    V = 9
+    pairs = [(j, i) if rng.random() < 0.5 else (i, j) for i in range(V) for j in range(i + 1, V)
+             if rng.random() < 0.7]
+    graph = RegionGraph([2] * V, [(i,) for i in range(V)] + pairs, counting_numbers=counting,
+                        eps=0.7)
+    engine = _against_reference([graph] * 3, scale, sweeps=3, seed=2)
+    assert engine._dense is not None

@@ -1,28 +1,29 @@
 """Convex BP for batches of one dense binary pairwise graph (the tagging task's fully connected
-graph over 38 labels), on (S, V, V) arrays instead of index arrays.
+graph over 38 labels), on (V, V, S) arrays instead of index arrays.
 
 Variable i's update needs, for each neighbour j, only the gap g_{j->p} = lambda(1) - lambda(0) of
-the message j sends into their pair p; all gaps live in G[s, i, j] = g_{i->{i,j}} (0 where there is
-no pair), so i reads column G[:, :, i] and writes row G[:, i, :], both views.  From i's side
-(f_xy = f_p(y_i = x, y_j = y), eps c_p = s, x_j = g_{j->p} / s, docs/design.md §2):
+the message j sends into their pair p.  From i's side (f_xy = f_p(y_i = x, y_j = y), eps c_p = s,
+x_j = g_{j->p} / s, docs/design.md §2):
 
     mu_{p->i}(1) - mu_{p->i}(0) = s log((t_10 + t_11 e^x_j) / (t_00 + t_01 e^x_j)),  t = e^(f / s)
                                 = (f_11 - f_01) + s sign(w) log1p(expm1(|w|) / (1 + e^(x_j - m)))
 
 with w = (f_10 + f_01 - f_00 - f_11) / s (the interaction, the same from either side) and
-m = (f_00 - f_01) / s + min(w, 0): start computes K = f_01 - f_11, E = expm1(|w|), C = s sign(w) and
-M = m for every (i, j) once per run, so a variable's update is a handful of operations on (S, V)
-arrays with one exp and one log1p per edge, and nothing cancels: the log1p's argument is >= 0.
-Then, with R_ij = c_p / (c_i + sum of i's pairs' c):
+m = (f_00 - f_01) / s + min(w, 0).  The gaps are stored shifted, H[i, j, s] = h_{i->p} =
+g_{i->p} - K_ij with K_ij = f_01 - f_11 (0 where there is no pair): then x_j - m = h_{j->p} / s +
+max(w, 0), the same for both of p's variables, so start computes W = max(w, 0), E = expm1(|w|)
+and C = s sign(w) per pair once per run and spreads them symmetrically over (V, V), and nothing
+cancels: the log1p's argument is >= 0.  With R_ij = c_p / (c_i + sum of i's pairs' c), i reads
+column H[:, i] and writes row H[i] (both views):
 
     total_i = (f_i(1) - f_i(0) - sum_j K_ij) + sum_j C_ij log1p(...)_ij
-    g_{i->p} = R_ij total_i + K_ij - C_ij log1p(...)_ij
+    h_{i->p} = R_ij total_i - C_ij log1p(...)_ij
 
 Pairs and diagonal entries that are no edge have K = E = C = R = 0 and stay 0.  Samples with some
 |w| > 700 (expm1 would overflow) take the same update in log space (logaddexp), row by row.  The
 numbers depend on a sample's own data only, so ranges of samples run in threads give the same bits
-(bp.py).  Read-outs form each pair's four fhat entries from the gaps (max-0 messages
-(min(0, -g), min(0, g))).
+(bp.py).  Read-outs form the gaps g = H + K, then each pair's four fhat entries from them (max-0
+messages (min(0, -g), min(0, g))).
 """
 from __future__ import annotations
 
@@ -50,12 +51,14 @@ class DensePlan:
         self.scale = graph.eps * c[V:]                       # (P,) eps c_p
         self.unary_scale = graph.eps * c[:V]                 # (V,) eps c_i
         self.unit = bool(np.all(self.scale == 1.0))
-        # dense position (i, j) -> slot in [values from u's side (P) | from v's side (P) | 0]
-        self.gather = np.full(V * V, 2 * P, np.int64)
-        self.gather[u * V + v] = np.arange(P)
-        self.gather[v * V + u] = P + np.arange(P)
-        self.symmetric = np.where(self.gather < 2 * P, self.gather % max(P, 1), P)
-        self.first, self.second = u * V + v, v * V + u     # where g_{u->p}, g_{v->p} sit in G
+        self.first, self.second = u * V + v, v * V + u     # where g_{u->p}, g_{v->p} sit in H
+        # dense position (i, j) -> pair slot (P: no pair), and -> row of start's
+        # [w (P) | 0 | -K from u's side (P) | 0 | -K from v's side (P) | 0]
+        self.symmetric = np.full(V * V, P, np.int64)
+        self.symmetric[self.first] = self.symmetric[self.second] = np.arange(P)
+        self.minus_k = np.full(V * V, P, np.int64)
+        self.minus_k[self.first] = P + 1 + np.arange(P)
+        self.minus_k[self.second] = 2 * (P + 1) + np.arange(P)
         inverse = np.ones((V, V))
         inverse[u, v] = inverse[v, u] = 1.0 / self.scale
         self.inverse_columns = inverse[:, :, None]           # 1 / s_ij (1 off the edges)
@@ -74,10 +77,15 @@ class DensePlan:
             edges.append(a * V + b if r == a else b * V + a)
         self.edges = np.array(edges, np.int64)
         self.order = [list(colour) for colour in graph.colours]
-        # unaries whose belief is marginalised from a pair: (variable, pair slot, it is the
-        # pair's first variable)
-        self.sourced = [(r, graph.belief_source(r) - V, graph.regions[graph.belief_source(r)][0] == r)
-                        for r in range(V) if graph.belief_source(r) is not None]
+        # unaries whose belief is marginalised from a pair, by the pair's variable they are:
+        # (unaries, pair slots) for the first, then for the second
+        sourced = [[], []]
+        for r in range(V):
+            p = graph.belief_source(r)
+            if p is not None:
+                sourced[graph.regions[p][0] != r].append((r, p - V))
+        self.sourced = [tuple(np.array(column, np.int64) for column in zip(*side)) if side
+                        else None for side in sourced]
         self.num_potentials = 2 * V + 4 * P
         self.num_messages = 2 * len(edges)
 
@@ -105,27 +113,35 @@ def _plan(graph: RegionGraph) -> DensePlan | None:
 
 
 class DenseState:
-    """The gaps and per-run coefficients of one range of samples, samples last: G (V, V, S'),
-    G[i, j, s] = g_{i->{i,j}} of sample s, and M, K, E, C likewise (S' = max(S, 2): with one
-    sample numpy would sum G's columns pairwise instead of in order, other bits than in a
-    larger range; the extra sample has all-zero coefficients)."""
+    """The shifted gaps and per-run coefficients of one range of samples, samples last: H (V, V,
+    S'), H[i, j, s] = h_{i->{i,j}} of sample s, minus_k = -K, and W, E, C likewise (S' = max(S,
+    2): with one sample numpy would sum H's columns pairwise instead of in order, other bits than
+    in a larger range; the extra sample has all-zero coefficients)."""
 
-    def __init__(self, theta, lam, plan, samples, f, G, M, K, E, C, inner, extreme, logf,
+    def __init__(self, theta, lam, plan, samples, f, H, minus_k, W, E, C, inner, extreme, logf,
                  workspace):
         self.theta, self._messages, self.plan, self.samples = theta, lam, plan, samples
         self.workspace = workspace   # where the read-outs' arrays come from too
         self.f = f               # (4, P, S') pair potentials f_00, f_01, f_10, f_11
-        self.G, self.M, self.K, self.E, self.C, self.inner = G, M, K, E, C, inner
+        self.H, self.minus_k, self.W, self.E, self.C, self.inner = H, minus_k, W, E, C, inner
         self.extreme = extreme   # samples with some |w| > _EXPM1_LIMIT
         self.logf = logf         # their f / s from each side, (4, V, V, n), or None
         self.sharing = None
-        self._stale = True
+        self._gaps = None        # g = H + K (V * V, S'), once formed after the last update
+        self._stale = True       # the messages are older than the last update
+
+    def gaps(self) -> np.ndarray:
+        """The gaps g = H + K, (V * V, S')."""
+        if self._gaps is None:
+            self._gaps = np.subtract(self.H.reshape(self.minus_k.shape), self.minus_k,
+                                     out=self.workspace.get("g", self.minus_k.shape))
+        return self._gaps
 
     @property
     def messages(self) -> np.ndarray:
         if self._stale:   # a max-0 binary message with gap g is (min(0, -g), min(0, g))
             S = self.samples
-            g = self.G.reshape(-1, self.G.shape[2])[self.plan.edges, :S].T
+            g = self.gaps()[self.plan.edges, :S].T
             lam = self._messages.reshape(S, -1, 2)
             np.minimum(-g, 0.0, out=lam[:, :, 0])
             np.minimum(g, 0.0, out=lam[:, :, 1])
@@ -154,67 +170,64 @@ class DenseBP:
         if width > S:
             f[:, :, S:] = 0.0
         f00, f01, f10, f11 = f
-        inverse = (1.0 / plan.scale)[:, None]
-        w = f10 + f01
+        pairs = workspace.get("pairs", (3, P + 1, width))   # w, -K from u's side, from v's
+        pairs[:, P] = 0.0
+        w, minus_u, minus_v = pairs[:, :P]
+        np.add(f10, f01, out=w)
         w -= f00
         w -= f11
         if not plan.unit:
-            w *= inverse
-        low = np.minimum(w, 0.0)
-        # M and K from each side ([u's | v's | 0]), E and C from either ([pairs | 0]), then
-        # gathers into the dense layout
-        sides = workspace.get("sides", (2, 2 * P + 1, width))
-        either = workspace.get("either", (2, P + 1, width))
-        sides[:, 2 * P] = either[:, P] = 0.0
-        M, K = sides
-        E, C = either
-        for half, (a, b) in enumerate(((f01, f11), (f10, f11))):   # u's side, then v's
-            at = slice(half * P, (half + 1) * P)
-            np.subtract(f00, a, out=M[at])
-            if not plan.unit:
-                M[at] *= inverse
-            M[at] += low
-            np.subtract(a, b, out=K[at])
-        np.abs(w, out=E[:P])
-        extreme = np.flatnonzero((E[:P, :S] > _EXPM1_LIMIT).any(axis=0))
+            w *= (1.0 / plan.scale)[:, None]
+        np.subtract(f11, f01, out=minus_u)
+        np.subtract(f11, f10, out=minus_v)
+        either = workspace.get("either", (3, P + 1, width))   # W, E, C per pair, then 0
+        either[:, P] = 0.0
+        W, E, C = either[:, :P]
+        np.maximum(w, 0.0, out=W)
+        np.abs(w, out=E)
+        extreme = np.zeros(0, np.int64)
+        if E[:, :S].max() > _EXPM1_LIMIT:
+            extreme = np.flatnonzero((E[:, :S] > _EXPM1_LIMIT).any(axis=0))
         with np.errstate(over="ignore"):
-            np.expm1(E[:P], out=E[:P])
-        np.copysign(plan.scale[:, None], w, out=C[:P])
-        M, K = np.take(sides, plan.gather, axis=1, mode="clip",
-                       out=workspace.get("MK", (2, V * V, width))).reshape(2, V, V, width)
-        E, C = np.take(either, plan.symmetric, axis=1, mode="clip",
-                       out=workspace.get("EC", (2, V * V, width))).reshape(2, V, V, width)
-        unary = rows[:, :2 * V].reshape(S, V, 2)
-        inner = np.zeros((V, width))
-        inner[:, :S] = (unary[:, :, 1] - unary[:, :, 0]).T
-        inner -= K.sum(axis=1)
-        gaps = workspace.get("G", (V * V, width))
-        gaps.fill(0.0)
-        if warm and lam.size:   # (else the messages are 0: so are the gaps)
+            np.expm1(E, out=E)
+        np.copysign(1.0, w, out=C)
+        if not plan.unit:
+            C *= plan.scale[:, None]
+        W, E, C = np.take(either, plan.symmetric, axis=1, mode="clip",
+                          out=workspace.get("WEC", (3, V * V, width))).reshape(3, V, V, width)
+        minus_k = np.take(pairs.reshape(3 * (P + 1), width), plan.minus_k, axis=0, mode="clip",
+                          out=workspace.get("minus_k", (V * V, width)))
+        gaps = workspace.get("H", (V * V, width))
+        np.copyto(gaps, minus_k)   # zero messages: h = -K
+        inner = workspace.get("inner", (V, width))
+        inner[:, S:] = 0.0
+        np.subtract(rows[:, 1:2 * V:2].T, rows[:, 0:2 * V:2].T, out=inner[:, :S])
+        inner += minus_k.reshape(V, V, width).sum(axis=1)
+        if warm and lam.size:
             messages = lam.reshape(S, -1, 2)
-            gaps[plan.edges, :S] = (messages[:, :, 1] - messages[:, :, 0]).T
+            gaps[plan.edges, :S] += (messages[:, :, 1] - messages[:, :, 0]).T
         logf = None
         if len(extreme):   # f / s from each side for the log-space update
             logf = np.zeros((4, V * V, len(extreme)))
             u, v = plan.pairs[:, 0], plan.pairs[:, 1]
-            fe = f[:, :, extreme] * inverse
+            fe = f[:, :, extreme] * (1.0 / plan.scale)[:, None]
             for k, (x, y) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
                 logf[k][u * V + v] = fe[2 * x + y]        # u's side: f(y_u = x, y_v = y)
                 logf[k][v * V + u] = fe[2 * y + x]        # v's side: f(y_u = y, y_v = x)
             logf = logf.reshape(4, V, V, len(extreme))
-        return DenseState(theta, lam, plan, S, f, gaps.reshape(V, V, width), M, K, E, C, inner,
-                          extreme, logf, workspace)
+        return DenseState(theta, lam, plan, S, f, gaps.reshape(V, V, width), minus_k, W, E, C,
+                          inner, extreme, logf, workspace)
 
     # --- sweeps ---------------------------------------------------------------------------
     def _update(self, state: DenseState, i: int, change: bool, work) -> float:
-        plan, G = self.plan, state.G
+        plan, H = self.plan, state.H
         t, old = work
-        x = G[:, i]                                 # g_{j->p} of every neighbour j, (V, S')
+        x = H[:, i]                                 # h_{j->p} of every neighbour j, (V, S')
         if plan.unit:
-            np.subtract(x, state.M[i], out=t)
+            np.add(x, state.W[i], out=t)
         else:
             np.multiply(x, plan.inverse_columns[i], out=t)
-            t -= state.M[i]
+            t += state.W[i]
         np.exp(t, out=t)
         t += 1.0
         np.divide(state.E[i], t, out=t)
@@ -222,32 +235,36 @@ class DenseBP:
         t *= state.C[i]                             # C log1p(...): mu's gap less (f_11 - f_01)
         total = t.sum(axis=0)
         total += state.inner[i]
-        row = G[i]
+        row = H[i]
         if change:
             old[:] = row
         np.multiply(plan.ratio_columns[i], total, out=row)
-        row += state.K[i]
         row -= t
         if len(state.extreme):
             self._log_space(state, i)
         if not change:
             return 0.0
-        largest = np.minimum(np.abs(row - old), np.maximum(np.abs(row), np.abs(old)))
+        # the largest change of a message entry (min(0, -g), min(0, g)), g = h + K
+        minus_k = state.minus_k.reshape(H.shape)[i]
+        largest = np.minimum(np.abs(row - old), np.maximum(np.abs(row - minus_k),
+                                                           np.abs(old - minus_k)))
         return float(largest.max())
 
     def _log_space(self, state: DenseState, i: int):
         """The update of variable i for the samples with extreme interactions, from f itself:
         s (logaddexp(l_10, l_11 + x) - logaddexp(l_00, l_01 + x)), l = f / s from i's side."""
         plan, rows = self.plan, state.extreme
+        minus_k = state.minus_k.reshape(state.H.shape)
         l00, l01, l10, l11 = (state.logf[k][i] for k in range(4))
-        x = state.G[:, i][:, rows] * plan.inverse_columns[i]
+        x = (state.H[:, i][:, rows] - minus_k[:, i][:, rows]) * plan.inverse_columns[i]
         scale = 1.0 / plan.inverse_columns[i]
         mu = scale * (np.logaddexp(l10, l11 + x) - np.logaddexp(l00, l01 + x))
         edge = plan.ratio[i] != 0
         mu[~edge] = 0.0
         unary = state.theta.reshape(self.samples, -1)[rows, 2 * i:2 * i + 2]
         total = unary[:, 1] - unary[:, 0] + mu.sum(axis=0)
-        state.G[i][:, rows] = np.where(edge[:, None], plan.ratio_columns[i] * total - mu, 0.0)
+        state.H[i][:, rows] = np.where(edge[:, None], plan.ratio_columns[i] * total - mu
+                                       + minus_k[i][:, rows], 0.0)
 
     def update_colour(self, state: DenseState, k: int, change: bool = True) -> float:
         """Update the variables of colour k (one after the other: they share no pair)."""
@@ -263,7 +280,7 @@ class DenseBP:
         return [i for colour in self.plan.order for i in colour]
 
     def _updates(self, state: DenseState, variables, change: bool) -> float:
-        shape = state.G.shape[1:]
+        shape = state.H.shape[1:]
         work = (np.empty(shape), np.empty(shape))
         largest = 0.0
         # (overflow to inf is meant: e^(x - m) = inf gives log1p(0); extreme samples' rows are
@@ -271,7 +288,7 @@ class DenseBP:
         with np.errstate(over="ignore", invalid="ignore"):
             for i in variables:
                 largest = max(largest, self._update(state, i, change, work))
-        state._stale = True
+        state._gaps, state._stale = None, True
         return largest
 
     # --- read-outs ------------------------------------------------------------------------
@@ -281,10 +298,10 @@ class DenseBP:
         messages (min(0, -g), min(0, g)) of its two variables; shifted by those constants it is
         f_p(y_u, y_v) + y_u g_u + y_v g_v (the beliefs do not change)."""
         plan, S = self.plan, self.samples
-        G = state.G.reshape(-1, state.G.shape[2])
-        shape = (plan.P, G.shape[1])
-        g_u = np.take(G, plan.first, axis=0, out=state.workspace.get("g_u", shape), mode="clip")
-        g_v = np.take(G, plan.second, axis=0, out=state.workspace.get("g_v", shape), mode="clip")
+        g = state.gaps()
+        shape = (plan.P, g.shape[1])
+        g_u = np.take(g, plan.first, axis=0, out=state.workspace.get("g_u", shape), mode="clip")
+        g_v = np.take(g, plan.second, axis=0, out=state.workspace.get("g_v", shape), mode="clip")
         f = state.f
         z = state.workspace.get("z", (4, *shape))
         z[0] = f[0]
@@ -316,13 +333,15 @@ class DenseBP:
             rows = beliefs_out.reshape(S, plan.num_potentials)
             out = rows[:, 2 * V:].reshape(S, P, 4)
         dual = self._pairs(state, out).sum(axis=0)
+        width = state.H.shape[2]
+        g = state.gaps().reshape(V, V, width)
         unary = state.theta.reshape(S, plan.num_potentials)[:, :2 * V].reshape(S, V, 2)
-        fhat = np.zeros((2, V, state.G.shape[2]))   # (y, i, s)
+        fhat = np.zeros((2, V, width))   # (y, i, s)
         fhat[:, :, :S] = unary.transpose(2, 1, 0)
-        low = np.minimum(-state.G, 0.0).sum(axis=1)   # sum_j lambda_{i->{i,j}}(0)
+        low = np.minimum(-g, 0.0).sum(axis=1)   # sum_j lambda_{i->{i,j}}(0)
         fhat[0] -= low
-        fhat[1] -= np.minimum(state.G, 0.0).sum(axis=1)
-        dual += low.sum(axis=0)                        # the pairs' shifts (see _pairs)
+        fhat[1] -= np.minimum(g, 0.0).sum(axis=1)
+        dual += low.sum(axis=0)                  # the pairs' shifts (see _pairs)
         scale = plan.unary_scale[:, None]
         terms = np.empty(fhat.shape[1:])
         direct, zero, negative = scale[:, 0] > 0, scale[:, 0] == 0, scale[:, 0] < 0
@@ -343,9 +362,10 @@ class DenseBP:
             mine = rows[:, :2 * V].reshape(S, V, 2)
             if beliefs is not None:
                 mine[:, direct] = beliefs[:, :, :S].transpose(2, 1, 0)
-            pairs = out.reshape(S, P, 2, 2)
-            for r, slot, first in plan.sourced:
-                mine[:, r] = pairs[:, slot].sum(axis=2 if first else 1)
+            table = out.reshape(S, P, 2, 2)
+            for axis, sourced in zip((3, 2), plan.sourced):   # b_u sums over y_v, b_v over y_u
+                if sourced is not None:
+                    mine[:, sourced[0]] = table[:, sourced[1]].sum(axis=axis)
         return dual[:S], None, None
 
     def dual(self, state: DenseState) -> np.ndarray:
