@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"unary": ("Unary only", 9.36, ["train.variant=unary"]),
         "piecewise_tables": ("Piecewise, pair tables", None, ["train.variant=piecewise",
                                                                "model.pairwise=table"]),
-        "piecewise": ("Piecewise, pairwise net", 7.70, ["train.variant=piecewise",
-                                                        "model.pairwise=net", "model.pair_scale=1"]),
+        "piecewise": ("Piecewise, pairwise net", 7.70,
+                      ["train.variant=piecewise", "model.pairwise=net", "model.pair_scale=1"]),
         "joint_tables": ("Joint (pretrained unary), pair tables", None,
                          ["train.variant=pretrain_joint", "model.pairwise=table"]),
         "pretrain_joint": ("Joint (pretrained unary), pairwise net", 7.25,
@@ -87,8 +87,8 @@ def main(argv=None):
              "ours: example F1 (%) | train time |", "|---|---|---|---|---|---|", *rows]
     error = {variant: result["hamming_error"] for variant, result in results.items()}
     relative = {variant: 100 * (e - error["unary"]) / error["unary"] for variant, e in error.items()}
-    lines += ["", f"Against unary only: joint {relative['pretrain_joint']:+.1f} % (with pair tables "
-                  f"{relative['joint_tables']:+.1f} %), piecewise "
+    lines += ["", f"Against unary only: joint {relative['pretrain_joint']:+.1f} % (with pair "
+                  f"tables {relative['joint_tables']:+.1f} %), piecewise "
                   f"{relative['piecewise']:+.1f} % relative (the paper: joint "
                   f"{100 * (7.25 - 9.36) / 9.36:+.1f} %, piecewise {100 * (7.70 - 9.36) / 9.36:+.1f} %). "
                   f"Ordering joint < piecewise < unary only: "

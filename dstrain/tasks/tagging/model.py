@@ -4,12 +4,13 @@ feature vectors).
 Tag k's unary table is (0, s_k), s_k the net's score; every pair of tags (i < j) has a 2x2 table,
 one per pair learned for the whole data set (``pairwise: table``; zero at start, so the joint
 model starts as the unary one) or computed per image from the net's features
-(``pairwise: net``, a linear head, zero at start, times ``pair_scale``).  Decoding is a MAP assignment: exhaustive search up to ``EXHAUSTIVE_TAGS``
-tags, otherwise a greedy local search (flip the tag that raises the score most, until none
-does) started from the marginals thresholded at 0.5 and from the empty assignment, keeping the
-better -- never worse than thresholding, since that is a start.  Metrics: Hamming error (the
-paper's prediction error), exact match, example-based F1 and mean average precision of the
-marginals (from per-tag histograms, so it sums over ranks).
+(``pairwise: net``, a linear head, zero at start, times ``pair_scale``).  Decoding is a MAP
+assignment: exhaustive search up to ``EXHAUSTIVE_TAGS`` tags, otherwise a greedy local search
+(flip the tag that raises the score most, until none does) started from the marginals thresholded
+at 0.5 and from the empty assignment, keeping the better -- never worse than thresholding, since
+that is a start.  Metrics: Hamming error (the paper's prediction error), exact match,
+example-based F1 and mean average precision of the marginals (from per-tag histograms, so it
+sums over ranks).
 """
 from __future__ import annotations
 
