@@ -1,8 +1,9 @@
 """The paper's image-tagging table, reproduced in kind on the generated Flickr-like data.
 
-    python bench/tagging_table.py                 # tagging_debug.yaml: bench/results/tagging_table.md
-    python bench/tagging_table.py --config configs/tagging.yaml --out bench/results/tagging_table_paper.md
-    python bench/tagging_table.py --out -          # print only
+    python bench/tagging_table.py            # tagging_debug.yaml -> bench/results/tagging_table.md
+    python bench/tagging_table.py --config configs/tagging.yaml \
+        --out bench/results/tagging_table_paper.md
+    python bench/tagging_table.py --out -    # print only
 
 Trains unary only, piecewise and joint with pretraining (each with pair tables and with a
 pairwise net) from the same config (only train.variant and the model.pairwise keys change, so

@@ -16,10 +16,10 @@ from helpers import MPIRUN, dstrain_train, run_params
 
 
 
-def tiny_model(num_tags, pairwise="table", seed=0, features=5):
+def tiny_model(num_tags, pairwise="table", seed=0, features=5, pair_scale=0.0):
     torch.manual_seed(seed)
     model = TaggingCRF((7,), num_tags, unary="mlp", hidden=[6], features=features,
-                       pairwise=pairwise).double()
+                       pairwise=pairwise, pair_scale=pair_scale).double()
     with torch.no_grad():   # pairs away from their zero start, so they matter
         for name, p in model.named_parameters():
             if "pair" in name:
@@ -84,11 +84,10 @@ def test_features_zero_gives_heads_the_nets_last_layer(unary, shape, width):
 
 def test_the_pairwise_nets_tables_are_its_outputs_over_the_partners_of_a_tag():
     # a tag's field sums K - 1 pair tables: each is divided by K - 1 unless pair_scale is given
-    model, batch = tiny_model(5, "net")
-    hidden = model.trunk(batch.x)
-    outputs = model.pair_head(hidden).detach().numpy().reshape(len(batch), -1, 2, 2)
     for scale, expected in ((0.0, 1 / 4), (1.0, 1.0), (0.3, 0.3)):
-        model.pair_scale = TaggingCRF((7,), 5, pair_scale=scale, pairwise="net").pair_scale
+        model, batch = tiny_model(5, "net", pair_scale=scale)
+        hidden = model.trunk(batch.x)
+        outputs = model.pair_head(hidden).detach().numpy().reshape(len(batch), -1, 2, 2)
         unary, pair = model.split_potentials(model.potentials(batch))
         np.testing.assert_allclose(pair, outputs * expected, rtol=1e-12)
         np.testing.assert_allclose(unary[..., 1], model.unary_head(hidden).detach().numpy())

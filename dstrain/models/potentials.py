@@ -56,7 +56,8 @@ class Linear(nn.Linear):
 
 class UnaryMLP(nn.Module):
     """The paper's unary net: an MLP on the flattened input, ReLU between layers (H1 or H1, H2).
-    `num_classes` 0: no output layer, the net returns its last hidden layer (`out_features` wide)."""
+    `num_classes` 0: no output layer, the net returns its last hidden layer (`out_features`
+    wide)."""
 
     def __init__(self, image_shape: tuple[int, ...], hidden: list[int], num_classes: int):
         super().__init__()
@@ -91,8 +92,9 @@ class UnaryCNN(nn.Module):
                 height, width = height // 2, width // 2
             n_in = n_out
         self.features = nn.Sequential(*layers)
-        self.classifier = Linear(n_in * height * width, num_classes) if num_classes else nn.Identity()
-        self.out_features = num_classes or n_in * height * width
+        flat = n_in * height * width
+        self.classifier = Linear(flat, num_classes) if num_classes else nn.Identity()
+        self.out_features = num_classes or flat
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(images.unsqueeze(1) if self.grey else images).flatten(1))
