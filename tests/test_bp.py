@@ -379,13 +379,15 @@ def test_trw_counting_numbers_equal_bethe_on_trees_and_refuse_larger_regions():
         RegionGraph([2, 2, 2], [(0,), (1,), (2,), (0, 1, 2)], counting_numbers="trw")
 
 
-def _against_reference(graphs, scale, sweeps=3, seed=0, eps_rel=1e-9):
+def _against_reference(graphs, scale, sweeps=3, seed=0, eps_rel=1e-9, unary_factor=1.0):
     """The engine's messages after each of `sweeps` sweeps, and its dual and beliefs, against
-    the loop reference's, from random warm-start messages; returns the engine."""
+    the loop reference's, from random warm-start messages (unaries' potentials times
+    `unary_factor`); returns the engine."""
     rng = np.random.default_rng(seed)
     batch = GraphBatch(graphs)
     engine = ConvexBP(batch, threads=1)
-    pots = [random_potentials(rng, g, scale=scale) for g in graphs]
+    pots = [[p * unary_factor if len(g.regions[r]) == 1 else p
+             for r, p in enumerate(random_potentials(rng, g, scale=scale))] for g in graphs]
     state = engine.start(batch.pack(pots), rng.normal(size=batch.num_messages))
     references = []
     for s, (g, p) in enumerate(zip(graphs, pots)):   # the same (normalised) warm start
@@ -420,6 +422,36 @@ def test_the_fully_connected_binary_path_equals_the_reference(counting, scale):
     engine = _against_reference([fully_connected(7, 2, counting_numbers=counting, eps=0.6)] * 4,
                                 scale, sweeps=4, seed=1)
     assert engine._dense is not None
+
+
+@pytest.mark.parametrize("counting, eps", [("convex", 1.0), ("trw", 0.6), ("bethe", 1.3)])
+def test_the_dense_read_out_from_exponentiated_gaps_equals_the_peaked_one(counting, eps):
+    # DenseBP._pairs (each pair's terms e^-w, e^h_v, e^h_u and their product) against
+    # _peaked_pairs (log sum exp less each pair's largest entry) on the same state
+    rng = np.random.default_rng(4)
+    graph = fully_connected(12, 2, counting_numbers=counting, eps=eps)
+    batch = GraphBatch([graph] * 5)
+    engine = ConvexBP(batch, threads=1)
+    state = engine.start(batch.pack([random_potentials(rng, graph, scale=3.0)] * 5),
+                         rng.normal(size=batch.num_messages))
+    engine.sweep(state)
+    dense, mine = state.engines[0], state.states[0]
+    fast, peaked = np.full((2, 5, len(dense.plan.pairs), 4), np.nan)
+    dual = dense._pairs(mine, fast)
+    assert dual is not None
+    np.testing.assert_allclose(dual, dense._peaked_pairs(mine, peaked), rtol=1e-12)
+    np.testing.assert_allclose(fast, peaked, rtol=1e-12, atol=1e-15)
+
+
+def test_the_dense_path_with_overflowing_gaps_reads_out_by_peaks_and_equals_the_reference():
+    # unaries 1e4 times the pairs: gaps far above 709 (e^h overflows) with ordinary interactions
+    engine = _against_reference([fully_connected(9, 2)] * 3, 1.0, sweeps=2, unary_factor=1e4)
+    rng = np.random.default_rng(0)
+    pots = [[p * 1e4 if len(r) == 1 else p for r, p in zip(g.regions, random_potentials(rng, g))]
+            for g in engine.batch.graphs]
+    state = engine.start(engine.batch.pack(pots))
+    engine.sweep(state)
+    assert state.engines[0]._pairs(state.states[0]) is None
 
 
 @pytest.mark.parametrize("scale", [1.0, 300.0])

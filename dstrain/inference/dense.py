@@ -22,8 +22,10 @@ column H[:, i] and writes row H[i] (both views):
 Pairs and diagonal entries that are no edge have K = E = C = R = 0 and stay 0.  Samples with some
 |w| > 700 (expm1 would overflow) take the same update in log space (logaddexp), row by row.  The
 numbers depend on a sample's own data only, so ranges of samples run in threads give the same bits
-(bp.py).  Read-outs form the gaps g = H + K, then each pair's four fhat entries from them (max-0
-messages (min(0, -g), min(0, g))).
+(bp.py).  Read-outs take the pairs' beliefs and log partitions from e^h (see DenseBP._pairs) and
+the unaries' and the messages (max-0: (min(0, -g), min(0, g))) from the gaps g = H + K.  Outputs
+are samples-first: the pairs' beliefs are written a block of pairs at a time (the block's lines
+of the output stay in cache).
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ from .flat import FRESH, Workspace
 
 # |w| above this takes the log-space update (expm1 overflows above 709.78)
 _EXPM1_LIMIT = 700.0
+# rows per block of a transposed write into a samples-first output
+_BLOCK = 128
 
 
 class DensePlan:
@@ -50,6 +54,11 @@ class DensePlan:
         c = graph.counting_numbers
         self.scale = graph.eps * c[V:]                       # (P,) eps c_p
         self.unary_scale = graph.eps * c[:V]                 # (V,) eps c_i
+        # unaries by the sign of eps c_i: beliefs from the unary itself, read-out by max, the
+        # others (a slice when all are direct: no copies)
+        kind = np.sign(self.unary_scale)
+        self.direct = slice(None) if np.all(kind > 0) else np.flatnonzero(kind > 0)
+        self.zero, self.negative = np.flatnonzero(kind == 0), np.flatnonzero(kind < 0)
         self.unit = bool(np.all(self.scale == 1.0))
         self.first, self.second = u * V + v, v * V + u     # where g_{u->p}, g_{v->p} sit in H
         # dense position (i, j) -> pair slot (P: no pair), and -> row of start's
@@ -118,11 +127,13 @@ class DenseState:
     2): with one sample numpy would sum H's columns pairwise instead of in order, other bits than
     in a larger range; the extra sample has all-zero coefficients)."""
 
-    def __init__(self, theta, lam, plan, samples, f, H, minus_k, W, E, C, inner, extreme, logf,
-                 workspace):
+    def __init__(self, theta, lam, plan, samples, f, w, pair_constant, H, minus_k, W, E, C, inner,
+                 extreme, logf, workspace):
         self.theta, self._messages, self.plan, self.samples = theta, lam, plan, samples
         self.workspace = workspace   # where the read-outs' arrays come from too
         self.f = f               # (4, P, S') pair potentials f_00, f_01, f_10, f_11
+        self.w = w               # (P, S') the interactions w over s
+        self.pair_constant = pair_constant   # (S',) sum_p f_01 + f_10 - f_11
         self.H, self.minus_k, self.W, self.E, self.C, self.inner = H, minus_k, W, E, C, inner
         self.extreme = extreme   # samples with some |w| > _EXPM1_LIMIT
         self.logf = logf         # their f / s from each side, (4, V, V, n), or None
@@ -140,11 +151,14 @@ class DenseState:
     @property
     def messages(self) -> np.ndarray:
         if self._stale:   # a max-0 binary message with gap g is (min(0, -g), min(0, g))
-            S = self.samples
-            g = self.gaps()[self.plan.edges, :S].T
+            S, edges = self.samples, self.plan.edges
+            width = self.minus_k.shape[1]
+            g = np.take(self.gaps(), edges, axis=0, mode="clip",
+                        out=self.workspace.get("edge_gaps", (len(edges), width)))
+            g = g[:, :S].T
             lam = self._messages.reshape(S, -1, 2)
-            np.minimum(-g, 0.0, out=lam[:, :, 0])
             np.minimum(g, 0.0, out=lam[:, :, 1])
+            np.subtract(lam[:, :, 1], g, out=lam[:, :, 0])
             self._stale = False
         return self._messages
 
@@ -166,13 +180,18 @@ class DenseBP:
         width = max(S, 2)
         rows = theta.reshape(S, plan.num_potentials)
         f = workspace.get("f", (4, P, width))   # samples last, each entry's plane contiguous
-        f[:, :, :S] = rows[:, 2 * V:].reshape(S, P, 4).transpose(2, 1, 0)
+        given = rows[:, 2 * V:].reshape(S, P, 4).transpose(2, 1, 0)
+        for p in range(0, P, _BLOCK):   # (a block at a time: its lines of theta stay in cache)
+            f[:, p:p + _BLOCK, :S] = given[:, p:p + _BLOCK]
         if width > S:
             f[:, :, S:] = 0.0
         f00, f01, f10, f11 = f
         pairs = workspace.get("pairs", (3, P + 1, width))   # w, -K from u's side, from v's
         pairs[:, P] = 0.0
         w, minus_u, minus_v = pairs[:, :P]
+        either = workspace.get("either", (3, P + 1, width))   # W, E, C per pair, then 0
+        either[:, P] = 0.0
+        W, E, C = either[:, :P]
         np.add(f10, f01, out=w)
         w -= f00
         w -= f11
@@ -180,9 +199,7 @@ class DenseBP:
             w *= (1.0 / plan.scale)[:, None]
         np.subtract(f11, f01, out=minus_u)
         np.subtract(f11, f10, out=minus_v)
-        either = workspace.get("either", (3, P + 1, width))   # W, E, C per pair, then 0
-        either[:, P] = 0.0
-        W, E, C = either[:, :P]
+        pair_constant = np.subtract(f10, minus_u, out=E).sum(axis=0)   # sum_p A_p (see _pairs)
         np.maximum(w, 0.0, out=W)
         np.abs(w, out=E)
         extreme = np.zeros(0, np.int64)
@@ -215,8 +232,8 @@ class DenseBP:
                 logf[k][u * V + v] = fe[2 * x + y]        # u's side: f(y_u = x, y_v = y)
                 logf[k][v * V + u] = fe[2 * y + x]        # v's side: f(y_u = y, y_v = x)
             logf = logf.reshape(4, V, V, len(extreme))
-        return DenseState(theta, lam, plan, S, f, gaps.reshape(V, V, width), minus_k, W, E, C,
-                          inner, extreme, logf, workspace)
+        return DenseState(theta, lam, plan, S, f, w, pair_constant, gaps.reshape(V, V, width),
+                          minus_k, W, E, C, inner, extreme, logf, workspace)
 
     # --- sweeps ---------------------------------------------------------------------------
     def _update(self, state: DenseState, i: int, change: bool, work) -> float:
@@ -294,9 +311,51 @@ class DenseBP:
     # --- read-outs ------------------------------------------------------------------------
     def _pairs(self, state: DenseState, out=None):
         """Each pair's eps c_p log sum exp(fhat_p / (eps c_p)) less min(0, -g_u) + min(0, -g_v),
-        (P, S'), and into `out` (S, P, 4) if given its beliefs.  fhat_p is f_p plus the max-0
-        messages (min(0, -g), min(0, g)) of its two variables; shifted by those constants it is
-        f_p(y_u, y_v) + y_u g_u + y_v g_v (the beliefs do not change)."""
+        summed over the pairs, (S',), and into `out` (S, P, 4) if given the pairs' beliefs.
+
+        fhat_p is f_p plus the max-0 messages (min(0, -g), min(0, g)) of its two variables;
+        shifted by those constants it is f_p(y_u, y_v) + y_u g_u + y_v g_v, which is A_p + (-w,
+        h_v, h_u, h_u + h_v) in the entry order (00, 01, 10, 11), A_p = f_01 + f_10 - f_11 (w and
+        h over s).  So the four exponentials are e^-w, b, a and ab with a = e^h_u, b = e^h_v: two
+        per pair from the gaps, one from w, and a sum of positive terms (nothing cancels).  None
+        if a sample is extreme or a term overflows: _peaked_pairs then (and rewrites `out`)."""
+        plan, S = self.plan, self.samples
+        if len(state.extreme):
+            return None
+        width = state.H.shape[2]
+        H = state.H.reshape(plan.V * plan.V, width)
+        into = None if out is None else out.transpose(2, 1, 0)
+        block = state.workspace.get("z", (4, _BLOCK, width))
+        totals = state.workspace.get("total", (_BLOCK, width))
+        log_sum = state.pair_constant.copy()
+        # a block of pairs at a time: its arrays stay in cache from the first pass to the last
+        for p0 in range(0, plan.P, _BLOCK):
+            p1 = min(p0 + _BLOCK, plan.P)
+            z, total = block[:, :p1 - p0], totals[:p1 - p0]
+            np.negative(state.w[p0:p1], out=z[0])
+            np.take(H, plan.second[p0:p1], axis=0, out=z[1], mode="clip")
+            np.take(H, plan.first[p0:p1], axis=0, out=z[2], mode="clip")
+            if not plan.unit:
+                z[1:3] *= (1.0 / plan.scale[p0:p1])[:, None]
+            with np.errstate(over="ignore", invalid="ignore"):
+                np.exp(z[:3], out=z[:3])
+                np.multiply(z[1], z[2], out=z[3])
+                np.add(z[0], z[1], out=total)
+                total += z[2]
+                total += z[3]
+            if not np.isfinite(total.max()):
+                return None
+            if into is not None:
+                np.divide(z[:, :, :S], total[:, :S], out=into[:, p0:p1])
+            np.log(total, out=total)
+            if not plan.unit:
+                total *= plan.scale[p0:p1, None]
+            log_sum += total.sum(axis=0)
+        return log_sum
+
+    def _peaked_pairs(self, state: DenseState, out=None):
+        """_pairs by log sum exp with each pair's largest entry taken out (for extreme samples
+        and overflowing gaps)."""
         plan, S = self.plan, self.samples
         g = state.gaps()
         shape = (plan.P, g.shape[1])
@@ -322,7 +381,7 @@ class DenseBP:
         log_partition = np.log(total)
         log_partition += peak
         log_partition *= plan.scale[:, None]
-        return log_partition
+        return log_partition.sum(axis=0)
 
     def readout(self, state: DenseState, beliefs_out=None, exports=False):
         """(dual per sample, None, None); beliefs into `beliefs_out` if given."""
@@ -332,36 +391,39 @@ class DenseBP:
         if beliefs_out is not None:
             rows = beliefs_out.reshape(S, plan.num_potentials)
             out = rows[:, 2 * V:].reshape(S, P, 4)
-        dual = self._pairs(state, out).sum(axis=0)
+        dual = self._pairs(state, out)
+        if dual is None:
+            dual = self._peaked_pairs(state, out)
         width = state.H.shape[2]
         g = state.gaps().reshape(V, V, width)
+        raised = np.maximum(g, 0.0, out=state.workspace.get("high", g.shape)).sum(axis=1)
         unary = state.theta.reshape(S, plan.num_potentials)[:, :2 * V].reshape(S, V, 2)
         fhat = np.zeros((2, V, width))   # (y, i, s)
         fhat[:, :, :S] = unary.transpose(2, 1, 0)
-        low = np.minimum(-g, 0.0).sum(axis=1)   # sum_j lambda_{i->{i,j}}(0)
-        fhat[0] -= low
-        fhat[1] -= np.minimum(g, 0.0).sum(axis=1)
-        dual += low.sum(axis=0)                  # the pairs' shifts (see _pairs)
+        fhat[0] += raised   # less sum_j lambda_{i->{i,j}}(0) = sum_j min(0, -g) = -raised
+        fhat[1] += raised   # less sum_j lambda_{i->{i,j}}(1) = sum_j min(g, 0) = sum_j g - raised
+        fhat[1] -= g.sum(axis=1)
+        dual -= raised.sum(axis=0)                  # the pairs' shifts (see _pairs)
         scale = plan.unary_scale[:, None]
         terms = np.empty(fhat.shape[1:])
-        direct, zero, negative = scale[:, 0] > 0, scale[:, 0] == 0, scale[:, 0] < 0
         beliefs = None
-        for where in (direct, negative):
-            if where.any():
+        for where in (plan.direct, plan.negative):
+            if isinstance(where, slice) or len(where):
                 z = fhat[:, where] / scale[where]
                 peak = np.maximum(z[0], z[1])
                 z -= peak
                 np.exp(z, out=z)
                 total = z[0] + z[1]
                 terms[where] = scale[where] * (peak + np.log(total))
-                if where is direct:
+                if where is plan.direct:
                     beliefs = z / total
-        terms[zero] = np.maximum(fhat[0, zero], fhat[1, zero])
+        if len(plan.zero):
+            terms[plan.zero] = np.maximum(fhat[0, plan.zero], fhat[1, plan.zero])
         dual += terms.sum(axis=0)
         if out is not None:
             mine = rows[:, :2 * V].reshape(S, V, 2)
             if beliefs is not None:
-                mine[:, direct] = beliefs[:, :, :S].transpose(2, 1, 0)
+                mine[:, plan.direct] = beliefs[:, :, :S].transpose(2, 1, 0)
             table = out.reshape(S, P, 2, 2)
             for axis, sourced in zip((3, 2), plan.sourced):   # b_u sums over y_v, b_v over y_u
                 if sourced is not None:
