@@ -22,7 +22,9 @@ potentials: exp tables, messages in), *sweep* (median of 5 consecutive sweeps), 
 and dual) and *end to end* (start + 10 sweeps + dual + beliefs, divided by 10); the table gives
 the medians over rounds, and *CPU/wall*, the process's CPU seconds per wall second during the
 sweeps (how many cores a sweep kept busy).  The reference is timed once, on the first
---reference-samples samples, per sample-sweep (it loops over samples and regions).
+--reference-samples samples, per sample-sweep (it loops over samples and regions).  For (b), a
+floor: the layout copies alone that the dense path's samples-last arrays cost at start and at
+read-out (LayoutCopies), against which its start and read-out can be read.
 
 Before any timing: the engine's messages after two sweeps against the reference's; the engine on N
 threads bitwise against 1 thread (10 sweeps); the torch sweep's messages against the engine's; the
@@ -257,6 +259,43 @@ class Fastmp:
         return np.array(duals), np.concatenate(beliefs)
 
 
+class LayoutCopies:
+    """A floor for the dense path (workloads b): the copies alone that any engine keeping
+    samples-last arrays makes, with no arithmetic.  Start: the pair potentials transposed into
+    (4, P, S); read-out: the pair beliefs from (4, P, S) and the messages from (2 E, S) into the
+    samples-first beliefs and messages (plain numpy assignments, 128 rows at a time: faster
+    than whole arrays at once, measured)."""
+
+    sweep = run10 = None
+
+    def __init__(self, graphs, potentials):
+        self.label, self.threads = "layout copies alone (no arithmetic)", 1
+        batch = GraphBatch(graphs)
+        g = graphs[0]
+        V, S = len(g.cardinalities), len(graphs)
+        P, E = len(g.regions) - V, len(g.edges)
+        self.pairs_in = potentials.reshape(S, -1)[:, 2 * V:].reshape(S, P, 4)
+        self.f = np.empty((4, P, S))
+        self.beliefs = np.empty(batch.num_potentials).reshape(S, -1)[:, 2 * V:].reshape(S, P, 4)
+        self.messages = np.empty(batch.num_messages).reshape(S, 2 * E)
+        self.edge_rows = np.random.default_rng(0).normal(size=(2 * E, S))
+
+    def enter(self):
+        torch.set_num_threads(1)
+
+    def start(self):
+        into = self.pairs_in.transpose(2, 1, 0)
+        for p in range(0, into.shape[1], 128):   # a block at a time, as the engine does
+            self.f[:, p:p + 128] = into[:, p:p + 128]
+
+    def readout(self, state):
+        into = self.beliefs.transpose(2, 1, 0)
+        for p in range(0, into.shape[1], 128):
+            into[:, p:p + 128] = self.f[:, p:p + 128]
+        for r in range(0, len(self.edge_rows), 128):
+            self.messages[:, r:r + 128] = self.edge_rows[r:r + 128].T
+
+
 def load_baseline(path: str):
     """The dstrain package of another checkout, imported as dstrain_baseline."""
     package = Path(path) / "dstrain"
@@ -350,6 +389,10 @@ def one_round(e) -> dict:
     e.enter()
     out = {}
     out["start"], state = timed(e.start)
+    if e.sweep is None:   # a floor: start and read-out only
+        out["cpu"] = float("nan")
+        out["readout"], _ = timed(lambda: e.readout(state))
+        return out
     if isinstance(e, Fastmp):
         zero, _ = timed(lambda: e.sweep(state, 0))
         cpu, wall = time.process_time(), time.perf_counter()
@@ -395,6 +438,12 @@ def target_rows(key, medians, threads) -> list[str]:
                 mine["sweep"] <= TARGETS[key][0])
             row(f"2 threads: end to end <= {TARGETS[key][1]}", f"{mine['end to end']:.2f}",
                 mine["end to end"] <= TARGETS[key][1])
+    floor = medians.get(("layout copies alone (no arithmetic)", 1))
+    one = medians.get(("dstrain, 1 thread", 1))
+    if floor and one and "in run sweep" in one:
+        rows.append(f"| ({key}) | the floor of start and read-out in samples-last arrays: layout "
+                    f"copies alone, against one sweep at 1 thread | {floor['start']:.2f} / "
+                    f"{floor['readout']:.2f} vs {one['in run sweep']:.2f} ms | - |")
     one, today = medians.get(("dstrain, 1 thread", 1)), medians.get(("baseline, torch on 1 thread", 1))
     if one and today:
         for k in ("sweep", "end to end"):
@@ -447,6 +496,8 @@ def main(argv=None):
             engines += [Torch(graphs, flat, t) for t in threads]
         if fastmp is not None and peer:
             engines += [Fastmp(fastmp, graphs, flat, t) for t in threads]
+        if key.startswith("b"):
+            engines.append(LayoutCopies(graphs, flat))
         print(f"({key}) {name}: checks", flush=True)
         check(key, graphs, flat, engines, args.reference_samples, print)
         reference = reference_us(graphs, flat, min(args.reference_samples, 5 if "b" in key
@@ -467,7 +518,7 @@ def main(argv=None):
                 if "in run start" in m else "-"
             rows.append(f"| ({key}) {name} | {e.label} | {e.threads} | {cell('start')} | "
                         f"{cell('sweep')} | {cell('readout')} | {cell('end to end')} | {in_run} | "
-                        f"{m['cpu']:.2f} |")
+                        f"{'-' if np.isnan(m['cpu']) else format(m['cpu'], '.2f')} |")
             print(rows[-1], flush=True)
         rows.append(f"| ({key}) {name} | loop reference (per sample) | 1 | - | "
                     f"{reference / 1e3:.3f} per sample | - | - | - | - |")
