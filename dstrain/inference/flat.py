@@ -274,6 +274,18 @@ def _unshifted(values: np.ndarray, scale: np.ndarray) -> bool:
     return bool(values.max() <= _SHIFT_ABOVE * least and values.min() >= -_SHIFT_BELOW * least)
 
 
+def _row_sum(block: np.ndarray) -> np.ndarray:
+    """Sum over the last axis of a 2-d block; numpy's reduction is slow on short rows, so unroll
+    those, adding in numpy's order for fewer than 8 entries (left to right): the same bits
+    (20480 rows of 5, a batch of 20 grids' unaries: 0.06 against 0.36 ms, measured)."""
+    if block.shape[-1] >= 8 or not block.shape[-1]:
+        return block.sum(axis=-1)
+    out = block[:, 0].copy()
+    for j in range(1, block.shape[-1]):
+        out += block[:, j]
+    return out
+
+
 def _row_max(block: np.ndarray) -> np.ndarray:
     """Max over the last axis; numpy's reduction is slow on short rows, so unroll those."""
     if block.shape[-1] > 8:
@@ -660,7 +672,13 @@ class FlatBP:
     def _stored_tables(self, theta: np.ndarray, group: int, unit: bool, workspace) -> PairTable:
         """pair_tables for a group in the rows of _storage, block by block: each block's pairs
         gathered as rows of a sliding-window view of the potentials (no index per entry), its
-        max and exp while it is in the cache; shifted by the max only where _view_tables does."""
+        max and exp while it is in the cache; shifted by the max only where _view_tables does.
+
+        (1000 chains: the gather, 4-6 ms, reads every other table of the potentials, where a
+        gather in the potentials' order took 3.6 against 6.1 ms cold; but passing the blocks in
+        that order cost a second copy into the rows, and rows in the potentials' order within
+        each side with the two sides' blocks interleaved saved 0.5 ms of the gather alone and
+        nothing measurable in a run: all measured, none kept.)"""
         g = self.batch.pair_groups[group]
         stored, row, first = self._stored[group]
         size = g.entries.shape[1]
@@ -1000,7 +1018,7 @@ class FlatBP:
                 peak = _row_max(z)[:, None]
                 z -= peak
             _exp(z, out=z)
-            total = z.sum(axis=1, keepdims=True)
+            total = _row_sum(z)[:, None]
             z /= total
             out.append((direct, z, mine * (peak[:, 0] + np.log(total[:, 0]))))
         return out
