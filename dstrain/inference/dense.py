@@ -54,8 +54,8 @@ class DensePlan:
         c = graph.counting_numbers
         self.scale = graph.eps * c[V:]                       # (P,) eps c_p
         self.unary_scale = graph.eps * c[:V]                 # (V,) eps c_i
-        # unaries by the sign of eps c_i: > 0, their beliefs their own (a slice when all are: no
-        # copies); = 0, read out by max; < 0, their beliefs from a pair
+        # unaries by the sign of eps c_i: > 0, beliefs their own (a slice when all are: no
+        # copies); = 0, dual term a max; = 0 or < 0, beliefs marginalised from a pair
         kind = np.sign(self.unary_scale)
         self.direct = slice(None) if np.all(kind > 0) else np.flatnonzero(kind > 0)
         self.zero, self.negative = np.flatnonzero(kind == 0), np.flatnonzero(kind < 0)
