@@ -7,19 +7,25 @@ bench/gpu_check.sh (sets PYTHONPATH, OUT, copies the table):
 
 a. correctness: DeviceBP on CudaKernels (float32, float64) against ConvexBP (float64), outputs
    poisoned with NaN so an element no kernel wrote fails; before any timing.
-b. ms per sweep (CUDA events, after warm-up) of DeviceBP on 2nd-order words and on fully connected
-   binary graphs; effective bandwidth against a device-to-device copy (target >= 50 %), and speed
-   against the plain-torch sweep of bench/torch_sweep.py (target >= 5x), side by side.
-c. training throughput, `dstrain train` with run.device=cuda against run.device=cpu (>= 20x).
+b. ms per sweep (CUDA events, after warm-up) of DeviceBP on 2nd-order words, fully connected
+   binary graphs and 4-connected grids; effective bandwidth against a device-to-device copy
+   (target >= 50 %), and speed against the plain-torch sweep of bench/torch_sweep.py (target
+   >= 5x), side by side.
+c. training throughput of each task (words, tagging, segmentation), `dstrain train` with
+   run.device=cuda against run.device=cpu on the same machine (words: >= 20x).
 d. `mpirun -n 2` on the one GPU (host-staged gradients) against one process: params.h5 equal.
 e. bench/blend_vs_converge.py with run.device=cuda (the blend-vs-converge target of 3x).
+f. the dense CRF's mean-field (lattice filtering) on the device against the same on the CPU, one
+   image of bench/dense_crf.py: marginals equal within float32 rounding, ms per iteration of each.
+g. `python3 -m pytest -m gpu` (the gpu-marked tests), its summary line.
 
 Every result goes to OUT/gpu_check.json and OUT/gpu_check.md, rewritten after each step so a run
 cut short keeps what it measured.  Exit code 1 when a check failed or a step crashed; a missed
 performance target is reported (FAIL in the table), not an error.
 --emulate: step a on EmulatedKernels (the same .cu compiled by g++), step b with torch on the CPU
 (numpy copy bandwidth, perf_counter), steps c and d with run.device=cpu, the "GPU" side and the
-mpirun runs taking the GPU code path with emulated kernels (debug.emulate_kernels=true).
+mpirun runs taking the GPU code path with emulated kernels (debug.emulate_kernels=true), step f
+on the CPU on both sides.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import argparse
 import contextlib
 import datetime
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -78,6 +85,18 @@ class Report:
         (self.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
+def wall_ms(fn, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of fn() in ms by perf_counter (work on the CPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
 class Device:
     """What differs between the GPU run and --emulate: kernels, arrays, clocks, streams."""
 
@@ -109,15 +128,12 @@ class Device:
 
     def time_ms(self, fn, repeats: int, warmup: int = 2) -> float:
         """Median wall time of fn() in ms: CUDA events on torch's stream, or perf_counter."""
+        if self.emulate:
+            return wall_ms(fn, repeats, warmup)
         for _ in range(warmup):
             fn()
         times = []
         for _ in range(repeats):
-            if self.emulate:
-                start = time.perf_counter()
-                fn()
-                times.append(1e3 * (time.perf_counter() - start))
-                continue
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -287,7 +303,9 @@ def step_timing(args, device, report):
     workloads = [(f"2nd-order words 5x26, batch {args.words_batch}",
                   [chain(5, 26, order=2)] * args.words_batch),
                  (f"fully connected {args.fc_vars} binary, batch {args.fc_batch}",
-                  [fully_connected(args.fc_vars, 2)] * args.fc_batch)]
+                  [fully_connected(args.fc_vars, 2)] * args.fc_batch),
+                 (f"4-connected grid 32x32x5, batch {args.grid_batch}",
+                  [grid(32, 32, 5)] * args.grid_batch)]
     for name, graphs in workloads:
         try:
             time_workload(args, device, report, name, graphs, copy_bw)
@@ -297,12 +315,17 @@ def step_timing(args, device, report):
 
 
 # --- c, d. training ---------------------------------------------------------------------------------
-def train(args, run_dir: Path, device: str, settings, ranks: int = 0, gpu_path: bool = False):
-    """`dstrain train` on configs/words_debug.yaml (under `mpirun -n ranks` if ranks); the CLI's
-    completed process.  Raises on a non-zero exit, with the end of its stderr."""
-    command = [sys.executable, "-m", "dstrain.cli", "train", "--config", "configs/words_debug.yaml",
-               "--run-dir", str(run_dir), "--no-progress", "--set", f"run.device={device}",
-               f"data.path={args.out / 'words.h5'}", "train.variant=joint", *settings]
+def train(args, run_dir: Path, device: str, settings, ranks: int = 0, gpu_path: bool = False,
+          task: str = "words"):
+    """`dstrain train` on the task's debug config (configs/<task>_debug.yaml, its data under OUT;
+    under `mpirun -n ranks` if ranks); the CLI's completed process.  Raises on a non-zero exit,
+    with the end of its stderr."""
+    data = [f"data.path={args.out / 'words.h5'}"] if task == "words" else \
+        [f"data.path={args.out / f'{task}.h5'}", "data.num_val=20", "data.num_test=20",
+         f"data.num_train={TASK_IMAGES[task][int(args.emulate)]}"]
+    command = [sys.executable, "-m", "dstrain.cli", "train", "--run-dir", str(run_dir),
+               "--config", f"configs/{task}_debug.yaml", "--no-progress",
+               "--set", f"run.device={device}", *data, "train.variant=joint", *settings]
     if ranks:
         command = [args.mpirun, "-n", str(ranks), "--oversubscribe", "--bind-to", "none",
                    "-x", "PYTHONPATH", "-x", "PATH", *command]
@@ -342,24 +365,32 @@ def ensure_data(args) -> None:
 def step_training(args, device, report):
     ensure_data(args)
     gpu = "cpu" if args.emulate else "cuda"
-    # metrics.jsonl gets a line (with samples_per_second) at the end of each epoch, none when
-    # max_steps stops a run mid-epoch: so two whole epochs, and the second one is read (the
-    # first compiles kernels and fills caches).  The CPU side keeps the config's run.threads.
-    settings = ["train.epochs=2", "train.max_steps=0", f"train.batch_size={args.train_batch}"]
-    speed = {}
-    for label, side in (("gpu", gpu), ("cpu", "cpu")):   # --emulate: cpu on both sides
-        run_dir = args.out / f"train_{label}"
-        try:
-            train(args, run_dir, side, settings, gpu_path=label == "gpu")
-            speed[label] = throughput(run_dir, args.train_batch)
-            report.add("c", f"{label} side: training samples/s, run.device={side}, batch "
-                       f"{args.train_batch}, {args.train_words} words", f"{speed[label]:.0f}")
-        except Exception as exc:
-            report.add("c", f"{label} side: training, run.device={side}",
-                       f"{type(exc).__name__}: {exc}", error=True)
-    if len(speed) == 2:
-        ratio = speed["gpu"] / speed["cpu"]
-        report.add("c", f"training throughput, {gpu} / cpu", f"{ratio:.1f}x", ">= 20x", ratio >= 20)
+    for task in ("words", "tagging", "segmentation"):
+        # metrics.jsonl gets a line (with samples_per_second) at the end of each epoch, none
+        # when max_steps stops a run mid-epoch: so two whole epochs, and the second one is read
+        # (the first compiles kernels and fills caches).  The CPU side keeps the config's
+        # run.threads; tagging and segmentation generate their data on their first run.
+        batch = args.train_batch if task == "words" else TASK_BATCH[task][int(args.emulate)]
+        settings = ["train.epochs=2", "train.max_steps=0", f"train.batch_size={batch}"]
+        speed = {}
+        for label, side in (("gpu", gpu), ("cpu", "cpu")):   # --emulate: cpu on both sides
+            run_dir = args.out / f"train_{task}_{label}"
+            try:
+                train(args, run_dir, side, settings, gpu_path=label == "gpu", task=task)
+                speed[label] = throughput(run_dir, batch)
+                report.add("c", f"{task}, {label} side: training samples/s, run.device={side}, "
+                           f"batch {batch}", f"{speed[label]:.0f}")
+            except Exception as exc:
+                report.add("c", f"{task}, {label} side: training, run.device={side}",
+                           f"{type(exc).__name__}: {exc}", error=True)
+        if len(speed) == 2:
+            ratio = speed["gpu"] / speed["cpu"]
+            if task == "words":
+                report.add("c", f"{task}: training throughput, {gpu} / cpu", f"{ratio:.1f}x",
+                           ">= 20x", ratio >= 20)
+            else:
+                report.add("c", f"{task}: training throughput, {gpu} / cpu", f"{ratio:.1f}x")
+        device.free()
 
 
 def read_params(path: Path) -> dict:
@@ -426,6 +457,61 @@ def step_blend(args, device, report):
                        sooner != "not reached" and float(sooner.split("x")[0]) >= 3)
 
 
+# --- f. mean-field --------------------------------------------------------------------------------
+def step_mean_field(args, device, report):
+    """The dense CRF of bench/dense_crf.py (240 x 320, 21 labels, its kernel widths, 5 iterations)
+    on the device and on the CPU: marginals, and ms per iteration ((5 - 0 iterations) / 5, the
+    kernels built beforehand; CUDA events on the device, perf_counter on the CPU)."""
+    from dense_crf import BILATERAL, GAUSSIAN, ITERATIONS, workloads   # bench/dense_crf.py
+    from dstrain.inference.dense_crf import DenseCRF, potts_compatibility
+
+    name, image, scores = next(workloads(np.random.default_rng(args.seed)))
+    sides = {"device": device.torch_device, "cpu": torch.device("cpu")}
+    marginals, per_iteration = {}, {}
+    for side, where in sides.items():
+        crfs = [DenseCRF(torch.from_numpy(image)[None], spatial_sxy=GAUSSIAN[0],
+                         bilateral_sxy=BILATERAL[0], bilateral_srgb=BILATERAL[1], iterations=k,
+                         exclude_self=False, channels_last=True, device=where)
+                for k in (0, ITERATIONS)]
+        unary = torch.from_numpy(scores)[None].to(where)
+        weights = torch.tensor([GAUSSIAN[1], BILATERAL[2]], device=where)
+        potts = potts_compatibility(scores.shape[0], device=where)
+        timer = device.time_ms if side == "device" else wall_ms
+        none, five = (timer(lambda crf=crf: crf.mean_field(unary, weights, potts), args.repeats)
+                      for crf in crfs)
+        per_iteration[side] = max(five - none, 1e-9) / ITERATIONS
+        marginals[side] = crfs[1].mean_field(unary, weights, potts).cpu().numpy()
+        device.free()
+    difference = float(np.abs(marginals["device"] - marginals["cpu"]).max())
+    agree = float((marginals["device"].argmax(1) == marginals["cpu"].argmax(1)).mean())
+    label = f"{name} image {image.shape[1]}x{image.shape[0]}, {scores.shape[0]} labels"
+    report.add("f", f"mean-field marginals, {device.torch_device} == cpu ({label})",
+               f"max abs difference {difference:.1e}, MAP agreement {agree:.4%}", "<= 1e-4",
+               difference <= 1e-4, error=not difference <= 1e-4)
+    report.add("f", f"mean-field ms per iteration, {device.torch_device}",
+               f"{per_iteration['device']:.3f}")
+    report.add("f", "mean-field ms per iteration, cpu (torch threads: "
+               f"{torch.get_num_threads()})", f"{per_iteration['cpu']:.3f}")
+    report.add("f", f"mean-field speed-up, {device.torch_device} / cpu",
+               f"{per_iteration['cpu'] / per_iteration['device']:.1f}x")
+
+
+# --- g. the gpu-marked tests ----------------------------------------------------------------------
+def step_tests(args, device, report):
+    """`python3 -m pytest -m gpu` from the source tree: its summary line (they skip without a
+    GPU, so --emulate reports skips)."""
+    if importlib.util.find_spec("pytest") is None:   # the GPU machine's image may lack it
+        report.add("g", "pytest -m gpu", "not run: pytest is not installed here", error=True)
+        return
+    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p",
+                           "no:cacheprovider", "tests"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=args.train_timeout * 2)
+    summary = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+    (args.out / "pytest_gpu.txt").write_text(done.stdout + done.stderr)
+    report.add("g", "pytest -m gpu", summary, "exit 0 (5: none collected)",
+               done.returncode in (0, 5), error=done.returncode not in (0, 5))
+
+
 def describe(args) -> dict:
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
             "mode": "emulated on the CPU (EmulatedKernels, torch CPU)" if args.emulate else "GPU",
@@ -443,6 +529,10 @@ def describe(args) -> dict:
     return meta
 
 
+# step c's tagging and segmentation runs: (GPU, --emulate) training images and batch size
+TASK_IMAGES = {"tagging": (1000, 100), "segmentation": (200, 20)}
+TASK_BATCH = {"tagging": (100, 50), "segmentation": (20, 10)}
+
 # option: (GPU default, --emulate default, meaning)
 SIZES = {
     "check-samples": (200, 4, "graphs per correctness case"),
@@ -451,6 +541,7 @@ SIZES = {
     "words-batch": (65536, 32, "2nd-order word graphs in the timed batch"),
     "fc-vars": (38, 12, "variables of the fully connected graphs"),
     "fc-batch": (8192, 4, "fully connected graphs in the timed batch"),
+    "grid-batch": (1024, 2, "32 x 32 grids of 5 states in the timed batch"),
     "sweeps": (20, 2, "sweeps per timed run"),
     "repeats": (5, 2, "timed runs (median)"),
     "train-words": (10000, 300, "training words in the generated data"),
@@ -466,7 +557,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--emulate", action="store_true", help="CPU only, tiny sizes")
-    parser.add_argument("--steps", default="abcde", help="which steps to run, e.g. ab")
+    parser.add_argument("--steps", default="abfcdeg", help="which steps to run, in order")
     parser.add_argument("--seed", type=int, default=0)
     for name, (gpu, cpu, what) in SIZES.items():
         parser.add_argument(f"--{name}", type=int, help=f"{what} [GPU {gpu}, --emulate {cpu}]")
@@ -481,7 +572,8 @@ def main() -> int:
     print(f"GPU check: {report.meta['device']}; results in {args.out}", flush=True)
     steps = {"a": ("correctness", step_correctness), "b": ("timing", step_timing),
              "c": ("training throughput", step_training), "d": ("mpirun -n 2", step_mpi),
-             "e": ("blend vs converge", step_blend)}
+             "e": ("blend vs converge", step_blend), "f": ("mean-field", step_mean_field),
+             "g": ("pytest -m gpu", step_tests)}
     device = None
     for key in args.steps:
         title, step = steps[key]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (see bench/gpu_check.py): correctness of the CUDA kernels, ms per sweep
-# against a device copy and plain torch, training throughput GPU vs CPU, mpirun -n 2 parity.
+# against a device copy and plain torch, mean-field on the device against the CPU, each task's
+# training throughput GPU vs CPU, mpirun -n 2 parity, blend vs converge, pytest -m gpu.
 #
 #   bash bench/gpu_check.sh                 # on a GPU machine; OUT=... to choose where results go
 #   bash bench/gpu_check.sh --emulate       # the same flow on a CPU machine (tiny sizes)

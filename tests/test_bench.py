@@ -19,9 +19,13 @@ def test_gpu_check_runs_end_to_end_in_emulation(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = report["rows"]
-    assert not report["failed"] and {r["step"] for r in rows} == {"a", "b", "c", "d", "e"}
-    checks = [r for r in rows if r["step"] == "a" or "==" in r["check"] or r["step"] == "d"]
-    assert len(checks) >= 20 and all(r["status"] == "PASS" for r in checks), checks
+    assert not report["failed"] and {r["step"] for r in rows} == set("abcdefg")
+    checks = [r for r in rows if r["step"] in "adg" or "==" in r["check"]]
+    assert len(checks) >= 24 and all(r["status"] == "PASS" for r in checks), checks
+    for task in ("words", "tagging", "segmentation"):   # every task's throughput, both sides
+        assert any(r["check"].startswith(f"{task}: training throughput") for r in rows), task
+    grids = [r for r in rows if r["step"] == "b" and r["check"].startswith("4-connected grid")]
+    assert any("==" in r["check"] and r["status"] == "PASS" for r in grids), grids
     assert (tmp_path / "gpu_check.md").read_text().startswith("# GPU check")
 
 
