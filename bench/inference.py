@@ -260,8 +260,8 @@ class Fastmp:
 
 
 class LayoutCopies:
-    """A floor for the dense path (workloads b): the copies alone that any engine keeping
-    samples-last arrays makes, with no arithmetic.  Start: the pair potentials transposed into
+    """A floor for the dense path (workloads b): the copies, with no arithmetic, that an engine
+    keeping samples-last arrays makes (done the fastest way measured).  Start: the pair potentials transposed into
     (4, P, S); read-out: the pair beliefs from (4, P, S) and the messages from (2 E, S) into the
     samples-first beliefs and messages (plain numpy assignments, 128 rows at a time: faster
     than whole arrays at once, measured)."""

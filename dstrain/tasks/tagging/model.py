@@ -106,8 +106,9 @@ class TaggingCRF(StructuredModel):
         In joint training a tag's field sums the tables of its K - 1 partners, so by default they
         are divided by K - 1: an Adam step then moves that sum as far as a step of the unary head
         moves the tag's own score (undivided, joint training of 38 tags falls far behind unary
-        only: bench/results/tagging_table.md's notes).  Piecewise training fits each table alone, as its own classifier, where
-        the division only slows it down: ``pair_scale: 1`` there."""
+        only: bench/results/tagging_table.md's notes).  Piecewise training fits each table
+        alone, as its own classifier, where the division only slows it down: ``pair_scale: 1``
+        there."""
         return self.pair_head(hidden).reshape(len(hidden), -1, 2, 2) * self.pair_scale
 
     # --- decoding -------------------------------------------------------------------------
