@@ -603,3 +603,27 @@ def test_the_dense_path_on_an_incomplete_graph_equals_the_reference(counting, sc
                         eps=0.7)
     engine = _against_reference([graph] * 3, scale, sweeps=3, seed=2)
     assert engine._dense is not None
+
+
+@pytest.mark.parametrize("scale", [1.0, 300.0])
+def test_slot_major_tables_of_one_template_equal_the_reference_block_by_block(scale, monkeypatch):
+    # a one-template batch keeps each pair slot's exp tables of all samples contiguous (FlatBP.
+    # _view_tables): pairs of unequal sides (3 x 5, 5 x 3), start and read-out in blocks of
+    # 2 samples with a shorter last one, against the reference (at scale 300 some sums underflow)
+    from dstrain.inference import flat
+    monkeypatch.setattr(flat, "_BLOCK_ENTRIES", 60)
+    monkeypatch.setattr(flat, "_SLOT_BLOCK_ENTRIES", 150)
+    cards = [3, 5, 3, 5, 3]
+    pairs = [(0, 1), (2, 3), (1, 2), (3, 4), (0, 2), (2, 4), (1, 3)]   # shapes side by side
+    graph = RegionGraph(cards, [(i,) for i in range(len(cards))] + pairs)
+    engine = _against_reference([graph] * 7, scale, seed=6)
+    state = engine.start(np.zeros(engine.batch.num_potentials))
+    tables = [t.table for t in state.states[0].pair_tables]
+    assert [t.shape[1] for t in tables] == [2, 2, 2, 1]   # pairs per sample, per group
+    assert all(t.ndim == 4 and t.flags.c_contiguous == (t.shape[1] == 1) for t in tables)
+    rng = np.random.default_rng(7)
+    potentials = engine.batch.pack([random_potentials(rng, graph, scale=scale)] * 7)
+    one = engine.run(potentials, max_sweeps=3, tol=0.0)
+    two = ConvexBP(engine.batch, threads=2).run(potentials, max_sweeps=3, tol=0.0)
+    np.testing.assert_array_equal(one.beliefs, two.beliefs)
+    np.testing.assert_array_equal(one.dual, two.dual)

@@ -43,11 +43,17 @@ _ROW_BLOCK = 16
 # tables: 0.13 ms against numpy's stacked matmul's 0.49 ms; 15000 3 x 3: 0.21 against 0.37)
 _LOOP_STATES = 4
 # a fast group of a one-template batch whose edges take at most this many pair slots per sample
-# multiplies per slot on views of the tables (no per-edge copies); more slots (a grid) copy
+# multiplies per slot on views of the tables (no per-edge copies); more slots (a grid) copy.
+# Pair groups of at most this many pairs per sample store their exp tables slot-major too (each
+# slot's tables of all samples one contiguous run: see FlatBP._view_tables)
 _MAX_SLOTS = 32
 # start's max-and-exp over a pair table runs in blocks of about this many entries (so the exp
 # reads what the max read from the cache)
 _BLOCK_ENTRIES = 1 << 17
+# slot-major tables are made in blocks of this many entries, then copied to their slots (an exp
+# straight into the slots' strided rows took 8.7 against 4.5 ms for 1000 words, a buffer of 27
+# samples 7.8 ms, 64 samples 6.0: measured)
+_SLOT_BLOCK_ENTRIES = 1 << 19
 # views' pair tables are exp(f_p / (eps c_p)) as they are where max f_p / (eps c_p) lies in
 # [-_SHIFT_BELOW, _SHIFT_ABOVE], else exp((f_p - max f_p) / (eps c_p)) (FlatBP._view_tables)
 _SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
@@ -86,18 +92,33 @@ class _Fresh:
 FRESH = _Fresh()
 
 
-def _products(table: np.ndarray, w: np.ndarray, second: bool) -> np.ndarray:
+def _products(table: np.ndarray, w: np.ndarray, second: bool, out=None) -> np.ndarray:
     """Each pair's table times the other variable's weights, over the leading axes: r the pair's
-    first variable (sum_b t[a, b] w[b]) or, if `second`, its second (sum_a w[a] t[a, b])."""
+    first variable (sum_b t[a, b] w[b]) or, if `second`, its second (sum_a w[a] t[a, b]); into
+    `out` if given (a view is fine)."""
     if w.shape[-1] <= _LOOP_STATES:   # a few multiply-adds on whole columns beat tiny matmuls
         column = (lambda j: table[..., j, :]) if second else (lambda j: table[..., :, j])
-        out = column(0) * w[..., 0:1]
+        out = np.multiply(column(0), w[..., 0:1], out=out)
         for j in range(1, w.shape[-1]):
             out += column(j) * w[..., j:j + 1]
         return out
     if second:
-        return np.matmul(w[..., None, :], table)[..., 0, :]
-    return np.matmul(table, w[..., :, None])[..., 0]
+        return np.matmul(w[..., None, :], table,
+                         out=None if out is None else out[..., None, :])[..., 0, :]
+    return np.matmul(table, w[..., :, None], out=None if out is None else out[..., None])[..., 0]
+
+
+def _table_rows(table: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a stack of tables, positions in it) such that stack[positions] are the tables at `rows`
+    of a PairTable's `table`: a (P, n_a, n_b) stack is its own; a one-template group's (S, P,
+    n_a, n_b) tables are a sample-major or a slot-major stack (FlatBP._view_tables)."""
+    if table.ndim == 3:
+        return table, rows
+    samples, per = table.shape[:2]
+    if table.flags.c_contiguous:
+        return table.reshape(-1, *table.shape[2:]), rows
+    by_slot = table.transpose(1, 0, 2, 3)   # (C-contiguous: _view_tables made it)
+    return by_slot.reshape(-1, *table.shape[2:]), rows % per * samples + rows // per
 
 
 def _rows_matmul(w: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -121,12 +142,14 @@ def _scale_tables(table, rows, columns, out, work=None):
     tables (rows (A, B, n_a), columns (A, B, n_b)): the outer products first, into `work` (a
     contiguous array of out's shape; default `out`), then one multiply by the tables, whose
     inner loop runs over whole rows of tables (a broadcast's runs over n_b entries only: 1000
-    words' beliefs, 13.7 against 7.4 ms into a view of the output, measured).  (torch's multiply
-    was tried: faster for 1000 words on one thread, slower on two, where its calls did not run
-    in parallel, and for chains and grids; measured side by side on an idle machine.)"""
+    words' beliefs, 13.7 against 7.4 ms into a view of the output, measured).  The outer
+    products are an einsum: a broadcast multiply's inner loop is one row of a table long (27 x 7
+    words' pairs: 72 against 139 us, measured; the same bits, one product per entry).  (torch's
+    multiply was tried: faster for 1000 words on one thread, slower on two, where its calls did
+    not run in parallel, and for chains and grids; measured side by side on an idle machine.)"""
     outer = out if work is None else work
     with np.errstate(invalid="ignore", over="ignore", under="ignore"):
-        np.multiply(rows[..., :, None], columns[..., None, :], out=outer)
+        np.einsum("...i,...j->...ij", rows, columns, out=outer)
         np.multiply(table, outer, out=out)
 
 
@@ -134,7 +157,9 @@ def _scale_tables(table, rows, columns, out, work=None):
 class PairTable:
     """exp((f_p - top_p) / (eps c_p)) of the fast pairs of one PairGroup; constant during a run."""
 
-    table: np.ndarray           # (P, n_a, n_b), or (V, n_a, n_b) with shared tables
+    # (P, n_a, n_b), or (V, n_a, n_b) with shared tables, or (S, P, n_a, n_b) for a group of a
+    # one-template batch (FlatBP._view_tables; its memory may be slot-major: see _table_rows)
+    table: np.ndarray
     top: np.ndarray             # (P,) max of f_p, or (V,)
     # shared tables: (P,) each pair's row of `table` and `top`; so too where rows are reordered
     variant: np.ndarray | None = None
@@ -587,9 +612,9 @@ class FlatBP:
         extreme = None
         if self._binary_batch:   # edges whose table spans more than the gap form can use
             # (an entry below 1e-250 of the table's largest: the gap's ratio could be subnormal)
-            tiny = [(np.min(t.table.reshape(len(t.table), -1), axis=1)
-                     / np.max(t.table.reshape(len(t.table), -1), axis=1) < _UNDERFLOW)
-                    [t.variant if t.variant is not None else slice(None)] for t in pair_tables]
+            tiny = [(np.min(t.table, axis=(-2, -1)) / np.max(t.table, axis=(-2, -1))
+                     < _UNDERFLOW).ravel()[t.variant if t.variant is not None else slice(None)]
+                    for t in pair_tables]
             extreme = [np.flatnonzero(tiny[c.fast[0].pair_group][c.fast[0].pairs])
                        if any(t.any() for t in tiny) else _NONE for c in b.colours]
         state = FlatState(theta, readout, lam, fhat, pair_tables, oriented, inner,
@@ -632,19 +657,35 @@ class FlatBP:
         stay below e^50, so a product with a weight that underflowed (below 1e-308) stays far
         below the 1e-250 under which a sum takes the exact fallback, as with entries <= 1; and a
         table's largest is above e^-100, so an entry within 1e-250 of it is no subnormal (the
-        binary gap form's bound, start)."""
+        binary gap form's bound, start).
+
+        The tables are (S, P, n_a, n_b), and slot-major in memory where P <= _MAX_SLOTS: a
+        sweep multiplies one slot of every sample at a time (FlatBP._fast_mu), and reads a
+        slot's tables as one contiguous run instead of one table every P.  For 1000 2nd-order
+        words on one thread, `run()`'s start / sweep / read-out went from 8.8 / 16.7 / 13.4 to
+        11.0 / 10.4 / 14.5 ms: the copy into the slots costs the start, and the copy back
+        (_view_pair_beliefs) the read-out (an interleaved A/B on this kind of 2-core VM)."""
         g = self.batch.pair_groups[group]
         first, per = self._pair_views[group]
         samples, size = self.batch.num_samples, g.entries.shape[1]
         view = theta.reshape(samples, -1)[:, first:first + per * size].reshape(samples, per, size)
-        table = workspace.get(("pairs", group), (samples * per, *self._pair_shape(g)))
-        out = table.reshape(view.shape)
+        shape = self._pair_shape(g)
+        by_slot = per <= _MAX_SLOTS
+        step = max(1, (_SLOT_BLOCK_ENTRIES if by_slot else _BLOCK_ENTRIES) // max(1, per * size))
+        if by_slot:   # (P, S, ...) in memory, (S, P, ...) as the tables; blocks made contiguous
+            stored = workspace.get(("pairs", group), (per, samples, *shape))
+            table = stored.transpose(1, 0, 2, 3)
+            out = stored.reshape(per, samples, size).transpose(1, 0, 2)
+            work = workspace.get(("pairs block", group), (min(step, samples), per, size))
+        else:
+            table = workspace.get(("pairs", group), (samples, per, *shape))
+            out = table.reshape(view.shape)
         top = np.empty((samples, per))
         scale = g.scale.reshape(samples, per)
         one_scale = bool(np.all(g.scale == g.scale[0])) if len(g.scale) else True
-        step = max(1, _BLOCK_ENTRIES // max(1, per * size))
         for s in range(0, samples, step):
-            block, rows = out[s:s + step], slice(s, s + step)
+            rows = slice(s, s + step)
+            block = work[:len(out[rows])] if by_slot else out[rows]
             plain = _unshifted(view[rows], scale[rows])
             if not plain:
                 np.max(view[rows], axis=2, out=top[rows])
@@ -659,14 +700,16 @@ class FlatBP:
                     _exp(block, out=block)
             if plain:
                 top[rows] = 0.0
-                continue
-            shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) \
-                | (top[rows] < -_SHIFT_BELOW * scale[rows])
-            if shift.any():   # (extreme potentials: those pairs with their max subtracted)
-                i, j = np.nonzero(shift)
-                block[i, j] = _exp((view[rows][i, j] - top[rows][i, j, None])
-                                   / scale[rows][i, j, None])
-            top[rows][~shift] = 0.0
+            else:
+                shift = (top[rows] > _SHIFT_ABOVE * scale[rows]) \
+                    | (top[rows] < -_SHIFT_BELOW * scale[rows])
+                if shift.any():   # (extreme potentials: those pairs with their max subtracted)
+                    i, j = np.nonzero(shift)
+                    block[i, j] = _exp((view[rows][i, j] - top[rows][i, j, None])
+                                       / scale[rows][i, j, None])
+                top[rows][~shift] = 0.0
+            if by_slot:
+                out[rows] = block
         return PairTable(table, top.ravel())
 
     def _stored_tables(self, theta: np.ndarray, group: int, unit: bool, workspace) -> PairTable:
@@ -715,8 +758,8 @@ class FlatBP:
     def _edge_tables(pt: PairTable, g, edges, out) -> np.ndarray:
         """The pair tables of some edges of fast group g (a gather, into `out`)."""
         pairs = g.pairs[edges]
-        return np.take(pt.table, pairs if pt.variant is None else pt.variant[pairs], axis=0,
-                       out=out, mode="clip")
+        table, rows = _table_rows(pt.table, pairs if pt.variant is None else pt.variant[pairs])
+        return np.take(table, rows, axis=0, out=out, mode="clip")
 
     def _split_tables(self, pt: PairTable, g, workspace, key) -> tuple:
         """Fast group g's edges whose r is the pair's first variable and their tables, then the
@@ -724,12 +767,13 @@ class FlatBP:
         vector-matrix), with no copy of the tables in a sweep and no transposed copies."""
         out = []
         for side, edges in enumerate((np.flatnonzero(~g.transposed), np.flatnonzero(g.transposed))):
-            rows = g.pairs[edges] if pt.variant is None else pt.variant[g.pairs[edges]]
+            table, rows = _table_rows(pt.table, g.pairs[edges] if pt.variant is None
+                                      else pt.variant[g.pairs[edges]])
             if len(rows) and rows[-1] - rows[0] + 1 == len(rows) and (np.diff(rows) == 1).all():
-                out += [edges, pt.table[rows[0]:rows[-1] + 1]]   # consecutive rows: a view
+                out += [edges, table[rows[0]:rows[-1] + 1]]   # consecutive rows: a view
                 continue
-            out += [edges, self._edge_tables(pt, g, edges, workspace.get(
-                (*key, side), (len(edges), *pt.table.shape[1:])))]
+            out += [edges, np.take(table, rows, axis=0, mode="clip", out=workspace.get(
+                (*key, side), (len(edges), *table.shape[1:])))]
         return tuple(out)
 
     @staticmethod
@@ -863,13 +907,12 @@ class FlatBP:
                 # r is the pair's first variable: sum_b t[a, b] w[b]; its second: sum_a w[a] t[a, b]
                 total[edges] = _rows_matmul(weights[edges], tables[v] if second else tables[v].T)
         elif slots is not None:   # slot by slot on views of the pair tables
-            table = state.pair_tables[g.pair_group].table
+            table = state.pair_tables[g.pair_group].table   # (S, P, n_a, n_b), slot-major
             samples = self.batch.num_samples
-            table = table.reshape(samples, -1, *table.shape[1:])
             w = weights.reshape(samples, len(slots[0]), -1)
             total = np.empty((samples, len(slots[0]), g.own.shape[1]))
             for j, (slot, second) in enumerate(zip(*slots)):
-                total[:, j] = _products(table[:, slot], w[:, j], bool(second))
+                _products(table[:, slot], w[:, j], bool(second), out=total[:, j])
             total = total.reshape(len(weights), -1)
         else:
             total = self._edge_products(state.oriented[k][i], weights)
@@ -942,28 +985,14 @@ class FlatBP:
             w_a, w_b = _exp(lam[message_a] / scale[:, None]), _exp(lam[message_b] / scale[:, None])
         saved = self._saved_sums(state, group, w_a, w_b, in_rows)
         if beliefs is not None and pt.variant is None and self._pair_views[group] is not None:
-            out = self._view(beliefs, group)
-            total = np.empty(len(w_a)) if saved is None else saved
-            table = pt.table.reshape(out.shape)
-            shape = out.shape[:2]
-            step = max(1, _BLOCK_ENTRIES // max(1, out[0].size))
-            work = state.workspace.get(("outer", group), (min(step, len(out)), *out.shape[1:]))
-            for s in range(0, len(out), step):
-                rows = slice(s * shape[1], (s + step) * shape[1])
-                wb = w_b[rows].reshape(-1, shape[1], w_b.shape[1])
-                if saved is None:
-                    part = (_products(table[s:s + step], wb, False)
-                            * w_a[rows].reshape(-1, shape[1], w_a.shape[1])).sum(axis=2)
-                    total[rows] = part.ravel()
-                else:
-                    part = total[rows].reshape(-1, shape[1])
-                self._pair_beliefs(table[s:s + step], w_a[rows], wb, part, out[s:s + step],
-                                   work[:len(part)])
-            self._low_pair_beliefs(state, group, total, out)
+            total = self._view_pair_beliefs(state, group, w_a, w_b, saved,
+                                            self._view(beliefs, group))
         elif saved is not None:
             total = saved
         elif pt.variant is None or in_rows:
-            total = (_products(pt.table, w_b, False) * w_a).sum(axis=1)
+            table = pt.table   # ((S,) P, n_a, n_b)
+            total = (_products(table, w_b.reshape(*table.shape[:-2], -1), False).reshape(
+                w_a.shape) * w_a).sum(axis=1)
         else:
             total = np.empty(len(w_a))
             for v, pairs in state.sharing.variant_rows[group]:
@@ -1096,18 +1125,7 @@ class FlatBP:
             if group in done:
                 continue
             if self._pair_views[group] is not None:   # straight into the output, block by block
-                b = self._view(beliefs, group)
-                table = pt.table.reshape(b.shape)
-                shape = b.shape[:2]
-                step = max(1, _BLOCK_ENTRIES // max(1, b[0].size))
-                work = state.workspace.get(("outer", group), (min(step, len(b)), *b.shape[1:]))
-                for s in range(0, len(b), step):
-                    rows = slice(s * shape[1], (s + step) * shape[1])
-                    self._pair_beliefs(table[s:s + step], w_a[rows],
-                                       w_b[rows].reshape(-1, shape[1], w_b.shape[1]),
-                                       total[rows].reshape(-1, shape[1]), b[s:s + step],
-                                       work[:len(b[s:s + step])])
-                self._low_pair_beliefs(state, group, total, b)
+                self._view_pair_beliefs(state, group, w_a, w_b, total, self._view(beliefs, group))
                 continue
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 a = w_a / total[:, None]
@@ -1138,14 +1156,43 @@ class FlatBP:
             beliefs[entries] = np.bincount(position, beliefs[parent], len(entries))
         return beliefs
 
-    @staticmethod
-    def _pair_beliefs(table, w_a, w_b, total, out, work):
-        """Some samples' pair beliefs table * (w_a / sum) w_b^T into `out` (S_block, P, n_a,
-        n_b); w_a (S_block * P, n_a) as the pairs come, w_b (S_block, P, n_b), sums (S_block, P);
-        `work`: a contiguous array of out's shape (see _scale_tables)."""
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            a = w_a / total.reshape(-1)[:, None]
-        _scale_tables(table, a.reshape(out.shape[:3]), w_b, out, work)
+    def _view_pair_beliefs(self, state: FlatState, group: int, w_a, w_b, total, out):
+        """A one-template group's pair beliefs table * (w_a / sum) w_b^T into `out`, the (S, P,
+        n_a, n_b) view of the beliefs, a block of samples at a time (the tables are read from
+        memory once); `total` the pairs' sums, or None: then formed here, block by block.
+        Returns the sums.  Slot-major tables are multiplied slot by slot into a block in the
+        cache, which is then copied to the samples' entries: reading the tables in sample order
+        (from seven places at once) took 6.4 against 4.5 ms for 1000 words, measured."""
+        table = state.pair_tables[group].table
+        samples, per = out.shape[:2]
+        by_slot = not table.flags.c_contiguous
+        step = max(1, _BLOCK_ENTRIES // max(1, out[0].size))
+        sums = np.empty(len(w_a)) if total is None else total
+        work = state.workspace.get(("outer", group), (per, min(step, samples), *out.shape[2:])
+                                   if by_slot else (min(step, samples), *out.shape[1:]))
+        for s in range(0, samples, step):
+            rows, block = slice(s * per, (s + step) * per), table[s:s + step]
+            w_a_block = w_a[rows].reshape(len(block), per, -1)
+            w_b_block = w_b[rows].reshape(len(block), per, -1)
+            if total is None:
+                sums[rows] = (_products(block, w_b_block, False) * w_a_block).sum(axis=2).ravel()
+            sums_block = sums[rows].reshape(len(block), per, 1)
+            if by_slot:   # (the weights in the block's slot-major order too: einsum is slow on
+                # strided operands)
+                mine = work[:, :len(block)]
+                a, b = (state.workspace.get(("weights", group, side), (per, work.shape[1], n))
+                        [:, :len(block)] for side, n in enumerate(out.shape[2:]))
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    np.divide(w_a_block.transpose(1, 0, 2), sums_block.transpose(1, 0, 2), out=a)
+                b[...] = w_b_block.transpose(1, 0, 2)
+                _scale_tables(block.transpose(1, 0, 2, 3), a, b, mine)
+                out[s:s + step] = mine.transpose(1, 0, 2, 3)
+            else:
+                with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                    a = w_a_block / sums_block
+                _scale_tables(block, a, w_b_block, out[s:s + step], work[:len(block)])
+        self._low_pair_beliefs(state, group, sums, out)
+        return sums
 
     def _low_pair_beliefs(self, state: FlatState, group: int, total, out):
         """The beliefs of the pairs whose sum underflowed, from their fhat, into the view `out`."""
