@@ -133,3 +133,54 @@ def test_a_forked_child_runs_on_a_pool_of_its_own():
         after = engine.run(potentials, max_sweeps=3, tol=0.0)
         os._exit(0 if np.array_equal(before.beliefs, after.beliefs) else 1)
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_numpys_blas_is_on_one_thread_inside_the_engine_and_restored_after(monkeypatch):
+    # OpenBLAS's workers busy-wait on the cores the ranges run on (threads.py): every range and
+    # the shared tables' sums run with it on one thread; blocks that overlap in several threads
+    # restore the count once, at the last exit
+    import threading
+
+    from dstrain.inference import flat, threads
+    from dstrain.tasks.words.model import chain_layout
+    if not threads.blas_threads():
+        pytest.skip("no OpenBLAS found in this process (numpy built on another BLAS)")
+    (_, put), = threads._openblas()[:1]
+    seen = []
+    for name in ("sweep", "readout"):
+        method = getattr(flat.FlatBP, name)
+        monkeypatch.setattr(flat.FlatBP, name, lambda self, *a, _m=method, **k: (
+            seen.append(threads.blas_threads()[0]), _m(self, *a, **k))[1])
+    table_sums = ConvexBP._table_sums_of
+    monkeypatch.setattr(ConvexBP, "_table_sums_of", lambda self, *a: (
+        seen.append(threads.blas_threads()[0]), table_sums(self, *a))[1])
+    graphs = [chain(5, 6, order=2)] * 6
+    layout = chain_layout(np.full(6, 5, dtype=np.int64).tobytes(), 5, 6, 2, True)
+    source = np.random.default_rng(0).normal(size=layout.source_size)
+    before = threads.blas_threads()[0]
+    put(3)
+    try:
+        for count in (1, 2):
+            engine = ConvexBP(GraphBatch(graphs), threads=count)
+            engine.run(source, max_sweeps=2, tol=0.0,
+                       sharing=engine.sharing(layout.source_index, layout.source_size))
+            assert threads.blas_threads()[0] == 3
+        # 1 range: 2 sweeps, a read-out, the tables' sums; 2 ranges: each 2 sweeps and a read-out
+        assert len(seen) == (2 + 1 + 1) + (2 * 3 + 1) and set(seen) == {1}
+        inside, release = threading.Event(), threading.Event()
+
+        def hold():
+            with threads.blas_on_one_thread():
+                inside.set()
+                release.wait(10)
+        other = threading.Thread(target=hold)
+        other.start()
+        inside.wait(10)
+        with threads.blas_on_one_thread():
+            assert threads.blas_threads()[0] == 1
+        assert threads.blas_threads()[0] == 1   # (the other block still runs)
+        release.set()
+        other.join()
+        assert threads.blas_threads()[0] == 3
+    finally:
+        put(before)

@@ -32,7 +32,7 @@ import numpy as np
 from ..graph.batch import GraphBatch
 from .dense import DenseBP, dense_plan
 from .flat import FlatBP, PairSharing
-from .threads import engine_threads, run_parallel
+from .threads import blas_on_one_thread, engine_threads, run_parallel
 
 # a range of samples is worth a thread if each colour updates at least this many message entries
 # in it: every numpy call hands the GIL over, so small calls on two threads take longer than on
@@ -286,6 +286,10 @@ class ConvexBP:
         rows of A = w_a / sum and B = w_b stacked over those pairs: one matrix product per
         variant, over the whole batch whatever its ranges (pairs whose sum underflowed are
         added from their exact beliefs instead)."""
+        with blas_on_one_thread():   # (as the ranges: see threads.py)
+            return self._table_sums_of(sharing, source, exports)
+
+    def _table_sums_of(self, sharing: PairSharing, source, exports) -> list[np.ndarray]:
         b = self.batch
         tables = self._flat.pair_tables(source, sharing)
         part_pairs = sharing.part_pairs
