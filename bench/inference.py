@@ -21,7 +21,9 @@ load on this shared machine hits all of them) time: *start* (the per-run work th
 potentials: exp tables, messages in), *sweep* (median of 5 consecutive sweeps), *read-out* (beliefs
 and dual) and *end to end* (start + 10 sweeps + dual + beliefs, divided by 10); the table gives
 the medians over rounds, and *CPU/wall*, the process's CPU seconds per wall second during the
-sweeps (how many cores a sweep kept busy).  The reference is timed once, on the first
+sweeps (how many cores a sweep kept busy).  Each engine's round starts after a pause of 0.3 s:
+OpenBLAS's and OpenMP's workers busy-wait for a while after a threaded call, on the cores the next
+engine would use.  The reference is timed once, on the first
 --reference-samples samples, per sample-sweep (it loops over samples and regions).  For (b), a
 floor: the layout copies alone that the dense path's samples-last arrays cost at start and at
 read-out (LayoutCopies), against which its start and read-out can be read.
@@ -87,6 +89,8 @@ from dstrain.tasks.words.model import chain_layout  # noqa: E402
 from report import machine, write_report  # noqa: E402  (bench/report.py)
 from torch_sweep import TorchSweep  # noqa: E402
 
+# a pause before each engine's round, so no other engine's idle workers still spin on the cores
+SETTLE_SECONDS = 0.3
 # issue #18's targets at N = 2 threads: (ms per sweep, end to end per sweep), on this VM
 TARGETS = {"a": (10.0, 17.0), "b": (1.7, 2.9)}
 
@@ -505,6 +509,9 @@ def main(argv=None):
         results = {id(e): [] for e in engines}
         for _ in range(args.rounds):
             for e in engines:
+                # (let the previous engine's BLAS and OpenMP workers stop busy-waiting first:
+                # OpenBLAS's spin on for about 0.1 s after a threaded call)
+                time.sleep(SETTLE_SECONDS)
                 results[id(e)].append(one_round(e))
         print(f"({key}) reference: {reference:.0f} us per sample-sweep", flush=True)
         medians = {}
