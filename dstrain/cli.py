@@ -50,6 +50,8 @@ def cmd_info(args) -> int:
     for module in ("numpy", "torch", "h5py", "cupy"):
         print(f"  {module:8s} {_version(module)}")
     print(f"  mpi4py   {mpi4py_version() or 'not available'}")
+    from .inference import cpu_kernels
+    print(f"  CPU kernels {cpu_kernels.status()}")
     launched = launcher_environment()
     library = None
     try:

@@ -1,5 +1,7 @@
 """Convex belief propagation: exactness on trees, descent and consistency on loopy graphs,
 agreement with the loop-based reference and between batched and single-sample runs, stability."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,19 @@ from dstrain.inference.brute_force import enumerate_map, enumerate_marginals
 from dstrain.inference.exact import chain_marginals
 from dstrain.inference.reference import ReferenceBP
 from helpers import consistency_error, random_loopy, random_potentials, random_tree
+
+
+@pytest.fixture(params=["kernels", "numpy"])
+def cpu_path(request, monkeypatch):
+    """Both CPU paths of start's exp tables and the pairs' beliefs: the compiled kernels
+    (dstrain/inference/cpu_kernels.c) and numpy's (what runs where no C compiler is)."""
+    from dstrain.inference import cpu_kernels
+
+    if request.param == "numpy":
+        monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+    else:
+        assert cpu_kernels.library() is not None, cpu_kernels.status()
+    return request.param
 
 
 def _run_batch(graphs, potentials, **run_options):
@@ -251,7 +266,7 @@ def test_warm_start_with_a_graph_without_edges_last_in_the_batch():
 
 
 @pytest.mark.parametrize("sweeps", [0, 1, 3])
-def test_a_run_equals_start_sweeps_and_read_outs(sweeps):
+def test_a_run_equals_start_sweeps_and_read_outs(sweeps, cpu_path):
     # run() reads out in one pass (pair sums and beliefs block by block, on reused arrays) and
     # skips all but the last sweep's change: the same numbers as the step-by-step interface
     rng = np.random.default_rng(40 + sweeps)
@@ -464,7 +479,7 @@ def test_the_dense_path_with_overflowing_gaps_reads_out_by_peaks_and_equals_the_
 
 
 @pytest.mark.parametrize("scale", [1.0, 300.0])
-def test_the_words_path_equals_the_reference(scale):
+def test_the_words_path_equals_the_reference(scale, cpu_path):
     # one template of 2nd-order chains over 26 states: pair tables through views, per slot
     engine = _against_reference([chain(5, 26, order=2)] * 3, scale)
     flat = engine._flat
@@ -474,7 +489,7 @@ def test_the_words_path_equals_the_reference(scale):
 
 @pytest.mark.parametrize("counting", ["convex", "trw"])
 @pytest.mark.parametrize("scale", [1.0, 300.0])
-def test_the_grid_path_equals_the_reference(counting, scale):
+def test_the_grid_path_equals_the_reference(counting, scale, cpu_path):
     # the grid segmentation CRF's graph (5 states: stacked products; 3: the loop of
     # multiply-adds; 2: the binary gap form), one template, pair tables through views; a small
     # grid multiplies slot by slot, a larger one on per-edge copies
@@ -488,7 +503,7 @@ def test_the_grid_path_equals_the_reference(counting, scale):
                 assert all((s is not None) == slots for c in flat._slots for s in c)
 
 
-def test_read_outs_from_the_last_sweeps_products_equal_those_formed_afresh():
+def test_read_outs_from_the_last_sweeps_products_equal_those_formed_afresh(cpu_path):
     # the pairs' sums come from the last whole sweep's products where it ran; any other update
     # drops them (then the read-outs form the products themselves)
     rng = np.random.default_rng(7)
@@ -514,7 +529,8 @@ def test_read_outs_from_the_last_sweeps_products_equal_those_formed_afresh():
 
 @pytest.mark.parametrize("scale", [1.0, 300.0])
 @pytest.mark.parametrize("options", [{}, {"eps": 0.6, "counting_numbers": "trw"}])
-def test_chains_of_several_lengths_sweep_on_slices_of_their_exp_tables(scale, options):
+def test_chains_of_several_lengths_sweep_on_slices_of_their_exp_tables(scale, options,
+                                                                       cpu_path):
     # 1st-order chains without views: each colour's edges on one side are consecutive rows of
     # the exp tables (FlatBP._storage), so start copies no tables; results as the reference's,
     # also with extreme potentials (pairs shifted by their max) and scales other than 1
@@ -559,7 +575,7 @@ def test_pair_beliefs_are_the_tables_times_the_outer_products():
 
 @pytest.mark.parametrize("scale", [1.0, 300.0])
 @pytest.mark.parametrize("options", [{}, {"eps": 0.6, "counting_numbers": "trw"}])
-def test_chains_read_out_in_the_order_of_their_exp_tables(scale, options):
+def test_chains_read_out_in_the_order_of_their_exp_tables(scale, options, cpu_path):
     # 1st-order chains (lengths 1 and 2 among them): the read-outs take weights, sums and
     # beliefs in the tables' row order (FlatBP._storage); warm-started, against the reference,
     # with the sums from the last sweep's products and formed afresh; at scale 300 some sums
@@ -606,7 +622,8 @@ def test_the_dense_path_on_an_incomplete_graph_equals_the_reference(counting, sc
 
 
 @pytest.mark.parametrize("scale", [1.0, 300.0])
-def test_slot_major_tables_of_one_template_equal_the_reference_block_by_block(scale, monkeypatch):
+def test_slot_major_tables_of_one_template_equal_the_reference_block_by_block(scale, monkeypatch,
+                                                                           cpu_path):
     # a one-template batch keeps each pair slot's exp tables of all samples contiguous (FlatBP.
     # _view_tables): pairs of unequal sides (3 x 5, 5 x 3), start and read-out in blocks of
     # 2 samples with a shorter last one, against the reference (at scale 300 some sums underflow)
@@ -627,3 +644,98 @@ def test_slot_major_tables_of_one_template_equal_the_reference_block_by_block(sc
     two = ConvexBP(engine.batch, threads=2).run(potentials, max_sweeps=3, tol=0.0)
     np.testing.assert_array_equal(one.beliefs, two.beliefs)
     np.testing.assert_array_equal(one.dual, two.dual)
+
+
+def _kernel_batches(rng):
+    """Batches whose pair groups take every layout the CPU kernels write: slot-major views
+    (words), sample-major views (a grid of more than 32 pairs), reordered rows (chains of several
+    lengths), views with unequal scales (counting numbers given per region)."""
+    counting = [1.0] * 5 + [0.5, 1.0, 2.0, 1.5]
+    return [[chain(5, 26, order=2)] * 6, [grid(7, 8, 4)] * 2,
+            [chain(int(n), 7) for n in rng.integers(2, 9, 9)],
+            [RegionGraph([4] * 5, [(i,) for i in range(5)] + [(i, i + 1) for i in range(4)],
+                         counting_numbers=counting, eps=0.7)] * 5]
+
+
+def test_the_compiled_kernels_equal_numpys_path_and_their_bits_do_not_depend_on_threads(
+        monkeypatch):
+    # the kernels' exp may differ from numpy's in the last bit; nothing else does.  Potentials of
+    # scale 300 with some pairs 500 lower: pairs shifted by their max from above and from below
+    from dstrain.inference import cpu_kernels
+
+    rng = np.random.default_rng(12)
+    compiled = cpu_kernels.library
+    assert compiled() is not None, cpu_kernels.status()
+    for graphs in _kernel_batches(rng):
+        batch = GraphBatch(graphs)
+        potentials = rng.normal(scale=300.0, size=batch.num_potentials)
+        low = [e for g in batch.pair_groups for e in g.entries[::3].ravel()]
+        potentials[low] -= 500.0
+        lowest = [e for g in batch.pair_groups for e in g.entries[::6].ravel()]
+        potentials[lowest] -= 5000.0   # (pairs whose max lies below -100 eps c_p)
+        messages = rng.normal(size=batch.num_messages)
+        starts = []
+        for path in (compiled, lambda: None):   # the exp tables and each pair's shift
+            monkeypatch.setattr(cpu_kernels, "library", path)
+            starts.append(ConvexBP(batch, threads=1).start(potentials).states[0].pair_tables)
+        for mine, numpys in zip(*starts):
+            assert mine.table.shape == numpys.table.shape
+            np.testing.assert_array_equal(mine.top, numpys.top)
+            np.testing.assert_allclose(mine.table, numpys.table, rtol=1e-15, atol=0)
+        assert any(t.top.max() > 0 for t in starts[0]) and any(t.top.min() < 0 for t in starts[0])
+        runs = {}
+        for path, threads in (("kernels", 1), ("kernels", 2), ("kernels", 3), ("numpy", 1)):
+            monkeypatch.setattr(cpu_kernels, "library", compiled if path == "kernels"
+                                else lambda: None)
+            runs[path, threads] = ConvexBP(batch, threads=threads).run(
+                potentials, messages, max_sweeps=4, tol=0.0)
+        one = runs["kernels", 1]
+        for threads in (2, 3):
+            np.testing.assert_array_equal(runs["kernels", threads].beliefs, one.beliefs)
+            np.testing.assert_array_equal(runs["kernels", threads].dual, one.dual)
+        numpy_run = runs["numpy", 1]
+        np.testing.assert_allclose(one.beliefs, numpy_run.beliefs, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(one.dual, numpy_run.dual, rtol=1e-12)
+        np.testing.assert_allclose(one.messages, numpy_run.messages, rtol=1e-9, atol=1e-9)
+
+
+def test_the_kernels_refuse_offsets_outside_their_arrays():
+    from dstrain.inference import cpu_kernels
+
+    kernels = cpu_kernels.library()
+    tables, beliefs = np.ones(8), np.zeros(8)
+    weights, sums = np.ones((2, 2)), np.ones(2)
+    at = np.array([0, 4])
+    cpu_kernels.pair_beliefs(kernels, tables, at, beliefs, at, 2, 2, weights, weights, sums)
+    np.testing.assert_array_equal(beliefs, 1.0)
+    with pytest.raises(ValueError, match="belief_at: offsets outside"):
+        cpu_kernels.pair_beliefs(kernels, tables, at, beliefs, at + 1, 2, 2, weights, weights,
+                                 sums)
+    with pytest.raises(ValueError, match="potential_at: offsets outside"):
+        cpu_kernels.pair_tables(kernels, tables, at - 1, beliefs, at, 4, sums, True, sums,
+                                50.0, 100.0)
+    with pytest.raises(ValueError, match="w_a: expected 2 x 2"):
+        cpu_kernels.pair_beliefs(kernels, tables, at, beliefs, at, 2, 2, np.ones(3), weights,
+                                 sums)
+
+
+def test_without_a_c_compiler_the_engine_warns_once_and_runs_numpys_path(monkeypatch, tmp_path):
+    from dstrain.inference import cpu_kernels
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))   # (no library built before)
+    cpu_kernels._load.cache_clear()
+    cpu_kernels._warn_once.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="CPU kernels are not built.*no-such-compiler"):
+            assert cpu_kernels.library() is None
+        assert "numpy path" in cpu_kernels.status()
+        with warnings.catch_warnings():   # once only: a second warning is an error here
+            warnings.simplefilter("error")
+            _against_reference([chain(5, 6, order=2)] * 3, 1.0)
+        monkeypatch.setenv("DSTRAIN_CPU_KERNELS", "0")
+        cpu_kernels._load.cache_clear()
+        assert cpu_kernels.library() is None and "turned off" in cpu_kernels.status()
+    finally:
+        cpu_kernels._load.cache_clear()
+        cpu_kernels._warn_once.cache_clear()

@@ -27,6 +27,7 @@ def test_info_lists_versions(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dstrain ") and "numpy" in out and "mpi4py" in out
+    assert "CPU kernels built with" in out   # (the tests need a C compiler)
 
 
 def test_train_eval_plot_end_to_end(small_data, tmp_path):

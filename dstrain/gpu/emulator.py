@@ -11,22 +11,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import hashlib
 import os
-import subprocess
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
+from ..native import BuildError, shared_library
 from .kernels import BLOCK_SIZE, Poisoned, kernel_source
 
 _HOST = kernel_source("host/cuda_host.h").parent
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "dstrain" / "emulator"
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,21 +26,14 @@ def _library(source_name: str, real: str) -> ctypes.CDLL:
     source = kernel_source(source_name)
     launcher = _HOST / "launch.cpp"
     compiler = os.environ.get("CXX", "g++")
-    text = b"".join(p.read_bytes() for p in (source, launcher, _HOST / "cuda_host.h"))
-    digest = hashlib.sha256(text + real.encode() + compiler.encode()).hexdigest()[:16]
-    target = _cache_dir() / f"{source.stem}-{real}-{digest}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            built = Path(tmp) / target.name
-            command = [compiler, "-std=c++17", "-O2", "-shared", "-fPIC",
-                       "-include", str(_HOST / "cuda_host.h"), f"-DDSTRAIN_REAL={real}",
-                       f'-DKERNEL_SOURCE="{source}"', str(launcher), "-o", str(built)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"compiling {source} for the CPU emulator failed:\n{done.stderr}")
-            os.replace(built, target)     # atomic: concurrent test processes never see half a file
-    library = ctypes.CDLL(str(target))
+    command = [compiler, "-std=c++17", "-O2", "-shared", "-fPIC",
+               "-include", str(_HOST / "cuda_host.h"), f"-DDSTRAIN_REAL={real}",
+               f'-DKERNEL_SOURCE="{source}"', str(launcher), "-o", "{out}"]
+    try:
+        library = shared_library("emulator", f"{source.stem}-{real}",
+                                 [source, launcher, _HOST / "cuda_host.h"], command)
+    except BuildError as error:
+        raise RuntimeError(f"compiling {source} for the CPU emulator failed: {error}") from None
     library.emulate_launch.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint,
                                        ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
     return library

@@ -1,0 +1,116 @@
+"""The CPU engine's compiled kernels (``cpu_kernels.c``): one pass over a pair group's tables
+at the start of a run (the exp tables) and at its read-out (the beliefs), each pair given by the
+offset of its first entry in a contiguous buffer.
+
+Built on first use with the C compiler ``$CC`` (default ``cc``) and cached (dstrain.native);
+ctypes releases the GIL during a call, so the engine's ranges run them in parallel threads.
+Where no compiler works, or with ``DSTRAIN_CPU_KERNELS=0``, ``library()`` is None and the engine
+runs its numpy path for these steps instead (same formulas; an exp's last bit may differ), after
+one warning.  ``dstrain info`` says which.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..native import BuildError, shared_library
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+_P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_SIGNATURES = {
+    "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P],
+    "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P],
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get("DSTRAIN_CPU_KERNELS", "1") == "0":
+        return None, "turned off (DSTRAIN_CPU_KERNELS=0)"
+    compiler = os.environ.get("CC", "cc")
+    command = [compiler, "-std=c11", "-O3", "-fno-math-errno", "-shared", "-fPIC", str(SOURCE),
+               "-o", "{out}", "-lm"]
+    if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
+        command.insert(-1, "-lmvec")
+    try:
+        library = shared_library("cpu", SOURCE.stem, [SOURCE], command)
+    except (BuildError, OSError) as error:
+        return None, f"not built ({error}): the numpy path runs instead"
+    for name, argtypes in _SIGNATURES.items():
+        getattr(library, name).argtypes = argtypes
+        getattr(library, name).restype = None
+    return library, f"built with {compiler}: {library._name}"
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None (then warns once, saying why)."""
+    loaded, why = _load()
+    if loaded is None:
+        _warn_once(why)
+    return loaded
+
+
+def status() -> str:
+    return _load()[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(why: str) -> None:
+    if why.startswith("not built"):
+        import warnings
+        warnings.warn(f"dstrain's CPU kernels are {why}", RuntimeWarning, stacklevel=3)
+
+
+def _buffer(array: np.ndarray, name: str, rows: int | None = None, width: int | None = None):
+    """The address of a C-contiguous float64 array (of `rows` rows of `width` if given)."""
+    if array.dtype != np.float64 or not array.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous float64 array, got {array.dtype} "
+                         f"with strides {array.strides}")
+    if rows is not None and array.size != rows * width:
+        raise ValueError(f"{name}: expected {rows} x {width} entries, got shape {array.shape}")
+    return array.ctypes.data
+
+
+def _offsets(offsets: np.ndarray, size: int, buffer: np.ndarray, name: str) -> int:
+    """The address of int64 `offsets` of runs of `size` entries that all lie in `buffer` (the
+    kernels write through them: checked, not trusted)."""
+    if offsets.dtype != np.int64 or not offsets.flags.c_contiguous:
+        raise ValueError(f"{name}: expected contiguous int64 offsets")
+    if len(offsets) and (offsets.min() < 0 or offsets.max() + size > buffer.size):
+        raise ValueError(f"{name}: offsets outside the {buffer.size} entries given")
+    return offsets.ctypes.data
+
+
+def pair_tables(kernels, potentials, potential_at, tables, table_at, size: int, scale,
+                one_scale: bool, top, above: float, below: float) -> None:
+    """For each pair k: the `size` entries of `tables` from table_at[k] = exp(f / scale[k]), f the
+    entries of `potentials` from potential_at[k], or exp((f - max f) / scale[k]) where the max f /
+    scale[k] lies outside [-below, above] (its max into top[k], else 0 there); with `one_scale` a
+    multiplication by 1 / scale[0] instead of the divisions."""
+    pairs = len(potential_at)
+    if not len(table_at) == len(scale) == len(top) == pairs:
+        raise ValueError("pair_tables: offsets, scales and tops of different lengths")
+    kernels.pair_tables(_buffer(potentials, "potentials"),
+                        _offsets(potential_at, size, potentials, "potential_at"),
+                        _buffer(tables, "tables"), _offsets(table_at, size, tables, "table_at"),
+                        pairs, size, _buffer(scale, "scale"), int(one_scale),
+                        1.0 / scale[0] if pairs else 1.0, above, below, _buffer(top, "top"))
+
+
+def pair_beliefs(kernels, tables, table_at, beliefs, belief_at, n_a: int, n_b: int, w_a, w_b,
+                 sums) -> None:
+    """For each pair k: the n_a x n_b entries of `beliefs` from belief_at[k] = its table (from
+    table_at[k]) times (w_a[k] / sums[k]) w_b[k]^T; w_a (pairs, n_a), w_b (pairs, n_b)."""
+    pairs, size = len(table_at), n_a * n_b
+    if not len(belief_at) == len(sums) == pairs:
+        raise ValueError("pair_beliefs: offsets and sums of different lengths")
+    kernels.pair_beliefs(_buffer(tables, "tables"), _offsets(table_at, size, tables, "table_at"),
+                         _buffer(beliefs, "beliefs"),
+                         _offsets(belief_at, size, beliefs, "belief_at"), pairs, n_a, n_b,
+                         _buffer(w_a, "w_a", pairs, n_a), _buffer(w_b, "w_b", pairs, n_b),
+                         _buffer(sums, "sums", pairs, 1))
