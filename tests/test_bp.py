@@ -438,7 +438,7 @@ def _against_reference(graphs, scale, sweeps=3, seed=0, eps_rel=1e-9, unary_fact
 
 @pytest.mark.parametrize("counting", ["convex", "trw", "bethe"])
 @pytest.mark.parametrize("scale", [1.0, 300.0])
-def test_the_fully_connected_binary_path_equals_the_reference(counting, scale):
+def test_the_fully_connected_binary_path_equals_the_reference(counting, scale, cpu_path):
     # the tagging task's graph: DenseBP, also with extreme interactions (the log-space rows)
     engine = _against_reference([fully_connected(38, 2, counting_numbers=counting)], scale,
                                 sweeps=2)
@@ -449,7 +449,7 @@ def test_the_fully_connected_binary_path_equals_the_reference(counting, scale):
 
 
 @pytest.mark.parametrize("counting, eps", [("convex", 1.0), ("trw", 0.6), ("bethe", 1.3)])
-def test_the_dense_read_out_from_exponentiated_gaps_equals_the_peaked_one(counting, eps):
+def test_the_dense_read_out_from_exponentiated_gaps_equals_the_peaked_one(counting, eps, cpu_path):
     # DenseBP._pairs (each pair's terms e^-w, e^h_v, e^h_u and their product) against
     # _peaked_pairs (log sum exp less each pair's largest entry) on the same state
     rng = np.random.default_rng(4)
@@ -467,7 +467,7 @@ def test_the_dense_read_out_from_exponentiated_gaps_equals_the_peaked_one(counti
     np.testing.assert_allclose(fast, peaked, rtol=1e-12, atol=1e-15)
 
 
-def test_the_dense_path_with_overflowing_gaps_reads_out_by_peaks_and_equals_the_reference():
+def test_the_dense_path_with_overflowing_gaps_reads_out_by_peaks_and_equals_the_reference(cpu_path):
     # unaries 1e4 times the pairs: gaps far above 709 (e^h overflows) with ordinary interactions
     engine = _against_reference([fully_connected(9, 2)] * 3, 1.0, sweeps=2, unary_factor=1e4)
     rng = np.random.default_rng(0)
@@ -608,7 +608,7 @@ def test_chains_read_out_in_the_order_of_their_exp_tables(scale, options, cpu_pa
 
 @pytest.mark.parametrize("counting", ["convex", "trw"])
 @pytest.mark.parametrize("scale", [1.0, 300.0])
-def test_the_dense_path_on_an_incomplete_graph_equals_the_reference(counting, scale):
+def test_the_dense_path_on_an_incomplete_graph_equals_the_reference(counting, scale, cpu_path):
     # DenseBP's shifted gaps (h = g - K) where some pairs are missing (K = 0 there), pairs stored
     # with their larger variable first, eps c_p != 1, and extreme interactions at scale 300
     rng = np.random.default_rng(3)
@@ -647,11 +647,16 @@ def test_slot_major_tables_of_one_template_equal_the_reference_block_by_block(sc
 
 
 def _kernel_batches(rng):
-    """Batches whose pair groups take every layout the CPU kernels write: slot-major views
-    (words), sample-major views (a grid of more than 32 pairs), reordered rows (chains of several
-    lengths), views with unequal scales (counting numbers given per region)."""
+    """Batches of every layout the CPU kernels read and write: dense binary graphs (DenseBP:
+    complete with unit scales; incomplete with trw's), slot-major views (words), sample-major
+    views (a grid of more than 32 pairs), reordered rows (chains of several lengths), views with
+    unequal scales (counting numbers given per region)."""
     counting = [1.0] * 5 + [0.5, 1.0, 2.0, 1.5]
-    return [[chain(5, 26, order=2)] * 6, [grid(7, 8, 4)] * 2,
+    incomplete = RegionGraph([2] * 9, [(i,) for i in range(9)]
+                             + [(i, j) for i in range(9) for j in range(i + 1, 9) if (i + j) % 4],
+                             counting_numbers="trw", eps=0.6)
+    return [[fully_connected(38, 2)] * 9, [incomplete] * 3, [chain(5, 26, order=2)] * 6,
+            [grid(7, 8, 4)] * 2,
             [chain(int(n), 7) for n in rng.integers(2, 9, 9)],
             [RegionGraph([4] * 5, [(i,) for i in range(5)] + [(i, i + 1) for i in range(4)],
                          counting_numbers=counting, eps=0.7)] * 5]
@@ -675,14 +680,26 @@ def test_the_compiled_kernels_equal_numpys_path_and_their_bits_do_not_depend_on_
         potentials[lowest] -= 5000.0   # (pairs whose max lies below -100 eps c_p)
         messages = rng.normal(size=batch.num_messages)
         starts = []
-        for path in (compiled, lambda: None):   # the exp tables and each pair's shift
+        for path in (compiled, lambda: None):
             monkeypatch.setattr(cpu_kernels, "library", path)
-            starts.append(ConvexBP(batch, threads=1).start(potentials).states[0].pair_tables)
-        for mine, numpys in zip(*starts):
-            assert mine.table.shape == numpys.table.shape
-            np.testing.assert_array_equal(mine.top, numpys.top)
-            np.testing.assert_allclose(mine.table, numpys.table, rtol=1e-15, atol=0)
-        assert any(t.top.max() > 0 for t in starts[0]) and any(t.top.min() < 0 for t in starts[0])
+            starts.append(ConvexBP(batch, threads=1).start(potentials, messages).states[0])
+        mine, numpys = starts
+        if hasattr(mine, "pair_tables"):   # the exp tables and each pair's shift
+            for table, other in zip(mine.pair_tables, numpys.pair_tables):
+                assert table.table.shape == other.table.shape
+                np.testing.assert_array_equal(table.top, other.top)
+                np.testing.assert_allclose(table.table, other.table, rtol=1e-15, atol=0)
+            assert any(t.top.max() > 0 for t in mine.pair_tables)
+            assert any(t.top.min() < 0 for t in mine.pair_tables)
+        else:   # DenseBP's per-run arrays, samples last (expm1's last bit may differ)
+            samples = len(graphs)
+            for name in ("f", "w", "pair_constant", "W", "C", "minus_k", "H", "inner"):
+                np.testing.assert_array_equal(getattr(mine, name)[..., :samples],
+                                              getattr(numpys, name)[..., :samples], name)
+            np.testing.assert_allclose(mine.E[..., :samples], numpys.E[..., :samples],
+                                       rtol=1e-15, atol=0)
+            np.testing.assert_array_equal(mine.extreme, numpys.extreme)
+            assert len(mine.extreme)   # (scale 300: some interactions beyond expm1's range)
         runs = {}
         for path, threads in (("kernels", 1), ("kernels", 2), ("kernels", 3), ("numpy", 1)):
             monkeypatch.setattr(cpu_kernels, "library", compiled if path == "kernels"

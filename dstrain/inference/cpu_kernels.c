@@ -12,7 +12,12 @@
 #include <stdint.h>
 
 #if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((simd("notinbranch"))) double exp(double);   // libmvec has the vector variants
+// libmvec's vector variants (glibc 2.22 has exp and log; 2.35 expm1 too)
+__attribute__((simd("notinbranch"))) double exp(double);
+__attribute__((simd("notinbranch"))) double log(double);
+#if __GLIBC_PREREQ(2, 35)
+__attribute__((simd("notinbranch"))) double expm1(double);
+#endif
 #define CLONED __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define CLONED
@@ -25,6 +30,26 @@ static double largest(const double *x, int64_t n) {
     for (int64_t i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
     return m;
 }
+
+// Vector exp and log differ from the scalar ones in the last bit, so a loop's scalar tail (or a
+// peel to an aligned address) would give an entry bits that depend on where it sits, and so
+// on how a batch is split over threads.  Every exp, expm1 and log below goes through these:
+// whole chunks of CHUNK entries (a fixed count: all of them vectorised), then the rest, fewer
+// than CHUNK, one by one.  An entry's bits then depend on its index in the run alone; the
+// dense kernels' runs (the columns) are a multiple of CHUNK long, so they have no rest.
+#define CHUNK 8
+#define ELEMENTWISE(name, function)                                                          \
+    static inline void name(double *restrict x, int64_t n) {                                 \
+        int64_t i = 0;                                                                        \
+        for (; i + CHUNK <= n; i += CHUNK) {                                                  \
+            double *restrict chunk = x + i;                                                   \
+            for (int j = 0; j < CHUNK; ++j) chunk[j] = function(chunk[j]);                    \
+        }                                                                                     \
+        for (; i < n; ++i) x[i] = function(x[i]);                                             \
+    }
+ELEMENTWISE(exp_run, exp)
+ELEMENTWISE(expm1_run, expm1)
+ELEMENTWISE(log_run, log)
 
 // tables + table_at[k] = exp(f / c) for each pair k, f its `size` potentials at potentials +
 // potential_at[k], c = scale[k], where the pair's largest f / c lies in [-below, above] (then
@@ -40,14 +65,15 @@ CLONED void pair_tables(const double *potentials, const int64_t *potential_at, d
         const double m = largest(f, size);
         if (m > above * c || m < -below * c) {
             top[k] = m;
-            for (int64_t i = 0; i < size; ++i) t[i] = exp((f[i] - m) / c);
+            for (int64_t i = 0; i < size; ++i) t[i] = (f[i] - m) / c;
         } else {
             top[k] = 0.0;
             if (one_scale)
-                for (int64_t i = 0; i < size; ++i) t[i] = exp(f[i] * inverse);
+                for (int64_t i = 0; i < size; ++i) t[i] = f[i] * inverse;
             else
-                for (int64_t i = 0; i < size; ++i) t[i] = exp(f[i] / c);
+                for (int64_t i = 0; i < size; ++i) t[i] = f[i] / c;
         }
+        exp_run(t, size);   // (in place: the pair is in the cache)
     }
 }
 
@@ -64,6 +90,151 @@ CLONED void pair_beliefs(const double *tables, const int64_t *table_at, double *
         for (int64_t i = 0; i < n_a; ++i) {
             const double scaled = a[i] / sums[k];
             for (int64_t j = 0; j < n_b; ++j) out[i * n_b + j] = t[i * n_b + j] * (scaled * b[j]);
+        }
+    }
+}
+
+// --- batches of one dense binary pairwise graph (dstrain/inference/dense.py) ------------------
+// Arrays are samples last, `width` columns, a multiple of CHUNK (the samples, then padding
+// columns whose potentials count as 0); a pair p joins variables u < v, sitting at dense positions at_u[p] = u V + v and
+// at_v[p] = v V + u; `inverse` and `scale` are 1 / (eps c_p) and eps c_p, or NULL where all are 1.
+// Each number is formed by the operations numpy's path uses, in its order.
+
+// start: w (P, width) the pairs' interactions (f10 + f01 - f00 - f11) / s (f: 4 width entries
+// of scratch); pair_constant (width) sum_p f10 + f01 - f11; at both of a pair's positions of the
+// (3, V V, width) stack WEC: max(w, 0), expm1(|w|), sign(w) s; minus_k (V V, width): f11 - f01
+// at u's position, f11 - f10 at v's (the rows no pair sits at, `empty`, are zeroed); inner (V,
+// width): f_i(1) - f_i(0) + sum_j minus_k[i V + j].  Each sample's potentials are one row of
+// `row_length` entries: 2 V unaries, then 4 per pair.
+CLONED void dense_start(const double *restrict potentials, int64_t samples, int64_t row_length,
+                        int64_t width, int64_t V, int64_t P, const int64_t *restrict at_u,
+                        const int64_t *restrict at_v, const int64_t *restrict empty,
+                        int64_t empties, const double *restrict inverse,
+                        const double *restrict scale, double *restrict f, double *restrict w,
+                        double *restrict pair_constant, double *restrict WEC,
+                        double *restrict minus_k, double *restrict inner) {
+    const int64_t plane = V * V * width;
+    double *restrict W = WEC, *restrict E = WEC + plane, *restrict C = WEC + 2 * plane;
+    for (int64_t s = 0; s < width; ++s) pair_constant[s] = -0.0;
+    for (int64_t e = 0; e < empties; ++e)
+        for (int64_t s = 0; s < width; ++s) {
+            const int64_t k = empty[e] * width + s;
+            W[k] = E[k] = C[k] = minus_k[k] = 0.0;
+        }
+    for (int64_t p = 0; p < P; ++p) {
+        double *restrict f00 = f, *restrict f01 = f + width;   // (scratch, pair by pair)
+        double *restrict f10 = f + 2 * width, *restrict f11 = f + 3 * width;
+        for (int64_t s = 0; s < samples; ++s) {   // (a gather: one row per sample)
+            const double *x = potentials + s * row_length + 2 * V + 4 * p;
+            f00[s] = x[0], f01[s] = x[1], f10[s] = x[2], f11[s] = x[3];
+        }
+        for (int64_t s = samples; s < width; ++s) f00[s] = f01[s] = f10[s] = f11[s] = 0.0;
+        const int64_t u = at_u[p] * width, v = at_v[p] * width;   // (rows u != v)
+        double *restrict W_u = W + u, *restrict W_v = W + v, *restrict E_u = E + u;
+        double *restrict E_v = E + v, *restrict C_u = C + u, *restrict C_v = C + v;
+        double *restrict minus_k_u = minus_k + u, *restrict minus_k_v = minus_k + v;
+        // (times 1 where all scales are 1: exact, the same bits as no multiplication)
+        const double factor = inverse ? inverse[p] : 1.0, size = scale ? scale[p] : 1.0;
+        double *restrict interaction = w + p * width;
+        for (int64_t s = 0; s < width; ++s) {   // (short loops: each one vectorised)
+            double x = f10[s] + f01[s];
+            x -= f00[s];
+            x -= f11[s];
+            interaction[s] = x * factor;
+        }
+        for (int64_t s = 0; s < width; ++s) {
+            minus_k_u[s] = f11[s] - f01[s];
+            minus_k_v[s] = f11[s] - f10[s];
+            pair_constant[s] += f10[s] - minus_k_u[s];   // (from -0: the first term's bits)
+        }
+        for (int64_t s = 0; s < width; ++s) {
+            const double x = interaction[s];
+            W_u[s] = W_v[s] = x < 0.0 ? 0.0 : x;   // np.maximum(x, 0): NaN stays
+            C_u[s] = C_v[s] = copysign(1.0, x) * size;
+        }
+        for (int64_t s = 0; s < width; ++s) E_u[s] = fabs(interaction[s]);
+        expm1_run(E_u, width);
+        for (int64_t s = 0; s < width; ++s) E_v[s] = E_u[s];
+    }
+    for (int64_t i = 0; i < V; ++i) {
+        double *restrict row = inner + i * width;
+        const double *restrict column = minus_k + i * V * width;
+        for (int64_t s = 0; s < width; ++s) row[s] = column[s];
+        for (int64_t j = 1; j < V; ++j)
+            for (int64_t s = 0; s < width; ++s) row[s] += column[j * width + s];
+        for (int64_t s = 0; s < samples; ++s)
+            row[s] = (potentials[s * row_length + 2 * i + 1] - potentials[s * row_length + 2 * i])
+                     + row[s];
+        for (int64_t s = samples; s < width; ++s) row[s] = 0.0 + row[s];
+    }
+}
+
+// read-out of the pairs from the shifted gaps H (V V, width): per pair and column the terms
+// e^-w, e^h_v, e^h_u (h over s) and their product, total their sum; beliefs (the samples' rows
+// of `belief_row` entries, a pair's four from 4 p) = terms / total; log_sum (width) += the sum
+// over each block of `block` pairs of s log(total).  `work`: 6 width entries of scratch.
+// Returns 1, having stopped, if some total is not finite (then the peaked read-out is needed).
+CLONED int dense_pairs(const double *restrict H, const double *restrict w, int64_t samples,
+                       int64_t width, int64_t P, const int64_t *restrict at_u,
+                       const int64_t *restrict at_v, const double *restrict inverse,
+                       const double *restrict scale, double *restrict beliefs,
+                       int64_t belief_row, double *restrict log_sum, double *restrict work,
+                       int64_t block) {
+    double *restrict z0 = work, *restrict z1 = work + width, *restrict z2 = work + 2 * width;
+    double *restrict z3 = work + 3 * width, *restrict total = work + 4 * width;
+    double *restrict block_sums = work + 5 * width;
+    for (int64_t p = 0; p < P; ++p) {
+        const double *restrict h_u = H + at_u[p] * width, *restrict h_v = H + at_v[p] * width;
+        const double *restrict x = w + p * width;
+        const double factor = inverse ? inverse[p] : 1.0, size = scale ? scale[p] : 1.0;
+        for (int64_t s = 0; s < width; ++s) z0[s] = -x[s];
+        if (inverse) {
+            for (int64_t s = 0; s < width; ++s) z1[s] = h_v[s] * factor;
+            for (int64_t s = 0; s < width; ++s) z2[s] = h_u[s] * factor;
+        } else {
+            for (int64_t s = 0; s < width; ++s) z1[s] = h_v[s];
+            for (int64_t s = 0; s < width; ++s) z2[s] = h_u[s];
+        }
+        exp_run(z0, 3 * width);   // (z0, z1, z2 are consecutive)
+        int finite = 1;
+        for (int64_t s = 0; s < width; ++s) {
+            z3[s] = z1[s] * z2[s];
+            double sum = z0[s] + z1[s];
+            sum += z2[s];
+            sum += z3[s];
+            total[s] = sum;
+            finite &= sum - sum == 0.0;   // (false for inf and NaN)
+        }
+        if (!finite) return 1;
+        for (int64_t s = 0; s < samples; ++s) {
+            double *out = beliefs + s * belief_row + 4 * p;
+            out[0] = z0[s] / total[s], out[1] = z1[s] / total[s];
+            out[2] = z2[s] / total[s], out[3] = z3[s] / total[s];
+        }
+        if (p % block == 0)   // (from -0: the block's first term's own bits)
+            for (int64_t s = 0; s < width; ++s) block_sums[s] = -0.0;
+        log_run(total, width);
+        for (int64_t s = 0; s < width; ++s) block_sums[s] += total[s] * size;
+        if (p % block == block - 1 || p == P - 1)
+            for (int64_t s = 0; s < width; ++s) log_sum[s] += block_sums[s];
+    }
+    return 0;
+}
+
+// the messages, samples first (samples, edges, 2), from the gaps g (V V, width) at each edge's
+// dense position: a max-0 binary message with gap g is (min(0, -g), min(0, g)).
+CLONED void dense_messages(const double *restrict gaps, int64_t samples, int64_t width,
+                           const int64_t *restrict edge_at, int64_t edges,
+                           double *restrict messages) {
+    for (int64_t s0 = 0; s0 < samples; s0 += 8) {   // (8 samples: one line of each gap row)
+        const int64_t s1 = s0 + 8 < samples ? s0 + 8 : samples;
+        for (int64_t e = 0; e < edges; ++e) {
+            const double *restrict g = gaps + edge_at[e] * width;
+            for (int64_t s = s0; s < s1; ++s) {
+                const double one = 0.0 < g[s] ? 0.0 : g[s];   // np.minimum(g, 0): NaN stays
+                messages[2 * (s * edges + e) + 1] = one;
+                messages[2 * (s * edges + e)] = one - g[s];
+            }
         }
     }
 }

@@ -21,11 +21,17 @@ import numpy as np
 from ..native import BuildError, shared_library
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
+# the dense kernels' arrays have a multiple of this many columns (CHUNK in cpu_kernels.c)
+CHUNK = 8
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
     "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P],
     "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P],
+    "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P],
+    "dense_pairs": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, _I],
+    "dense_messages": [_P, _I, _I, _P, _I, _P],
 }
+_RETURNS = {"dense_pairs": ctypes.c_int}
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,7 +49,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         return None, f"not built ({error}): the numpy path runs instead"
     for name, argtypes in _SIGNATURES.items():
         getattr(library, name).argtypes = argtypes
-        getattr(library, name).restype = None
+        getattr(library, name).restype = _RETURNS.get(name)
     return library, f"built with {compiler}: {library._name}"
 
 
@@ -114,3 +120,76 @@ def pair_beliefs(kernels, tables, table_at, beliefs, belief_at, n_a: int, n_b: i
                          _offsets(belief_at, size, beliefs, "belief_at"), pairs, n_a, n_b,
                          _buffer(w_a, "w_a", pairs, n_a), _buffer(w_b, "w_b", pairs, n_b),
                          _buffer(sums, "sums", pairs, 1))
+
+
+def _positions(positions: np.ndarray, limit: int, name: str) -> int:
+    """The address of int64 `positions`, each in [0, limit) (checked: the kernels index by them)."""
+    if positions.dtype != np.int64 or not positions.flags.c_contiguous:
+        raise ValueError(f"{name}: expected contiguous int64 positions")
+    if len(positions) and (positions.min() < 0 or positions.max() >= limit):
+        raise ValueError(f"{name}: positions outside [0, {limit})")
+    return positions.ctypes.data
+
+
+def _optional(array, name: str, length: int):
+    return None if array is None else _buffer(array, name, length, 1)
+
+
+def _columns(samples: int, width: int, name: str) -> None:
+    if samples > width or width % CHUNK:
+        raise ValueError(f"{name}: {samples} samples in {width} columns (expected a multiple of "
+                         f"{CHUNK}, at least the samples)")
+
+
+def dense_start(kernels, plan, potentials, samples: int, f, w, pair_constant, WEC, minus_k,
+                inner) -> None:
+    """DenseBP.start's per-run arrays from the samples' potentials (rows of plan.num_potentials):
+    w (P, width), pair_constant (width,), WEC (3, V V, width), minus_k (V V, width), inner (V,
+    width); f: (4, width) of scratch; see cpu_kernels.c."""
+    V, P = plan.V, plan.P
+    width = pair_constant.shape[0]
+    _columns(samples, width, "dense_start")
+    unit = plan.unit
+    kernels.dense_start(
+        _buffer(potentials, "potentials", samples, plan.num_potentials), samples,
+        plan.num_potentials, width, V, P, _positions(plan.first, V * V, "at_u"),
+        _positions(plan.second, V * V, "at_v"), _positions(plan.empty, V * V, "empty"),
+        len(plan.empty), None if unit else _optional(plan.inverse, "inverse", P),
+        None if unit else _optional(plan.scale, "scale", P), _buffer(f, "f", 4, width),
+        _buffer(w, "w", P, width), _buffer(pair_constant, "pair_constant", width, 1),
+        _buffer(WEC, "WEC", 3 * V * V, width), _buffer(minus_k, "minus_k", V * V, width),
+        _buffer(inner, "inner", V, width))
+
+
+def dense_pairs(kernels, plan, H, w, samples: int, beliefs, log_sum, work, block: int) -> bool:
+    """DenseBP._pairs from the shifted gaps H (V V, width) and w (P, width): the pairs' beliefs
+    into `beliefs` (samples rows; a pair's four entries from 4 p of a row), if given, and
+    log_sum (width,) += the pairs' s log(total) (work: 6 x width of scratch); False if a total
+    was not finite."""
+    V, P = plan.V, plan.P
+    width = log_sum.shape[0]
+    _columns(samples, width, "dense_pairs")
+    row = 4 * P
+    if beliefs is not None:
+        if beliefs.dtype != np.float64 or beliefs.shape != (samples, P, 4) \
+                or beliefs.strides[1:] != (32, 8) or beliefs.strides[0] % 8:
+            raise ValueError(f"dense_pairs: beliefs of shape {beliefs.shape} and strides "
+                             f"{beliefs.strides}: expected ({samples}, {P}, 4) rows of pairs")
+        row = beliefs.strides[0] // 8
+    address = None if beliefs is None else beliefs.ctypes.data
+    bad = kernels.dense_pairs(
+        _buffer(H, "H", V * V, width), _buffer(w, "w", P, width), samples if address else 0,
+        width, P, _positions(plan.first, V * V, "at_u"), _positions(plan.second, V * V, "at_v"),
+        None if plan.unit else _optional(plan.inverse, "inverse", P),
+        None if plan.unit else _optional(plan.scale, "scale", P), address, row,
+        _buffer(log_sum, "log_sum", width, 1), _buffer(work, "work", 6, width), block)
+    return not bad
+
+
+def dense_messages(kernels, plan, gaps, samples: int, messages) -> None:
+    """The max-0 messages (samples, edges, 2) from the gaps (V V, width) at the edges."""
+    width = gaps.shape[-1]
+    edges = len(plan.edges)
+    kernels.dense_messages(_buffer(gaps, "gaps", plan.V * plan.V, width), samples, width,
+                           _positions(plan.edges, plan.V * plan.V, "edge_at"), edges,
+                           _buffer(messages, "messages", samples, 2 * edges))

@@ -34,6 +34,7 @@ import functools
 import numpy as np
 
 from ..graph.region_graph import RegionGraph
+from . import cpu_kernels
 from .flat import FRESH, Workspace
 
 # |w| above this takes the log-space update (expm1 overflows above 709.78)
@@ -65,6 +66,8 @@ class DensePlan:
         # [w (P) | 0 | -K from u's side (P) | 0 | -K from v's side (P) | 0]
         self.symmetric = np.full(V * V, P, np.int64)
         self.symmetric[self.first] = self.symmetric[self.second] = np.arange(P)
+        self.empty = np.flatnonzero(self.symmetric == P)    # positions of no pair (the diagonal)
+        self.inverse = 1.0 / self.scale
         self.minus_k = np.full(V * V, P, np.int64)
         self.minus_k[self.first] = P + 1 + np.arange(P)
         self.minus_k[self.second] = 2 * (P + 1) + np.arange(P)
@@ -121,17 +124,31 @@ def _plan(graph: RegionGraph) -> DensePlan | None:
     return DensePlan(graph)
 
 
+def _pair_potentials(rows, plan: DensePlan, width: int, workspace) -> np.ndarray:
+    """The pairs' potentials f (4, P, width) (f_00, f_01, f_10, f_11), samples last, from the
+    samples' rows of potentials; the padding columns 0."""
+    S, V, P = len(rows), plan.V, plan.P
+    f = workspace.get("f", (4, P, width))   # samples last, each entry's plane contiguous
+    given = rows[:, 2 * V:].reshape(S, P, 4).transpose(2, 1, 0)
+    for p in range(0, P, _BLOCK):   # (a block at a time: its lines of theta stay in cache)
+        f[:, p:p + _BLOCK, :S] = given[:, p:p + _BLOCK]
+    if width > S:
+        f[:, :, S:] = 0.0
+    return f
+
+
 class DenseState:
     """The shifted gaps and per-run coefficients of one range of samples, samples last: H (V, V,
     S'), H[i, j, s] = h_{i->{i,j}} of sample s, minus_k = -K, and W, E, C likewise (S' = max(S,
     2): with one sample numpy would sum H's columns pairwise instead of in order, other bits than
-    in a larger range; the extra sample has all-zero coefficients)."""
+    in a larger range; with the CPU kernels S rounded up to a multiple of cpu_kernels.CHUNK;
+    the extra samples have all-zero potentials)."""
 
     def __init__(self, theta, lam, plan, samples, f, w, pair_constant, H, minus_k, W, E, C, inner,
                  extreme, logf, workspace):
         self.theta, self._messages, self.plan, self.samples = theta, lam, plan, samples
         self.workspace = workspace   # where the read-outs' arrays come from too
-        self.f = f               # (4, P, S') pair potentials f_00, f_01, f_10, f_11
+        self._f = f              # (4, P, S') pair potentials f_00, f_01, f_10, f_11, or None
         self.w = w               # (P, S') the interactions w over s
         self.pair_constant = pair_constant   # (S',) sum_p f_01 + f_10 - f_11
         self.H, self.minus_k, self.W, self.E, self.C, self.inner = H, minus_k, W, E, C, inner
@@ -140,6 +157,14 @@ class DenseState:
         self.sharing = None
         self._gaps = None        # g = H + K (V * V, S'), once formed after the last update
         self._stale = True       # the messages are older than the last update
+
+    @property
+    def f(self) -> np.ndarray:
+        """The pairs' potentials (4, P, S'), formed on first use where start did not."""
+        if self._f is None:
+            self._f = _pair_potentials(self.theta.reshape(self.samples, -1), self.plan,
+                                       self.H.shape[2], self.workspace)
+        return self._f
 
     def gaps(self) -> np.ndarray:
         """The gaps g = H + K, (V * V, S')."""
@@ -150,6 +175,10 @@ class DenseState:
 
     @property
     def messages(self) -> np.ndarray:
+        if self._stale and cpu_kernels.library() is not None:
+            cpu_kernels.dense_messages(cpu_kernels.library(), self.plan, self.gaps(),
+                                       self.samples, self._messages)
+            self._stale = False
         if self._stale:   # a max-0 binary message with gap g is (min(0, -g), min(0, g))
             S, edges = self.samples, self.plan.edges
             width = self.minus_k.shape[1]
@@ -177,14 +206,51 @@ class DenseBP:
         """The state of a run (see FlatBP.start); pairs' and unaries' f read from `theta`."""
         plan, S = self.plan, self.samples
         V, P = plan.V, plan.P
-        width = max(S, 2)
         rows = theta.reshape(S, plan.num_potentials)
-        f = workspace.get("f", (4, P, width))   # samples last, each entry's plane contiguous
-        given = rows[:, 2 * V:].reshape(S, P, 4).transpose(2, 1, 0)
-        for p in range(0, P, _BLOCK):   # (a block at a time: its lines of theta stay in cache)
-            f[:, p:p + _BLOCK, :S] = given[:, p:p + _BLOCK]
-        if width > S:
-            f[:, :, S:] = 0.0
+        kernels = cpu_kernels.library()
+        width = max(S, 2) if kernels is None else -(-S // cpu_kernels.CHUNK) * cpu_kernels.CHUNK
+        if kernels is not None:   # one pass over the potentials (cpu_kernels.c)
+            f = None   # (formed if a read-out needs it: DenseState.f)
+            w = workspace.get("w", (P, width))
+            pair_constant = np.empty(width)
+            WEC = workspace.get("WEC", (3, V * V, width))
+            minus_k = workspace.get("minus_k", (V * V, width))
+            inner = workspace.get("inner", (V, width))
+            cpu_kernels.dense_start(kernels, plan, rows, S, np.empty((4, width)), w,
+                                    pair_constant, WEC, minus_k, inner)
+            W, E, C = WEC.reshape(3, V, V, width)
+            extreme = np.zeros(0, np.int64)
+            size = np.abs(w[:, :S])
+            if size.max(initial=0.0) > _EXPM1_LIMIT:
+                extreme = np.flatnonzero((size > _EXPM1_LIMIT).any(axis=0))
+        else:
+            f, w, pair_constant, W, E, C, minus_k, inner, extreme = self._start_arrays(
+                rows, workspace)
+        gaps = workspace.get("H", (V * V, width))
+        np.copyto(gaps, minus_k)   # zero messages: h = -K
+        if warm and lam.size:
+            messages = lam.reshape(S, -1, 2)
+            gaps[plan.edges, :S] += (messages[:, :, 1] - messages[:, :, 0]).T
+        logf = None
+        if len(extreme):   # f / s from each side for the log-space update
+            logf = np.zeros((4, V * V, len(extreme)))
+            u, v = plan.pairs[:, 0], plan.pairs[:, 1]
+            fe = rows[extreme, 2 * V:].reshape(-1, P, 4).transpose(2, 1, 0) \
+                * (1.0 / plan.scale)[:, None]
+            for k, (x, y) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+                logf[k][u * V + v] = fe[2 * x + y]        # u's side: f(y_u = x, y_v = y)
+                logf[k][v * V + u] = fe[2 * y + x]        # v's side: f(y_u = y, y_v = x)
+            logf = logf.reshape(4, V, V, len(extreme))
+        return DenseState(theta, lam, plan, S, f, w, pair_constant, gaps.reshape(V, V, width),
+                          minus_k, W, E, C, inner, extreme, logf, workspace)
+
+    def _start_arrays(self, rows, workspace):
+        """numpy's path of start (where the CPU kernels are not built): (f, w, pair_constant, W,
+        E, C, minus_k, inner, extreme)."""
+        plan, S = self.plan, self.samples
+        V, P = plan.V, plan.P
+        width = max(S, 2)
+        f = _pair_potentials(rows, plan, width, workspace)
         f00, f01, f10, f11 = f
         pairs = workspace.get("pairs", (3, P + 1, width))   # w, -K from u's side, from v's
         pairs[:, P] = 0.0
@@ -214,26 +280,11 @@ class DenseBP:
                           out=workspace.get("WEC", (3, V * V, width))).reshape(3, V, V, width)
         minus_k = np.take(pairs.reshape(3 * (P + 1), width), plan.minus_k, axis=0, mode="clip",
                           out=workspace.get("minus_k", (V * V, width)))
-        gaps = workspace.get("H", (V * V, width))
-        np.copyto(gaps, minus_k)   # zero messages: h = -K
         inner = workspace.get("inner", (V, width))
         inner[:, S:] = 0.0
         np.subtract(rows[:, 1:2 * V:2].T, rows[:, 0:2 * V:2].T, out=inner[:, :S])
         inner += minus_k.reshape(V, V, width).sum(axis=1)
-        if warm and lam.size:
-            messages = lam.reshape(S, -1, 2)
-            gaps[plan.edges, :S] += (messages[:, :, 1] - messages[:, :, 0]).T
-        logf = None
-        if len(extreme):   # f / s from each side for the log-space update
-            logf = np.zeros((4, V * V, len(extreme)))
-            u, v = plan.pairs[:, 0], plan.pairs[:, 1]
-            fe = f[:, :, extreme] * (1.0 / plan.scale)[:, None]
-            for k, (x, y) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-                logf[k][u * V + v] = fe[2 * x + y]        # u's side: f(y_u = x, y_v = y)
-                logf[k][v * V + u] = fe[2 * y + x]        # v's side: f(y_u = y, y_v = x)
-            logf = logf.reshape(4, V, V, len(extreme))
-        return DenseState(theta, lam, plan, S, f, w, pair_constant, gaps.reshape(V, V, width),
-                          minus_k, W, E, C, inner, extreme, logf, workspace)
+        return f, w, pair_constant, W, E, C, minus_k, inner, extreme
 
     # --- sweeps ---------------------------------------------------------------------------
     def _update(self, state: DenseState, i: int, change: bool, work) -> float:
@@ -324,6 +375,12 @@ class DenseBP:
             return None
         width = state.H.shape[2]
         H = state.H.reshape(plan.V * plan.V, width)
+        kernels = cpu_kernels.library()
+        if kernels is not None:   # one pass over the pairs (cpu_kernels.c)
+            log_sum = state.pair_constant.copy()
+            finite = cpu_kernels.dense_pairs(kernels, plan, H, state.w, S, out, log_sum,
+                                             np.empty((6, width)), _BLOCK)
+            return log_sum if finite else None
         into = None if out is None else out.transpose(2, 1, 0)
         block = state.workspace.get("z", (4, _BLOCK, width))
         totals = state.workspace.get("total", (_BLOCK, width))
