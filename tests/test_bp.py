@@ -716,6 +716,33 @@ def test_the_compiled_kernels_equal_numpys_path_and_their_bits_do_not_depend_on_
         np.testing.assert_allclose(one.messages, numpy_run.messages, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("size", [3, 13, 676])
+def test_a_pair_tables_bits_do_not_depend_on_where_it_sits(size):
+    # the kernels' vector exp differs from a scalar one in the last bit: every entry takes the
+    # vector function, whatever the pair's address, its length and the entry's place in it
+    from dstrain.inference import cpu_kernels
+
+    kernels = cpu_kernels.library()
+    rng = np.random.default_rng(size)
+    pair = rng.normal(scale=3.0, size=size)
+    at = np.arange(11, dtype=np.int64) * (size + 1) + np.arange(11)   # all alignments
+    potentials = np.zeros(at[-1] + size + 5)
+    for a in at:
+        potentials[a:a + size] = pair
+    tables = np.full(len(at) * size + 3, np.nan)
+    top = np.empty(len(at))
+    cpu_kernels.pair_tables(kernels, potentials, at, tables[3:], np.arange(len(at)) * size,
+                            size, np.ones(len(at)), True, top, 50.0, 100.0)
+    made = tables[3:].reshape(len(at), size)
+    assert (made == made[0]).all() and not np.isnan(tables[3:]).any()
+    np.testing.assert_allclose(made[0], np.exp(pair), rtol=1e-15, atol=0)   # (a few ulps)
+    for length in {n for n in (1, 2, 5, 8, 9, size - 1) if 0 < n < size}:   # shorter runs
+        part = np.empty(length)
+        cpu_kernels.pair_tables(kernels, potentials, at[1:2], part, np.zeros(1, np.int64),
+                                length, np.ones(1), True, top[:1], 50.0, 100.0)
+        np.testing.assert_array_equal(part, made[0, :length])
+
+
 def test_the_kernels_refuse_offsets_outside_their_arrays():
     from dstrain.inference import cpu_kernels
 

@@ -6,21 +6,18 @@
 // tables (FlatBP._view_tables), rows reordered (FlatBP._storage).  Every pair is computed on
 // its own: its bits do not depend on which pairs a call is given.
 //
-// Built on first use by cpu_kernels.py (C11, -O3): on x86-64 glibc the exp loops call libmvec's
-// vector exp, and each kernel is cloned for AVX-512, AVX2 and the baseline, picked at load time.
+// Built on first use by cpu_kernels.py (C11, -O3); each kernel is cloned for AVX-512, AVX2 and
+// the baseline, picked at load time.
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__x86_64__) && defined(__GLIBC__) && defined(__GNUC__) && !defined(__clang__)
-// libmvec's vector variants (glibc 2.22 has exp and log; 2.35 expm1 too)
-__attribute__((simd("notinbranch"))) double exp(double);
-__attribute__((simd("notinbranch"))) double log(double);
-#if __GLIBC_PREREQ(2, 35)
-__attribute__((simd("notinbranch"))) double expm1(double);
-#endif
 #define CLONED __attribute__((target_clones("avx512f", "avx2", "default")))
+#define VECTOR_MATH 1
 #else
 #define CLONED
+#define VECTOR_MATH 0
 #endif
 
 // the largest of n > 0 entries (NaN-free inputs: the compiler may then use vector max)
@@ -31,25 +28,88 @@ static double largest(const double *x, int64_t n) {
     return m;
 }
 
-// Vector exp and log differ from the scalar ones in the last bit, so a loop's scalar tail (or a
-// peel to an aligned address) would give an entry bits that depend on where it sits, and so
-// on how a batch is split over threads.  Every exp, expm1 and log below goes through these:
-// whole chunks of CHUNK entries (a fixed count: all of them vectorised), then the rest, fewer
-// than CHUNK, one by one.  An entry's bits then depend on its index in the run alone; the
-// dense kernels' runs (the columns) are a multiple of CHUNK long, so they have no rest.
-#define CHUNK 8
-#define ELEMENTWISE(name, function)                                                          \
-    static inline void name(double *restrict x, int64_t n) {                                 \
-        int64_t i = 0;                                                                        \
-        for (; i + CHUNK <= n; i += CHUNK) {                                                  \
-            double *restrict chunk = x + i;                                                   \
-            for (int j = 0; j < CHUNK; ++j) chunk[j] = function(chunk[j]);                    \
+// exp((x - shift) * factor), or with `divide` exp((x - shift) / factor), of n entries of x into
+// y, and expm1 and log of n entries in place.  libmvec's vector functions (glibc's, one per
+// instruction set) differ from the scalar ones in the last bit, so a vectorised loop's scalar
+// tail or alignment peel would give an entry bits that depend on where it sits, and so on how
+// a batch is split over threads.  These call one vector function for every entry, whole vectors
+// and a last one padded with zeros: an entry's bits depend on its value alone.  Elsewhere (or
+// expm1 with glibc older than 2.35) every entry takes the scalar function.
+typedef void (*ScaledExp)(const double *, double *, int64_t, double, double, int);
+typedef void (*Elementwise)(double *, int64_t);
+
+static void exp_scalar(const double *x, double *y, int64_t n, double shift, double factor,
+                       int divide) {
+    for (int64_t i = 0; i < n; ++i) y[i] = exp(divide ? (x[i] - shift) / factor
+                                                      : (x[i] - shift) * factor);
+}
+static void expm1_scalar(double *x, int64_t n) { for (int64_t i = 0; i < n; ++i) x[i] = expm1(x[i]); }
+static void log_scalar(double *x, int64_t n) { for (int64_t i = 0; i < n; ++i) x[i] = log(x[i]); }
+
+#if VECTOR_MATH
+#include <immintrin.h>
+// (one instruction set: its vector type, width, load, store, set1, sub, mul, div, a prefix)
+#define VECTOR_RUNS(isa, T, W, load, store, set1, sub, mul, div, P)                           \
+    T P##exp(T);                                                                              \
+    T P##expm1(T);                                                                            \
+    T P##log(T);                                                                              \
+    __attribute__((target(isa))) static void exp_##W(const double *x, double *y, int64_t n,  \
+                                                     double shift, double factor,             \
+                                                     int divide) {                            \
+        const T s = set1(shift), f = set1(factor);                                            \
+        double pad[W] = {0};                                                                  \
+        for (int64_t i = 0; i < n; i += W) {                                                  \
+            const int64_t m = n - i < W ? n - i : W;                                          \
+            const double *from = x + i;                                                       \
+            if (m < W) from = memcpy(pad, x + i, (size_t)m * sizeof(double));                 \
+            const T z = divide ? div(sub(load(from), s), f) : mul(sub(load(from), s), f);     \
+            if (m == W) store(y + i, P##exp(z));                                              \
+            else { store(pad, P##exp(z)); memcpy(y + i, pad, (size_t)m * sizeof(double)); }   \
         }                                                                                     \
-        for (; i < n; ++i) x[i] = function(x[i]);                                             \
+    }                                                                                         \
+    __attribute__((target(isa))) static void expm1_##W(double *x, int64_t n) {               \
+        double pad[W] = {0};                                                                  \
+        for (int64_t i = 0; i < n; i += W) {                                                  \
+            const int64_t m = n - i < W ? n - i : W;                                          \
+            if (m == W) { store(x + i, P##expm1(load(x + i))); continue; }                    \
+            memcpy(pad, x + i, (size_t)m * sizeof(double));                                   \
+            store(pad, P##expm1(load(pad)));                                                  \
+            memcpy(x + i, pad, (size_t)m * sizeof(double));                                   \
+        }                                                                                     \
+    }                                                                                         \
+    __attribute__((target(isa))) static void log_##W(double *x, int64_t n) {                 \
+        double pad[W];                                                                        \
+        for (int j = 0; j < W; ++j) pad[j] = 1.0;   /* (log(1): no exception in the pad) */  \
+        for (int64_t i = 0; i < n; i += W) {                                                  \
+            const int64_t m = n - i < W ? n - i : W;                                          \
+            if (m == W) { store(x + i, P##log(load(x + i))); continue; }                      \
+            memcpy(pad, x + i, (size_t)m * sizeof(double));                                   \
+            store(pad, P##log(load(pad)));                                                    \
+            memcpy(x + i, pad, (size_t)m * sizeof(double));                                   \
+        }                                                                                     \
     }
-ELEMENTWISE(exp_run, exp)
-ELEMENTWISE(expm1_run, expm1)
-ELEMENTWISE(log_run, log)
+VECTOR_RUNS("avx512f", __m512d, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd,
+            _mm512_sub_pd, _mm512_mul_pd, _mm512_div_pd, _ZGVeN8v_)
+VECTOR_RUNS("avx2", __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
+            _mm256_sub_pd, _mm256_mul_pd, _mm256_div_pd, _ZGVdN4v_)
+VECTOR_RUNS("sse2", __m128d, 2, _mm_loadu_pd, _mm_storeu_pd, _mm_set1_pd, _mm_sub_pd,
+            _mm_mul_pd, _mm_div_pd, _ZGVbN2v_)
+#endif
+
+static ScaledExp exp_run = exp_scalar;
+static Elementwise expm1_run = expm1_scalar, log_run = log_scalar;
+
+__attribute__((constructor)) static void pick_runs(void) {
+#if VECTOR_MATH
+    __builtin_cpu_init();
+    const int wide = __builtin_cpu_supports("avx512f"), middle = __builtin_cpu_supports("avx2");
+    exp_run = wide ? exp_8 : middle ? exp_4 : exp_2;
+    log_run = wide ? log_8 : middle ? log_4 : log_2;
+#if __GLIBC_PREREQ(2, 35)
+    expm1_run = wide ? expm1_8 : middle ? expm1_4 : expm1_2;
+#endif
+#endif
+}
 
 // tables + table_at[k] = exp(f / c) for each pair k, f its `size` potentials at potentials +
 // potential_at[k], c = scale[k], where the pair's largest f / c lies in [-below, above] (then
@@ -63,17 +123,14 @@ CLONED void pair_tables(const double *potentials, const int64_t *potential_at, d
         double *t = tables + table_at[k];
         const double c = scale[k];
         const double m = largest(f, size);
+        // (x - 0 is x: the unshifted pairs' bits are those of exp(f * inverse), exp(f / c))
         if (m > above * c || m < -below * c) {
             top[k] = m;
-            for (int64_t i = 0; i < size; ++i) t[i] = (f[i] - m) / c;
+            exp_run(f, t, size, m, c, 1);
         } else {
             top[k] = 0.0;
-            if (one_scale)
-                for (int64_t i = 0; i < size; ++i) t[i] = f[i] * inverse;
-            else
-                for (int64_t i = 0; i < size; ++i) t[i] = f[i] / c;
+            exp_run(f, t, size, 0.0, one_scale ? inverse : c, !one_scale);
         }
-        exp_run(t, size);   // (in place: the pair is in the cache)
     }
 }
 
@@ -95,8 +152,8 @@ CLONED void pair_beliefs(const double *tables, const int64_t *table_at, double *
 }
 
 // --- batches of one dense binary pairwise graph (dstrain/inference/dense.py) ------------------
-// Arrays are samples last, `width` columns, a multiple of CHUNK (the samples, then padding
-// columns whose potentials count as 0); a pair p joins variables u < v, sitting at dense positions at_u[p] = u V + v and
+// Arrays are samples last, `width` columns (the samples, then padding columns whose potentials
+// count as 0); a pair p joins variables u < v, sitting at dense positions at_u[p] = u V + v and
 // at_v[p] = v V + u; `inverse` and `scale` are 1 / (eps c_p) and eps c_p, or NULL where all are 1.
 // Each number is formed by the operations numpy's path uses, in its order.
 
@@ -187,15 +244,10 @@ CLONED int dense_pairs(const double *restrict H, const double *restrict w, int64
         const double *restrict h_u = H + at_u[p] * width, *restrict h_v = H + at_v[p] * width;
         const double *restrict x = w + p * width;
         const double factor = inverse ? inverse[p] : 1.0, size = scale ? scale[p] : 1.0;
-        for (int64_t s = 0; s < width; ++s) z0[s] = -x[s];
-        if (inverse) {
-            for (int64_t s = 0; s < width; ++s) z1[s] = h_v[s] * factor;
-            for (int64_t s = 0; s < width; ++s) z2[s] = h_u[s] * factor;
-        } else {
-            for (int64_t s = 0; s < width; ++s) z1[s] = h_v[s];
-            for (int64_t s = 0; s < width; ++s) z2[s] = h_u[s];
-        }
-        exp_run(z0, 3 * width);   // (z0, z1, z2 are consecutive)
+        // (0 - x is -x, x * 1 is x: the same bits as numpy's negative and unscaled h)
+        exp_run(x, z0, width, 0.0, -1.0, 0);
+        exp_run(h_v, z1, width, 0.0, factor, 0);
+        exp_run(h_u, z2, width, 0.0, factor, 0);
         int finite = 1;
         for (int64_t s = 0; s < width; ++s) {
             z3[s] = z1[s] * z2[s];

@@ -21,8 +21,6 @@ import numpy as np
 from ..native import BuildError, shared_library
 
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
-# the dense kernels' arrays have a multiple of this many columns (CHUNK in cpu_kernels.c)
-CHUNK = 8
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
     "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P],
@@ -136,9 +134,8 @@ def _optional(array, name: str, length: int):
 
 
 def _columns(samples: int, width: int, name: str) -> None:
-    if samples > width or width % CHUNK:
-        raise ValueError(f"{name}: {samples} samples in {width} columns (expected a multiple of "
-                         f"{CHUNK}, at least the samples)")
+    if samples > width:
+        raise ValueError(f"{name}: {samples} samples in {width} columns")
 
 
 def dense_start(kernels, plan, potentials, samples: int, f, w, pair_constant, WEC, minus_k,

@@ -141,8 +141,7 @@ class DenseState:
     """The shifted gaps and per-run coefficients of one range of samples, samples last: H (V, V,
     S'), H[i, j, s] = h_{i->{i,j}} of sample s, minus_k = -K, and W, E, C likewise (S' = max(S,
     2): with one sample numpy would sum H's columns pairwise instead of in order, other bits than
-    in a larger range; with the CPU kernels S rounded up to a multiple of cpu_kernels.CHUNK;
-    the extra samples have all-zero potentials)."""
+    in a larger range; the extra sample has all-zero coefficients)."""
 
     def __init__(self, theta, lam, plan, samples, f, w, pair_constant, H, minus_k, W, E, C, inner,
                  extreme, logf, workspace):
@@ -208,7 +207,7 @@ class DenseBP:
         V, P = plan.V, plan.P
         rows = theta.reshape(S, plan.num_potentials)
         kernels = cpu_kernels.library()
-        width = max(S, 2) if kernels is None else -(-S // cpu_kernels.CHUNK) * cpu_kernels.CHUNK
+        width = max(S, 2)
         if kernels is not None:   # one pass over the potentials (cpu_kernels.c)
             f = None   # (formed if a read-out needs it: DenseState.f)
             w = workspace.get("w", (P, width))
