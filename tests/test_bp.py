@@ -758,6 +758,9 @@ def test_the_kernels_refuse_offsets_outside_their_arrays():
     with pytest.raises(ValueError, match="potential_at: offsets outside"):
         cpu_kernels.pair_tables(kernels, tables, at - 1, beliefs, at, 4, sums, True, sums,
                                 50.0, 100.0)
+    with pytest.raises(ValueError, match="order: positions outside"):
+        cpu_kernels.pair_beliefs(kernels, tables, at, beliefs, at, 2, 2, weights, weights, sums,
+                                 np.array([1, 2]))
     with pytest.raises(ValueError, match="w_a: expected 2 x 2"):
         cpu_kernels.pair_beliefs(kernels, tables, at, beliefs, at, 2, 2, np.ones(3), weights,
                                  sums)

@@ -4,7 +4,8 @@
 // one.  Each pair's entries are contiguous wherever they lie, so a pair is given by the offset
 // of its first entry (in entries), whatever the layout: views of the potentials, slot-major
 // tables (FlatBP._view_tables), rows reordered (FlatBP._storage).  Every pair is computed on
-// its own: its bits do not depend on which pairs a call is given.
+// its own: its bits do not depend on which pairs a call is given, nor on the order it takes
+// them in (`order`, a permutation of the pairs, or NULL: in the given order).
 //
 // Built on first use by cpu_kernels.py (C11, -O3); each kernel is cloned for AVX-512, AVX2 and
 // the baseline, picked at load time.
@@ -117,8 +118,10 @@ __attribute__((constructor)) static void pick_runs(void) {
 // and the division is a multiplication by inverse = 1 / c (as numpy's path does).
 CLONED void pair_tables(const double *potentials, const int64_t *potential_at, double *tables,
                         const int64_t *table_at, int64_t pairs, int64_t size, const double *scale,
-                        int one_scale, double inverse, double above, double below, double *top) {
-    for (int64_t k = 0; k < pairs; ++k) {
+                        int one_scale, double inverse, double above, double below, double *top,
+                        const int64_t *order) {
+    for (int64_t i = 0; i < pairs; ++i) {
+        const int64_t k = order ? order[i] : i;
         const double *f = potentials + potential_at[k];
         double *t = tables + table_at[k];
         const double c = scale[k];
@@ -139,8 +142,10 @@ CLONED void pair_tables(const double *potentials, const int64_t *potential_at, d
 // t * ((w_a / sum) * w_b), the products in the order numpy's path makes them (the same bits).
 CLONED void pair_beliefs(const double *tables, const int64_t *table_at, double *beliefs,
                          const int64_t *belief_at, int64_t pairs, int64_t n_a, int64_t n_b,
-                         const double *w_a, const double *w_b, const double *sums) {
-    for (int64_t k = 0; k < pairs; ++k) {
+                         const double *w_a, const double *w_b, const double *sums,
+                         const int64_t *order) {
+    for (int64_t i = 0; i < pairs; ++i) {
+        const int64_t k = order ? order[i] : i;
         const double *t = tables + table_at[k];
         const double *a = w_a + k * n_a, *b = w_b + k * n_b;
         double *out = beliefs + belief_at[k];

@@ -23,8 +23,8 @@ from ..native import BuildError, shared_library
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
-    "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P],
-    "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P],
+    "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P, _P],
+    "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P],
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P],
     "dense_pairs": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, _I],
     "dense_messages": [_P, _I, _I, _P, _I, _P],
@@ -90,12 +90,22 @@ def _offsets(offsets: np.ndarray, size: int, buffer: np.ndarray, name: str) -> i
     return offsets.ctypes.data
 
 
+def _order(order, pairs: int):
+    """The address of a permutation of the pairs, or None (then they are taken in order)."""
+    if order is None:
+        return None
+    if order.dtype != np.int64 or not order.flags.c_contiguous or len(order) != pairs:
+        raise ValueError(f"order: expected {pairs} contiguous int64 pair indices")
+    return _positions(order, pairs, "order")   # (in range: what the kernels index with)
+
+
 def pair_tables(kernels, potentials, potential_at, tables, table_at, size: int, scale,
-                one_scale: bool, top, above: float, below: float) -> None:
+                one_scale: bool, top, above: float, below: float, order=None) -> None:
     """For each pair k: the `size` entries of `tables` from table_at[k] = exp(f / scale[k]), f the
     entries of `potentials` from potential_at[k], or exp((f - max f) / scale[k]) where the max f /
     scale[k] lies outside [-below, above] (its max into top[k], else 0 there); with `one_scale` a
-    multiplication by 1 / scale[0] instead of the divisions."""
+    multiplication by 1 / scale[0] instead of the divisions.  `order`: the order to take the
+    pairs in (a permutation; the results do not depend on it), default as given."""
     pairs = len(potential_at)
     if not len(table_at) == len(scale) == len(top) == pairs:
         raise ValueError("pair_tables: offsets, scales and tops of different lengths")
@@ -103,13 +113,15 @@ def pair_tables(kernels, potentials, potential_at, tables, table_at, size: int, 
                         _offsets(potential_at, size, potentials, "potential_at"),
                         _buffer(tables, "tables"), _offsets(table_at, size, tables, "table_at"),
                         pairs, size, _buffer(scale, "scale"), int(one_scale),
-                        1.0 / scale[0] if pairs else 1.0, above, below, _buffer(top, "top"))
+                        1.0 / scale[0] if pairs else 1.0, above, below, _buffer(top, "top"),
+                        _order(order, pairs))
 
 
 def pair_beliefs(kernels, tables, table_at, beliefs, belief_at, n_a: int, n_b: int, w_a, w_b,
-                 sums) -> None:
+                 sums, order=None) -> None:
     """For each pair k: the n_a x n_b entries of `beliefs` from belief_at[k] = its table (from
-    table_at[k]) times (w_a[k] / sums[k]) w_b[k]^T; w_a (pairs, n_a), w_b (pairs, n_b)."""
+    table_at[k]) times (w_a[k] / sums[k]) w_b[k]^T; w_a (pairs, n_a), w_b (pairs, n_b); `order`
+    as for pair_tables."""
     pairs, size = len(table_at), n_a * n_b
     if not len(belief_at) == len(sums) == pairs:
         raise ValueError("pair_beliefs: offsets and sums of different lengths")
@@ -117,7 +129,7 @@ def pair_beliefs(kernels, tables, table_at, beliefs, belief_at, n_a: int, n_b: i
                          _buffer(beliefs, "beliefs"),
                          _offsets(belief_at, size, beliefs, "belief_at"), pairs, n_a, n_b,
                          _buffer(w_a, "w_a", pairs, n_a), _buffer(w_b, "w_b", pairs, n_b),
-                         _buffer(sums, "sums", pairs, 1))
+                         _buffer(sums, "sums", pairs, 1), _order(order, pairs))
 
 
 def _positions(positions: np.ndarray, limit: int, name: str) -> int:
