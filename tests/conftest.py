@@ -2,6 +2,7 @@
 
 - Tests marked ``gpu`` are skipped unless CuPy imports and sees at least one CUDA device.
 - The ``rng`` fixture gives each test a freshly seeded numpy Generator.
+- The ``cpu_path`` fixture runs a test on both CPU paths of the engine: its C kernels and numpy.
 - The ``comm`` fixture is this process's communicator: MPI when the tests run under `mpirun`
   (the rank-agnostic files, see tests/test_mpi.py), the single-process one otherwise.
 """
@@ -41,3 +42,17 @@ def comm():
     from dstrain.comm import init
 
     return init("auto")
+
+
+@pytest.fixture(params=["kernels", "numpy"])
+def cpu_path(request, monkeypatch):
+    """Both CPU paths of the engine's compiled steps (the exp tables, the pairs' beliefs, the
+    dense engine's start, sweep and read-outs): the kernels of dstrain/inference/cpu_kernels.c
+    and numpy's (what runs where no C compiler is)."""
+    from dstrain.inference import cpu_kernels
+
+    if request.param == "numpy":
+        monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+    else:
+        assert cpu_kernels.library() is not None, cpu_kernels.status()
+    return request.param

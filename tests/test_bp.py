@@ -13,19 +13,6 @@ from dstrain.inference.reference import ReferenceBP
 from helpers import consistency_error, random_loopy, random_potentials, random_tree
 
 
-@pytest.fixture(params=["kernels", "numpy"])
-def cpu_path(request, monkeypatch):
-    """Both CPU paths of start's exp tables and the pairs' beliefs: the compiled kernels
-    (dstrain/inference/cpu_kernels.c) and numpy's (what runs where no C compiler is)."""
-    from dstrain.inference import cpu_kernels
-
-    if request.param == "numpy":
-        monkeypatch.setattr(cpu_kernels, "library", lambda: None)
-    else:
-        assert cpu_kernels.library() is not None, cpu_kernels.status()
-    return request.param
-
-
 def _run_batch(graphs, potentials, **run_options):
     batch = GraphBatch(graphs)
     result = ConvexBP(batch).run(batch.pack(potentials), **run_options)

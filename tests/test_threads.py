@@ -13,6 +13,7 @@ from helpers import random_loopy, random_tree
 def split_small_batches(monkeypatch):
     # the tests' batches are small: split them all the same
     monkeypatch.setattr("dstrain.inference.bp._MIN_PART_ENTRIES", 0)
+    monkeypatch.setattr("dstrain.inference.bp._MIN_DENSE_KERNEL_PART_ENTRIES", 0)
 
 
 def _batches(rng):
@@ -47,7 +48,7 @@ def _same(a, b):
 
 
 @pytest.mark.parametrize("scale", [1.0, 300.0])
-def test_runs_are_bitwise_the_same_on_1_2_and_3_threads(scale):
+def test_runs_are_bitwise_the_same_on_1_2_and_3_threads(scale, cpu_path):
     rng = np.random.default_rng(int(scale))
     for name, graphs in _batches(rng).items():
         batch = GraphBatch(graphs)

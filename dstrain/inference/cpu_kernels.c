@@ -30,12 +30,12 @@ static double largest(const double *x, int64_t n) {
 }
 
 // exp((x - shift) * factor), or with `divide` exp((x - shift) / factor), of n entries of x into
-// y, and expm1 and log of n entries in place.  libmvec's vector functions (glibc's, one per
-// instruction set) differ from the scalar ones in the last bit, so a vectorised loop's scalar
-// tail or alignment peel would give an entry bits that depend on where it sits, and so on how
-// a batch is split over threads.  These call one vector function for every entry, whole vectors
-// and a last one padded with zeros: an entry's bits depend on its value alone.  Elsewhere (or
-// expm1 with glibc older than 2.35) every entry takes the scalar function.
+// y, and expm1, log1p and log of n entries in place.  libmvec's vector functions (glibc's, one
+// per instruction set) differ from the scalar ones in the last bit, so a vectorised loop's
+// scalar tail or alignment peel would give an entry bits that depend on where it sits, and so
+// on how a batch is split over threads.  These call one vector function for every entry, whole
+// vectors and a last one padded: an entry's bits depend on its value alone.  Elsewhere (or
+// expm1 and log1p with glibc older than 2.35) every entry takes the scalar function.
 typedef void (*ScaledExp)(const double *, double *, int64_t, double, double, int);
 typedef void (*Elementwise)(double *, int64_t);
 
@@ -44,51 +44,60 @@ static void exp_scalar(const double *x, double *y, int64_t n, double shift, doub
     for (int64_t i = 0; i < n; ++i) y[i] = exp(divide ? (x[i] - shift) / factor
                                                       : (x[i] - shift) * factor);
 }
-static void expm1_scalar(double *x, int64_t n) { for (int64_t i = 0; i < n; ++i) x[i] = expm1(x[i]); }
-static void log_scalar(double *x, int64_t n) { for (int64_t i = 0; i < n; ++i) x[i] = log(x[i]); }
+#define SCALAR_RUN(function)                                                                 \
+    static void function##_scalar(double *x, int64_t n) {                                     \
+        for (int64_t i = 0; i < n; ++i) x[i] = function(x[i]);                                \
+    }
+SCALAR_RUN(expm1)
+SCALAR_RUN(log1p)
+SCALAR_RUN(log)
 
 #if VECTOR_MATH
 #include <immintrin.h>
-// (one instruction set: its vector type, width, load, store, set1, sub, mul, div, a prefix)
+// one function of one instruction set, in place (pad: a value it is defined at, for the lanes
+// past the end)
+#define IN_PLACE(isa, T, W, load, store, set1, P, function, pad)                              \
+    T P##function(T);                                                                         \
+    __attribute__((target(isa))) static void function##_##W(double *x, int64_t n) {          \
+        int64_t i = 0;                                                                        \
+        for (; i + W <= n; i += W) store(x + i, P##function(load(x + i)));                   \
+        if (i < n) {                                                                          \
+            double last[W];                                                                   \
+            store(last, set1(pad));                                                           \
+            memcpy(last, x + i, (size_t)(n - i) * sizeof(double));                            \
+            store(last, P##function(load(last)));                                             \
+            memcpy(x + i, last, (size_t)(n - i) * sizeof(double));                            \
+        }                                                                                     \
+    }
+// (one instruction set: its vector type, width, load, store, set1, sub, mul, div, name prefix)
 #define VECTOR_RUNS(isa, T, W, load, store, set1, sub, mul, div, P)                           \
     T P##exp(T);                                                                              \
-    T P##expm1(T);                                                                            \
-    T P##log(T);                                                                              \
     __attribute__((target(isa))) static void exp_##W(const double *x, double *y, int64_t n,  \
                                                      double shift, double factor,             \
                                                      int divide) {                            \
         const T s = set1(shift), f = set1(factor);                                            \
-        double pad[W] = {0};                                                                  \
+        double last[W];                                                                       \
         for (int64_t i = 0; i < n; i += W) {                                                  \
             const int64_t m = n - i < W ? n - i : W;                                          \
             const double *from = x + i;                                                       \
-            if (m < W) from = memcpy(pad, x + i, (size_t)m * sizeof(double));                 \
+            if (m < W) {                                                                      \
+                store(last, set1(0.0));                                                       \
+                from = memcpy(last, x + i, (size_t)m * sizeof(double));                       \
+            }                                                                                 \
             const T z = divide ? div(sub(load(from), s), f) : mul(sub(load(from), s), f);     \
             if (m == W) store(y + i, P##exp(z));                                              \
-            else { store(pad, P##exp(z)); memcpy(y + i, pad, (size_t)m * sizeof(double)); }   \
+            else { store(last, P##exp(z)); memcpy(y + i, last, (size_t)m * sizeof(double)); } \
         }                                                                                     \
     }                                                                                         \
-    __attribute__((target(isa))) static void expm1_##W(double *x, int64_t n) {               \
-        double pad[W] = {0};                                                                  \
-        for (int64_t i = 0; i < n; i += W) {                                                  \
-            const int64_t m = n - i < W ? n - i : W;                                          \
-            if (m == W) { store(x + i, P##expm1(load(x + i))); continue; }                    \
-            memcpy(pad, x + i, (size_t)m * sizeof(double));                                   \
-            store(pad, P##expm1(load(pad)));                                                  \
-            memcpy(x + i, pad, (size_t)m * sizeof(double));                                   \
-        }                                                                                     \
-    }                                                                                         \
-    __attribute__((target(isa))) static void log_##W(double *x, int64_t n) {                 \
-        double pad[W];                                                                        \
-        for (int j = 0; j < W; ++j) pad[j] = 1.0;   /* (log(1): no exception in the pad) */  \
-        for (int64_t i = 0; i < n; i += W) {                                                  \
-            const int64_t m = n - i < W ? n - i : W;                                          \
-            if (m == W) { store(x + i, P##log(load(x + i))); continue; }                      \
-            memcpy(pad, x + i, (size_t)m * sizeof(double));                                   \
-            store(pad, P##log(load(pad)));                                                    \
-            memcpy(x + i, pad, (size_t)m * sizeof(double));                                   \
-        }                                                                                     \
-    }
+    IN_PLACE(isa, T, W, load, store, set1, P, log, 1.0)                                       \
+    VECTOR_RUNS_2_35(isa, T, W, load, store, set1, P)
+#if __GLIBC_PREREQ(2, 35)
+#define VECTOR_RUNS_2_35(isa, T, W, load, store, set1, P)                                     \
+    IN_PLACE(isa, T, W, load, store, set1, P, expm1, 0.0)                                     \
+    IN_PLACE(isa, T, W, load, store, set1, P, log1p, 0.0)
+#else
+#define VECTOR_RUNS_2_35(isa, T, W, load, store, set1, P)
+#endif
 VECTOR_RUNS("avx512f", __m512d, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd,
             _mm512_sub_pd, _mm512_mul_pd, _mm512_div_pd, _ZGVeN8v_)
 VECTOR_RUNS("avx2", __m256d, 4, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd,
@@ -98,7 +107,7 @@ VECTOR_RUNS("sse2", __m128d, 2, _mm_loadu_pd, _mm_storeu_pd, _mm_set1_pd, _mm_su
 #endif
 
 static ScaledExp exp_run = exp_scalar;
-static Elementwise expm1_run = expm1_scalar, log_run = log_scalar;
+static Elementwise expm1_run = expm1_scalar, log1p_run = log1p_scalar, log_run = log_scalar;
 
 __attribute__((constructor)) static void pick_runs(void) {
 #if VECTOR_MATH
@@ -108,6 +117,7 @@ __attribute__((constructor)) static void pick_runs(void) {
     log_run = wide ? log_8 : middle ? log_4 : log_2;
 #if __GLIBC_PREREQ(2, 35)
     expm1_run = wide ? expm1_8 : middle ? expm1_4 : expm1_2;
+    log1p_run = wide ? log1p_8 : middle ? log1p_4 : log1p_2;
 #endif
 #endif
 }
@@ -294,4 +304,57 @@ CLONED void dense_messages(const double *restrict gaps, int64_t samples, int64_t
             }
         }
     }
+}
+
+// one sweep's updates of the variables `order` (count of them, in turn) on the shifted gaps H
+// (V, V, width), DenseBP._update's formulas in its order: with x = H[:, i] and, per neighbour j,
+// t_j = C_ij log1p(E_ij / (1 + e^(x_j / s_ij + W_ij))), total = sum_j t_j + inner_i, and
+// H[i, j] = R_ij total - t_j.  inverse (V V) 1 / s_ij (1 off the edges), or NULL where all are
+// 1; ratio (V V) R_ij.  With `change`, returns the largest change of a message entry (min(0,
+// -g), min(0, g)), g = H + K (minus_k = -K, (V V, width)), else 0.  work: 2 V + 1 rows of width.
+CLONED double dense_sweep(double *restrict H, const double *restrict W,
+                          const double *restrict E, const double *restrict C,
+                          const double *restrict inner, const double *restrict minus_k,
+                          const double *restrict inverse, const double *restrict ratio,
+                          int64_t V, int64_t width, const int64_t *restrict order, int64_t count,
+                          int change, double *restrict work) {
+    double *restrict t = work, *restrict old = work + V * width;
+    double *restrict total = work + 2 * V * width;
+    double largest = 0.0;
+    for (int64_t n = 0; n < count; ++n) {
+        const int64_t i = order[n];
+        const double *restrict W_i = W + i * V * width, *restrict E_i = E + i * V * width;
+        const double *restrict C_i = C + i * V * width;
+        for (int64_t j = 0; j < V; ++j) {   // x_j / s_ij + W_ij (x * 1 is x: numpy's unit sum)
+            const double *restrict x = H + (j * V + i) * width;
+            const double factor = inverse ? inverse[i * V + j] : 1.0;
+            for (int64_t s = 0; s < width; ++s)
+                t[j * width + s] = x[s] * factor + W_i[j * width + s];
+        }
+        exp_run(t, t, V * width, 0.0, 1.0, 0);
+        for (int64_t k = 0; k < V * width; ++k) t[k] = E_i[k] / (t[k] + 1.0);
+        log1p_run(t, V * width);
+        for (int64_t k = 0; k < V * width; ++k) t[k] *= C_i[k];
+        for (int64_t s = 0; s < width; ++s) total[s] = t[s];
+        for (int64_t j = 1; j < V; ++j)
+            for (int64_t s = 0; s < width; ++s) total[s] += t[j * width + s];
+        for (int64_t s = 0; s < width; ++s) total[s] += inner[i * width + s];
+        double *restrict row = H + i * V * width;
+        if (change) memcpy(old, row, (size_t)(V * width) * sizeof(double));
+        for (int64_t j = 0; j < V; ++j) {
+            const double r = ratio[i * V + j];
+            for (int64_t s = 0; s < width; ++s)
+                row[j * width + s] = r * total[s] - t[j * width + s];
+        }
+        if (!change) continue;
+        const double *restrict k_i = minus_k + i * V * width;
+        for (int64_t k = 0; k < V * width; ++k) {   // (np.minimum, np.maximum: NaN stays)
+            const double now = fabs(row[k] - old[k]);
+            const double a = fabs(row[k] - k_i[k]), b = fabs(old[k] - k_i[k]);
+            const double wider = (a >= b || a != a) ? a : b;
+            const double moved = (now <= wider || now != now) ? now : wider;
+            largest = (moved > largest || moved != moved) ? moved : largest;
+        }
+    }
+    return largest;
 }

@@ -28,8 +28,9 @@ _SIGNATURES = {
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P],
     "dense_pairs": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, _I],
     "dense_messages": [_P, _I, _I, _P, _I, _P],
+    "dense_sweep": [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _I, ctypes.c_int, _P],
 }
-_RETURNS = {"dense_pairs": ctypes.c_int}
+_RETURNS = {"dense_pairs": ctypes.c_int, "dense_sweep": ctypes.c_double}
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,3 +203,18 @@ def dense_messages(kernels, plan, gaps, samples: int, messages) -> None:
     kernels.dense_messages(_buffer(gaps, "gaps", plan.V * plan.V, width), samples, width,
                            _positions(plan.edges, plan.V * plan.V, "edge_at"), edges,
                            _buffer(messages, "messages", samples, 2 * edges))
+
+
+def dense_sweep(kernels, plan, state, variables, change: bool, work) -> float:
+    """DenseBP._update of each of `variables` (int64, in turn) on `state`'s gaps, in place; the
+    largest change of a message entry if `change`, else 0 (work: (2 V + 1, width) of scratch)."""
+    V = plan.V
+    width = state.H.shape[2]
+    square = (V * V, width)
+    return kernels.dense_sweep(
+        _buffer(state.H, "H", *square), _buffer(state.W, "W", *square),
+        _buffer(state.E, "E", *square), _buffer(state.C, "C", *square),
+        _buffer(state.inner, "inner", V, width), _buffer(state.minus_k, "minus_k", *square),
+        None if plan.unit else _buffer(plan.inverse_columns, "inverse", V * V, 1),
+        _buffer(plan.ratio, "ratio", V * V, 1), V, width, _positions(variables, V, "variables"),
+        len(variables), int(change), _buffer(work, "work", 2 * V + 1, width))

@@ -347,6 +347,13 @@ class DenseBP:
         return [i for colour in self.plan.order for i in colour]
 
     def _updates(self, state: DenseState, variables, change: bool) -> float:
+        kernels = cpu_kernels.library()
+        if kernels is not None and not len(state.extreme):   # (cpu_kernels.c)
+            work = state.workspace.get("sweep", (2 * self.plan.V + 1, state.H.shape[2]))
+            largest = cpu_kernels.dense_sweep(kernels, self.plan, state,
+                                              np.asarray(variables, dtype=np.int64), change, work)
+            state._gaps, state._stale = None, True
+            return largest
         shape = state.H.shape[1:]
         work = (np.empty(shape), np.empty(shape))
         largest = 0.0
