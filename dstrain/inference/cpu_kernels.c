@@ -23,7 +23,7 @@
 
 // the largest of n > 0 entries (NaN-free inputs: the compiler may then use vector max)
 CLONED __attribute__((optimize("finite-math-only", "no-signed-zeros")))
-static double largest(const double *x, int64_t n) {
+static double largest_of(const double *x, int64_t n) {
     double m = x[0];
     for (int64_t i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
     return m;
@@ -135,7 +135,7 @@ CLONED void pair_tables(const double *potentials, const int64_t *potential_at, d
         const double *f = potentials + potential_at[k];
         double *t = tables + table_at[k];
         const double c = scale[k];
-        const double m = largest(f, size);
+        const double m = largest_of(f, size);
         // (x - 0 is x: the unshifted pairs' bits are those of exp(f * inverse), exp(f / c))
         if (m > above * c || m < -below * c) {
             top[k] = m;
@@ -347,14 +347,20 @@ CLONED double dense_sweep(double *restrict H, const double *restrict W,
                 row[j * width + s] = r * total[s] - t[j * width + s];
         }
         if (!change) continue;
+        // min(|row - old|, max(|row - K|, |old - K|)) into t (free now), then its largest; a NaN
+        // anywhere makes the change NaN (as numpy's minimum and maximum would): branch-free, so
+        // that the loops are vectorised
         const double *restrict k_i = minus_k + i * V * width;
-        for (int64_t k = 0; k < V * width; ++k) {   // (np.minimum, np.maximum: NaN stays)
+        int nan = 0;
+        for (int64_t k = 0; k < V * width; ++k) {
             const double now = fabs(row[k] - old[k]);
             const double a = fabs(row[k] - k_i[k]), b = fabs(old[k] - k_i[k]);
-            const double wider = (a >= b || a != a) ? a : b;
-            const double moved = (now <= wider || now != now) ? now : wider;
-            largest = (moved > largest || moved != moved) ? moved : largest;
+            const double wider = a < b ? b : a;
+            t[k] = wider < now ? wider : now;
+            nan |= (now != now) | (a != a) | (b != b);
         }
+        const double moved = nan ? NAN : largest_of(t, V * width);
+        largest = (moved > largest || moved != moved) ? moved : largest;
     }
     return largest;
 }
