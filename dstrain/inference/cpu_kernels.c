@@ -1,7 +1,8 @@
-// CPU kernels of the convex BP engine (dstrain/inference/flat.py): the start and the read-out of
-// a pair group, where numpy needs several passes over the batch's pair tables (a max, an exp
-// into a block, a copy into the slots; outer products, a multiply, a copy out) and these make
-// one.  Each pair's entries are contiguous wherever they lie, so a pair is given by the offset
+// CPU kernels of the convex BP engine.  For flat.py: the start and the read-out of a pair group,
+// where numpy needs several passes over the batch's pair tables (a max, an exp into a block, a
+// copy into the slots; outer products, a multiply, a copy out) and these make one.  For
+// dense.py (one dense binary graph): its start, sweep, pair read-out and messages, each one call.
+// Each pair's entries are contiguous wherever they lie, so a pair is given by the offset
 // of its first entry (in entries), whatever the layout: views of the potentials, slot-major
 // tables (FlatBP._view_tables), rows reordered (FlatBP._storage).  Every pair is computed on
 // its own: its bits do not depend on which pairs a call is given, nor on the order it takes
@@ -31,7 +32,7 @@ static double largest_of(const double *x, int64_t n) {
 
 // exp((x - shift) * factor), or with `divide` exp((x - shift) / factor), of n entries of x into
 // y, and expm1, log1p and log of n entries in place.  libmvec's vector functions (glibc's, one
-// per instruction set) differ from the scalar ones in the last bit, so a vectorised loop's
+// per instruction set) may differ from the scalar ones in the last bits, so a vectorised loop's
 // scalar tail or alignment peel would give an entry bits that depend on where it sits, and so
 // on how a batch is split over threads.  These call one vector function for every entry, whole
 // vectors and a last one padded: an entry's bits depend on its value alone.  Elsewhere (or
@@ -159,9 +160,9 @@ CLONED void pair_beliefs(const double *tables, const int64_t *table_at, double *
         const double *t = tables + table_at[k];
         const double *a = w_a + k * n_a, *b = w_b + k * n_b;
         double *out = beliefs + belief_at[k];
-        for (int64_t i = 0; i < n_a; ++i) {
-            const double scaled = a[i] / sums[k];
-            for (int64_t j = 0; j < n_b; ++j) out[i * n_b + j] = t[i * n_b + j] * (scaled * b[j]);
+        for (int64_t r = 0; r < n_a; ++r) {
+            const double scaled = a[r] / sums[k];
+            for (int64_t j = 0; j < n_b; ++j) out[r * n_b + j] = t[r * n_b + j] * (scaled * b[j]);
         }
     }
 }

@@ -1,12 +1,13 @@
 """The CPU engine's compiled kernels (``cpu_kernels.c``): one pass over a pair group's tables
 at the start of a run (the exp tables) and at its read-out (the beliefs), each pair given by the
-offset of its first entry in a contiguous buffer.
+offset of its first entry in a contiguous buffer (FlatBP); and the dense binary engine's start,
+sweep, pair read-out and messages (DenseBP).
 
 Built on first use with the C compiler ``$CC`` (default ``cc``) and cached (dstrain.native);
 ctypes releases the GIL during a call, so the engine's ranges run them in parallel threads.
 Where no compiler works, or with ``DSTRAIN_CPU_KERNELS=0``, ``library()`` is None and the engine
-runs its numpy path for these steps instead (same formulas; an exp's last bit may differ), after
-one warning.  ``dstrain info`` says which.
+runs its numpy path for these steps instead (same formulas; the last bits of an exp or a log
+may differ), after one warning.  ``dstrain info`` says which.
 """
 from __future__ import annotations
 
@@ -92,12 +93,13 @@ def _offsets(offsets: np.ndarray, size: int, buffer: np.ndarray, name: str) -> i
 
 
 def _order(order, pairs: int):
-    """The address of a permutation of the pairs, or None (then they are taken in order)."""
+    """The address of `order`, the pairs' indices in the order to take them (a permutation; only
+    their range is checked, what the kernels index with), or None (then in order)."""
     if order is None:
         return None
     if order.dtype != np.int64 or not order.flags.c_contiguous or len(order) != pairs:
         raise ValueError(f"order: expected {pairs} contiguous int64 pair indices")
-    return _positions(order, pairs, "order")   # (in range: what the kernels index with)
+    return _positions(order, pairs, "order")
 
 
 def pair_tables(kernels, potentials, potential_at, tables, table_at, size: int, scale,
@@ -142,10 +144,6 @@ def _positions(positions: np.ndarray, limit: int, name: str) -> int:
     return positions.ctypes.data
 
 
-def _optional(array, name: str, length: int):
-    return None if array is None else _buffer(array, name, length, 1)
-
-
 def _columns(samples: int, width: int, name: str) -> None:
     if samples > width:
         raise ValueError(f"{name}: {samples} samples in {width} columns")
@@ -164,8 +162,8 @@ def dense_start(kernels, plan, potentials, samples: int, f, w, pair_constant, WE
         _buffer(potentials, "potentials", samples, plan.num_potentials), samples,
         plan.num_potentials, width, V, P, _positions(plan.first, V * V, "at_u"),
         _positions(plan.second, V * V, "at_v"), _positions(plan.empty, V * V, "empty"),
-        len(plan.empty), None if unit else _optional(plan.inverse, "inverse", P),
-        None if unit else _optional(plan.scale, "scale", P), _buffer(f, "f", 4, width),
+        len(plan.empty), None if unit else _buffer(plan.inverse, "inverse", P, 1),
+        None if unit else _buffer(plan.scale, "scale", P, 1), _buffer(f, "f", 4, width),
         _buffer(w, "w", P, width), _buffer(pair_constant, "pair_constant", width, 1),
         _buffer(WEC, "WEC", 3 * V * V, width), _buffer(minus_k, "minus_k", V * V, width),
         _buffer(inner, "inner", V, width))
@@ -190,8 +188,8 @@ def dense_pairs(kernels, plan, H, w, samples: int, beliefs, log_sum, work, block
     bad = kernels.dense_pairs(
         _buffer(H, "H", V * V, width), _buffer(w, "w", P, width), samples if address else 0,
         width, P, _positions(plan.first, V * V, "at_u"), _positions(plan.second, V * V, "at_v"),
-        None if plan.unit else _optional(plan.inverse, "inverse", P),
-        None if plan.unit else _optional(plan.scale, "scale", P), address, row,
+        None if plan.unit else _buffer(plan.inverse, "inverse", P, 1),
+        None if plan.unit else _buffer(plan.scale, "scale", P, 1), address, row,
         _buffer(log_sum, "log_sum", width, 1), _buffer(work, "work", 6, width), block)
     return not bad
 

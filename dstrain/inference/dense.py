@@ -174,9 +174,10 @@ class DenseState:
 
     @property
     def messages(self) -> np.ndarray:
-        if self._stale and cpu_kernels.library() is not None:
-            cpu_kernels.dense_messages(cpu_kernels.library(), self.plan, self.gaps(),
-                                       self.samples, self._messages)
+        kernels = cpu_kernels.library() if self._stale else None
+        if kernels is not None:   # (cpu_kernels.c)
+            cpu_kernels.dense_messages(kernels, self.plan, self.gaps(), self.samples,
+                                       self._messages)
             self._stale = False
         if self._stale:   # a max-0 binary message with gap g is (min(0, -g), min(0, g))
             S, edges = self.samples, self.plan.edges

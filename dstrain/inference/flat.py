@@ -683,7 +683,9 @@ class FlatBP:
         slot's tables as one contiguous run instead of one table every P.  For 1000 2nd-order
         words on one thread, `run()`'s start / sweep / read-out went from 8.8 / 16.7 / 13.4 to
         11.0 / 10.4 / 14.5 ms: the copy into the slots costs the start, and the copy back
-        (_view_pair_beliefs) the read-out (an interleaved A/B on this kind of 2-core VM)."""
+        (_view_pair_beliefs) the read-out (an interleaved A/B on this kind of 2-core VM).  Where
+        the CPU kernels are built, they make each pair's table in one pass straight into its
+        slot instead (cpu_kernels.pair_tables)."""
         g = self.batch.pair_groups[group]
         first, per = self._pair_views[group]
         samples, size = self.batch.num_samples, g.entries.shape[1]
@@ -744,6 +746,9 @@ class FlatBP:
         """pair_tables for a group in the rows of _storage, block by block: each block's pairs
         gathered as rows of a sliding-window view of the potentials (no index per entry), its
         max and exp while it is in the cache; shifted by the max only where _view_tables does.
+
+        Where the CPU kernels are built, they make the tables instead, in one pass taking the
+        pairs in the potentials' order (cpu_kernels.pair_tables).
 
         (1000 chains: the gather, 4-6 ms, reads every other table of the potentials, where a
         gather in the potentials' order took 3.6 against 6.1 ms cold; but passing the blocks in
@@ -1201,9 +1206,10 @@ class FlatBP:
         return beliefs
 
     def _view_pair_beliefs(self, state: FlatState, group: int, w_a, w_b, total, beliefs):
-        """A one-template group's pair beliefs table * (w_a / sum) w_b^T into `out`, the (S, P,
-        n_a, n_b) view of the beliefs, a block of samples at a time (the tables are read from
-        memory once); `total` the pairs' sums, or None: then formed here, block by block.
+        """A one-template group's pair beliefs table * (w_a / sum) w_b^T into the batch's
+        `beliefs` vector, through its (S, P, n_a, n_b) view `out`: by the CPU kernels where they
+        are built (cpu_kernels.pair_beliefs), else a block of samples at a time (the tables are
+        read from memory once); `total` the pairs' sums, or None: then formed here.
         Returns the sums.  Slot-major tables are multiplied slot by slot into a block in the
         cache, which is then copied to the samples' entries: reading the tables in sample order
         (from seven places at once) took 6.4 against 4.5 ms for 1000 words, measured."""
