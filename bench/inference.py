@@ -418,7 +418,8 @@ def one_round(e) -> dict:
         phases = getattr(result, "seconds", None) or {}
         if phases:   # dstrain's run() reports its phases (the slowest range's)
             out.update({"in run start": phases["start"], "in run sweep": phases["sweeps"] / 10,
-                        "in run readout": phases["readout"]})
+                        "in run readout": phases["readout"],
+                        "in run messages": phases.get("messages", float("nan"))})
     return out
 
 
@@ -520,8 +521,9 @@ def main(argv=None):
                  for k in results[id(e)][0] if k != "cpu"}
             m["cpu"] = float(np.median([r["cpu"] for r in results[id(e)]]))
             medians[(e.label, e.threads)] = m
-            cell = lambda k: f"{m[k]:.2f}" if k in m else "-"  # noqa: E731
-            in_run = " / ".join(cell(f"in run {k}") for k in ("start", "sweep", "readout")) \
+            cell = lambda k: f"{m[k]:.2f}" if not np.isnan(m.get(k, np.nan)) else "-"  # noqa: E731
+            in_run = " / ".join(cell(f"in run {k}")
+                                for k in ("start", "sweep", "readout", "messages")) \
                 if "in run start" in m else "-"
             rows.append(f"| ({key}) {name} | {e.label} | {e.threads} | {cell('start')} | "
                         f"{cell('sweep')} | {cell('readout')} | {cell('end to end')} | {in_run} | "
@@ -558,7 +560,9 @@ def main(argv=None):
         "message change); *read-out*: beliefs and dual (with shared tables: the per-table belief "
         "sums and dual); *end to end*: (start + 10 sweeps + dual + beliefs) / 10, one `run()`; "
         "*in run*: dstrain's `run()` timing its own phases, start / one sweep (no message change "
-        "but the last) / read-outs, on arrays reused from the previous run (the standalone calls "
+        "but the last) / read-outs (beliefs and dual) / the messages' export into the result "
+        "(-: a baseline that times no such phase, its read-outs include the export), on arrays "
+        "reused from the previous run (the standalone calls "
         "allocate theirs: fresh pages cost the kernel's zeroing); *CPU/wall*: CPU seconds per "
         "wall second during the sweeps.", "",
         "| workload | engine | threads | start | sweep | read-out | end to end | in run | CPU/wall |",

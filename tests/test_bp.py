@@ -274,7 +274,7 @@ def test_a_run_equals_start_sweeps_and_read_outs(sweeps, cpu_path):
             np.testing.assert_array_equal(result.messages, state.messages)
             np.testing.assert_array_equal(result.beliefs, engine.beliefs(state))
             np.testing.assert_array_equal(result.dual, engine.dual(state))
-            assert set(result.seconds) == {"start", "sweeps", "readout"}
+            assert set(result.seconds) == {"start", "sweeps", "readout", "messages"}
 
 
 def test_exp_and_log_give_an_entry_the_same_bits_wherever_it_sits():
@@ -544,6 +544,31 @@ def test_a_run_reuses_its_beliefs_array_only_once_nothing_holds_it():
     np.testing.assert_array_equal(third.beliefs, kept)
 
 
+def test_a_run_reuses_its_messages_array_only_once_nothing_holds_it():
+    # like the beliefs (a fresh array's pages are zeroed at their first write, inside the
+    # read-out); on the reused array a cold run starts from zero messages, a warm one from those
+    # given, on both engines
+    rng = np.random.default_rng(5)
+    for graph in (fully_connected(6, 2), chain(5, 4)):
+        batch = GraphBatch([graph] * 4)
+        engine = ConvexBP(batch, threads=1)
+        potentials = rng.normal(size=batch.num_potentials)
+        first = engine.run(potentials, max_sweeps=3, tol=0.0)
+        cold = first.messages.copy()
+        warm = engine.run(potentials, first.messages, max_sweeps=2, tol=0.0)
+        assert warm.messages is not first.messages   # (first holds its array)
+        np.testing.assert_array_equal(first.messages, cold)
+        address, after_warm = id(warm.messages), warm.messages.copy()
+        del first, warm
+        again = engine.run(potentials, max_sweeps=3, tol=0.0)
+        assert id(again.messages) == address
+        np.testing.assert_array_equal(again.messages, cold)
+        del again
+        rewarmed = engine.run(potentials, cold, max_sweeps=2, tol=0.0)
+        assert id(rewarmed.messages) == address
+        np.testing.assert_array_equal(rewarmed.messages, after_warm)
+
+
 def test_pair_beliefs_are_the_tables_times_the_outer_products():
     # _scale_tables: table * (rows * columns), with or without a work array, into a view too
     from dstrain.inference.flat import _scale_tables
@@ -635,14 +660,19 @@ def test_slot_major_tables_of_one_template_equal_the_reference_block_by_block(sc
 
 def _kernel_batches(rng):
     """Batches of every layout the CPU kernels read and write: dense binary graphs (DenseBP:
-    complete with unit scales; incomplete with trw's), slot-major views (words), sample-major
+    complete with unit scales; incomplete with trw's; unaries' counting numbers of every sign),
+    slot-major views (words), sample-major
     views (a grid of more than 32 pairs), reordered rows (chains of several lengths), views with
     unequal scales (counting numbers given per region)."""
     counting = [1.0] * 5 + [0.5, 1.0, 2.0, 1.5]
     incomplete = RegionGraph([2] * 9, [(i,) for i in range(9)]
                              + [(i, j) for i in range(9) for j in range(i + 1, 9) if (i + j) % 4],
                              counting_numbers="trw", eps=0.6)
-    return [[fully_connected(38, 2)] * 9, [incomplete] * 3, [chain(5, 26, order=2)] * 6,
+    mixed = RegionGraph([2] * 6, [(i,) for i in range(6)]   # unaries' c > 0, = 0 and < 0
+                        + [(i, j) for i in range(6) for j in range(i + 1, 6)],
+                        counting_numbers=[1.0, 0.0, -1.0, 2.0, 0.5, 0.0] + [1.0] * 15)
+    return [[fully_connected(38, 2)] * 9, [incomplete] * 3, [mixed] * 4,
+            [chain(5, 26, order=2)] * 6,
             [grid(7, 8, 4)] * 2,
             [chain(int(n), 7) for n in rng.integers(2, 9, 9)],
             [RegionGraph([4] * 5, [(i,) for i in range(5)] + [(i, i + 1) for i in range(4)],
@@ -680,11 +710,15 @@ def test_the_compiled_kernels_equal_numpys_path_and_their_bits_do_not_depend_on_
             assert any(t.top.min() < 0 for t in mine.pair_tables)
         else:   # DenseBP's per-run arrays, samples last (expm1's last bit may differ)
             samples = len(graphs)
-            for name in ("f", "w", "pair_constant", "W", "C", "minus_k", "H", "inner"):
+            for name in ("f", "w", "pair_constant", "minus_k", "H", "inner"):
                 np.testing.assert_array_equal(getattr(mine, name)[..., :samples],
                                               getattr(numpys, name)[..., :samples], name)
-            np.testing.assert_allclose(mine.E[..., :samples], numpys.E[..., :samples],
-                                       rtol=1e-15, atol=0)
+            np.testing.assert_allclose(mine.rows[1, ..., :samples], numpys.rows[1, ..., :samples],
+                                       rtol=1e-15, atol=0)   # (E)
+            assert not mine.rows[:, -1].any()   # (the zero row of positions without a pair)
+            W, E, C = mine.spread   # (numpy's sweep's layout, for extreme samples)
+            np.testing.assert_array_equal(W, numpys.spread[0])
+            np.testing.assert_array_equal(C, numpys.spread[2])
             np.testing.assert_array_equal(mine.extreme, numpys.extreme)
             assert len(mine.extreme)   # (scale 300: some interactions beyond expm1's range)
         runs = {}

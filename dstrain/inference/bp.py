@@ -60,7 +60,8 @@ class BPResult:
     rest_beliefs: np.ndarray | None = None   # with shared tables: beliefs at sharing.rest
     sharing: PairSharing | None = None
     formed: np.ndarray | None = None   # (N,) beliefs, once formed
-    # wall seconds of the run's start, sweeps and read-outs (the slowest range's, each)
+    # wall seconds of the run's start, sweeps, read-outs (beliefs and dual) and the messages'
+    # export into `messages` (the slowest range's, each)
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -124,7 +125,8 @@ class ConvexBP:
     def _result_array(self, key, size: int, reuse: bool) -> np.ndarray:
         """An (size,) array for a run's result: the last run's if nothing but this engine holds it
         (no result, view or tensor of it is alive), else a fresh one.  A fresh array costs the
-        kernel's zeroing of its pages at the first write: 5 ms for 1000 words' 38 MB of beliefs."""
+        kernel's zeroing of its pages at the first write: 5 ms for 1000 words' 38 MB of beliefs
+        (np.zeros is no cheaper: its pages are zeroed at the first write too)."""
         if not reuse:
             return np.empty(size)
         held = self._returned.get(key)
@@ -201,7 +203,9 @@ class ConvexBP:
         return dataclasses.replace(full, parts=parts, part_pairs=positions)
 
     # --- state ----------------------------------------------------------------------------
-    def _inputs(self, potentials, messages, sharing):
+    def _inputs(self, potentials, messages, sharing, reuse: bool = False):
+        """(theta, the run's messages, its ranges); `reuse`: the messages may go into the last
+        run's array (see _result_array)."""
         b = self.batch
         theta = np.ascontiguousarray(potentials, dtype=np.float64)
         expected = b.num_potentials if sharing is None else sharing.source_size
@@ -209,13 +213,16 @@ class ConvexBP:
             raise ValueError(f"potentials: expected a flat vector of {expected} entries "
                              f"for this batch{' (its source)' if sharing else ''}, "
                              f"got shape {theta.shape}")
-        if messages is None:
-            lam = np.zeros(b.num_messages)
-        else:
-            lam = np.array(messages, dtype=np.float64)
-            if lam.shape != (b.num_messages,):
+        if messages is not None:
+            messages = np.asarray(messages, dtype=np.float64)
+            if messages.shape != (b.num_messages,):
                 raise ValueError(f"messages: expected {b.num_messages} entries for this batch, "
-                                 f"got shape {lam.shape}")
+                                 f"got shape {messages.shape}")
+        lam = self._result_array("messages", b.num_messages, reuse)
+        if messages is None:
+            lam.fill(0.0)
+        else:
+            np.copyto(lam, messages)
         parts = self._parts
         if sharing is not None and sharing.parts is None:   # shared tables over the whole batch
             parts = [self._whole]
@@ -343,17 +350,22 @@ class ConvexBP:
         `rest_beliefs` the beliefs of the other entries (sharing.rest)."""
         if max_sweeps < 0 or not tol >= 0:
             raise ValueError(f"max_sweeps = {max_sweeps} and tol = {tol} must be >= 0")
-        theta, lam, parts = self._inputs(potentials, messages, sharing)
-        b = self.batch
         # (a run's states stay in the run: it may reuse the arrays of the previous one, unless
         # another thread is running this engine now)
         reuse = self._running.acquire(blocking=False)
+        try:
+            theta, lam, parts = self._inputs(potentials, messages, sharing, reuse)
+        except BaseException:
+            if reuse:
+                self._running.release()
+            raise
+        b = self.batch
         dual = np.empty(b.num_samples)
         beliefs = self._result_array("beliefs", b.num_potentials, reuse) if sharing is None \
             else None
         states, engines = [None] * len(parts), [None] * len(parts)
         fixed = tol == 0 or not b.colours   # no sweep decides when the others stop
-        times = [[0.0, 0.0, 0.0] for _ in parts]
+        times = [[0.0, 0.0, 0.0, 0.0] for _ in parts]
 
         def begin(i, part):
             start = time.perf_counter()
@@ -380,8 +392,10 @@ class ConvexBP:
             dual_i, rest, exports = engines[i].readout(
                 states[i], None if beliefs is None else beliefs[part.p0:part.p1], sharing is not None)
             dual[part.s0:part.s1] = dual_i
+            middle = time.perf_counter()
             states[i].messages   # the range's messages into lam
-            times[i][2] += time.perf_counter() - start
+            times[i][2] += middle - start
+            times[i][3] += time.perf_counter() - middle
             return rest, exports
 
         try:
@@ -403,7 +417,7 @@ class ConvexBP:
             sweeps += 1
         outputs = self._each(parts, finish)
         result = BPResult(dual, lam, sweeps, change, converged=change < tol,
-                          seconds=dict(zip(("start", "sweeps", "readout"),
+                          seconds=dict(zip(("start", "sweeps", "readout", "messages"),
                                            np.max(times, axis=0).tolist())))
         if sharing is None:
             result.formed = beliefs

@@ -1,7 +1,7 @@
 // CPU kernels of the convex BP engine.  For flat.py: the start and the read-out of a pair group,
 // where numpy needs several passes over the batch's pair tables (a max, an exp into a block, a
 // copy into the slots; outer products, a multiply, a copy out) and these make one.  For
-// dense.py (one dense binary graph): its start, sweep, pair read-out and messages, each one call.
+// dense.py (one dense binary graph): its start, sweep, read-outs and messages, each one call.
 // Each pair's entries are contiguous wherever they lie, so a pair is given by the offset
 // of its first entry (in entries), whatever the layout: views of the potentials, slot-major
 // tables (FlatBP._view_tables), rows reordered (FlatBP._storage).  Every pair is computed on
@@ -169,173 +169,142 @@ CLONED void pair_beliefs(const double *tables, const int64_t *table_at, double *
 
 // --- batches of one dense binary pairwise graph (dstrain/inference/dense.py) ------------------
 // Arrays are samples last, `width` columns (the samples, then padding columns whose potentials
-// count as 0); a pair p joins variables u < v, sitting at dense positions at_u[p] = u V + v and
-// at_v[p] = v V + u; `inverse` and `scale` are 1 / (eps c_p) and eps c_p, or NULL where all are 1.
+// count as 0).  A pair p joins variables u < v and sits at dense positions at_u[p] = u V + v and
+// at_v[p] = v V + u; pair_of (V V) gives a position's pair, P where there is none (the per-pair
+// rows w and E end with a zero row P).  inverse and scale: 1 / (eps c_p) and eps c_p, P + 1 of
+// them (1 at P), or NULL where all are 1.  What is samples first (potentials, beliefs,
+// messages) is read or written `chunk` pairs (or edges) at a time: whole rows of the samples-last
+// arrays, a run of each sample's row, and a (chunk, width) block of scratch in `work` between
+// (chunk sized by the caller to stay in cache); the exponentials are taken over a block at once.
 // Each number is formed by the operations numpy's path uses, in its order.
 
-// start: w (P, width) the pairs' interactions (f10 + f01 - f00 - f11) / s (f: 4 width entries
-// of scratch); pair_constant (width) sum_p f10 + f01 - f11; at both of a pair's positions of the
-// (3, V V, width) stack WEC: max(w, 0), expm1(|w|), sign(w) s; minus_k (V V, width): f11 - f01
-// at u's position, f11 - f10 at v's (the rows no pair sits at, `empty`, are zeroed); inner (V,
-// width): f_i(1) - f_i(0) + sum_j minus_k[i V + j].  Each sample's potentials are one row of
-// `row_length` entries: 2 V unaries, then 4 per pair.
-CLONED void dense_start(const double *restrict potentials, int64_t samples, int64_t row_length,
-                        int64_t width, int64_t V, int64_t P, const int64_t *restrict at_u,
-                        const int64_t *restrict at_v, const int64_t *restrict empty,
-                        int64_t empties, const double *restrict inverse,
-                        const double *restrict scale, double *restrict f, double *restrict w,
-                        double *restrict pair_constant, double *restrict WEC,
-                        double *restrict minus_k, double *restrict inner) {
-    const int64_t plane = V * V * width;
-    double *restrict W = WEC, *restrict E = WEC + plane, *restrict C = WEC + 2 * plane;
-    for (int64_t s = 0; s < width; ++s) pair_constant[s] = -0.0;
+// start: w (P + 1, width) the interactions (f10 + f01 - f00 - f11) / s and E (P + 1, width)
+// expm1(|w|), their rows P zero; pair_constant (width) sum_p f10 + f01 - f11; minus_k and H
+// (V V, width) f11 - f01 at u's position, f11 - f10 at v's, 0 at the `empty` positions, and H
+// then += lambda(1) - lambda(0) at each edge's position edge_at[e] from `messages` (samples,
+// edges, 2) if given (a warm start); inner (V, width) f_i(1) - f_i(0) + the sum of minus_k over
+// i's positions, summed from 0 in the pairs' order.  Each sample's potentials are a row of
+// row_length entries: 2 V unaries, then 4 per pair.  work: 4 chunk width entries.  Returns the
+// largest |w| of the samples (NaN ignored).
+CLONED double dense_start(const double *restrict potentials, int64_t samples,
+                          int64_t row_length, int64_t width, int64_t V, int64_t P,
+                          const int64_t *restrict at_u, const int64_t *restrict at_v,
+                          const int64_t *restrict empty, int64_t empties,
+                          const double *restrict inverse, const double *restrict messages,
+                          const int64_t *restrict edge_at, int64_t edges, double *restrict w,
+                          double *restrict E, double *restrict pair_constant,
+                          double *restrict minus_k, double *restrict H, double *restrict inner,
+                          int64_t chunk, double *restrict work) {
+    double largest = 0.0;
+    for (int64_t s = 0; s < width; ++s) {
+        w[P * width + s] = E[P * width + s] = 0.0;
+        pair_constant[s] = -0.0;   // (from -0: the first term's bits)
+    }
     for (int64_t e = 0; e < empties; ++e)
-        for (int64_t s = 0; s < width; ++s) {
-            const int64_t k = empty[e] * width + s;
-            W[k] = E[k] = C[k] = minus_k[k] = 0.0;
-        }
-    for (int64_t p = 0; p < P; ++p) {
-        double *restrict f00 = f, *restrict f01 = f + width;   // (scratch, pair by pair)
-        double *restrict f10 = f + 2 * width, *restrict f11 = f + 3 * width;
-        for (int64_t s = 0; s < samples; ++s) {   // (a gather: one row per sample)
-            const double *x = potentials + s * row_length + 2 * V + 4 * p;
-            f00[s] = x[0], f01[s] = x[1], f10[s] = x[2], f11[s] = x[3];
-        }
-        for (int64_t s = samples; s < width; ++s) f00[s] = f01[s] = f10[s] = f11[s] = 0.0;
-        const int64_t u = at_u[p] * width, v = at_v[p] * width;   // (rows u != v)
-        double *restrict W_u = W + u, *restrict W_v = W + v, *restrict E_u = E + u;
-        double *restrict E_v = E + v, *restrict C_u = C + u, *restrict C_v = C + v;
-        double *restrict minus_k_u = minus_k + u, *restrict minus_k_v = minus_k + v;
-        // (times 1 where all scales are 1: exact, the same bits as no multiplication)
-        const double factor = inverse ? inverse[p] : 1.0, size = scale ? scale[p] : 1.0;
-        double *restrict interaction = w + p * width;
-        for (int64_t s = 0; s < width; ++s) {   // (short loops: each one vectorised)
-            double x = f10[s] + f01[s];
-            x -= f00[s];
-            x -= f11[s];
-            interaction[s] = x * factor;
-        }
-        for (int64_t s = 0; s < width; ++s) {
-            minus_k_u[s] = f11[s] - f01[s];
-            minus_k_v[s] = f11[s] - f10[s];
-            pair_constant[s] += f10[s] - minus_k_u[s];   // (from -0: the first term's bits)
-        }
-        for (int64_t s = 0; s < width; ++s) {
-            const double x = interaction[s];
-            W_u[s] = W_v[s] = x < 0.0 ? 0.0 : x;   // np.maximum(x, 0): NaN stays
-            C_u[s] = C_v[s] = copysign(1.0, x) * size;
-        }
-        for (int64_t s = 0; s < width; ++s) E_u[s] = fabs(interaction[s]);
-        expm1_run(E_u, width);
-        for (int64_t s = 0; s < width; ++s) E_v[s] = E_u[s];
-    }
-    for (int64_t i = 0; i < V; ++i) {
-        double *restrict row = inner + i * width;
-        const double *restrict column = minus_k + i * V * width;
-        for (int64_t s = 0; s < width; ++s) row[s] = column[s];
-        for (int64_t j = 1; j < V; ++j)
-            for (int64_t s = 0; s < width; ++s) row[s] += column[j * width + s];
-        for (int64_t s = 0; s < samples; ++s)
-            row[s] = (potentials[s * row_length + 2 * i + 1] - potentials[s * row_length + 2 * i])
-                     + row[s];
-        for (int64_t s = samples; s < width; ++s) row[s] = 0.0 + row[s];
-    }
-}
-
-// read-out of the pairs from the shifted gaps H (V V, width): per pair and column the terms
-// e^-w, e^h_v, e^h_u (h over s) and their product, total their sum; beliefs (the samples' rows
-// of `belief_row` entries, a pair's four from 4 p) = terms / total; log_sum (width) += the sum
-// over each block of `block` pairs of s log(total).  `work`: 6 width entries of scratch.
-// Returns 1, having stopped, if some total is not finite (then the peaked read-out is needed).
-CLONED int dense_pairs(const double *restrict H, const double *restrict w, int64_t samples,
-                       int64_t width, int64_t P, const int64_t *restrict at_u,
-                       const int64_t *restrict at_v, const double *restrict inverse,
-                       const double *restrict scale, double *restrict beliefs,
-                       int64_t belief_row, double *restrict log_sum, double *restrict work,
-                       int64_t block) {
-    double *restrict z0 = work, *restrict z1 = work + width, *restrict z2 = work + 2 * width;
-    double *restrict z3 = work + 3 * width, *restrict total = work + 4 * width;
-    double *restrict block_sums = work + 5 * width;
-    for (int64_t p = 0; p < P; ++p) {
-        const double *restrict h_u = H + at_u[p] * width, *restrict h_v = H + at_v[p] * width;
-        const double *restrict x = w + p * width;
-        const double factor = inverse ? inverse[p] : 1.0, size = scale ? scale[p] : 1.0;
-        // (0 - x is -x, x * 1 is x: the same bits as numpy's negative and unscaled h)
-        exp_run(x, z0, width, 0.0, -1.0, 0);
-        exp_run(h_v, z1, width, 0.0, factor, 0);
-        exp_run(h_u, z2, width, 0.0, factor, 0);
-        int finite = 1;
-        for (int64_t s = 0; s < width; ++s) {
-            z3[s] = z1[s] * z2[s];
-            double sum = z0[s] + z1[s];
-            sum += z2[s];
-            sum += z3[s];
-            total[s] = sum;
-            finite &= sum - sum == 0.0;   // (false for inf and NaN)
-        }
-        if (!finite) return 1;
-        for (int64_t s = 0; s < samples; ++s) {
-            double *out = beliefs + s * belief_row + 4 * p;
-            out[0] = z0[s] / total[s], out[1] = z1[s] / total[s];
-            out[2] = z2[s] / total[s], out[3] = z3[s] / total[s];
-        }
-        if (p % block == 0)   // (from -0: the block's first term's own bits)
-            for (int64_t s = 0; s < width; ++s) block_sums[s] = -0.0;
-        log_run(total, width);
-        for (int64_t s = 0; s < width; ++s) block_sums[s] += total[s] * size;
-        if (p % block == block - 1 || p == P - 1)
-            for (int64_t s = 0; s < width; ++s) log_sum[s] += block_sums[s];
-    }
-    return 0;
-}
-
-// the messages, samples first (samples, edges, 2), from the gaps g (V V, width) at each edge's
-// dense position: a max-0 binary message with gap g is (min(0, -g), min(0, g)).
-CLONED void dense_messages(const double *restrict gaps, int64_t samples, int64_t width,
-                           const int64_t *restrict edge_at, int64_t edges,
-                           double *restrict messages) {
-    for (int64_t s0 = 0; s0 < samples; s0 += 8) {   // (8 samples: one line of each gap row)
-        const int64_t s1 = s0 + 8 < samples ? s0 + 8 : samples;
-        for (int64_t e = 0; e < edges; ++e) {
-            const double *restrict g = gaps + edge_at[e] * width;
-            for (int64_t s = s0; s < s1; ++s) {
-                const double one = 0.0 < g[s] ? 0.0 : g[s];   // np.minimum(g, 0): NaN stays
-                messages[2 * (s * edges + e) + 1] = one;
-                messages[2 * (s * edges + e)] = one - g[s];
+        for (int64_t s = 0; s < width; ++s)
+            minus_k[empty[e] * width + s] = H[empty[e] * width + s] = 0.0;
+    for (int64_t k = 0; k < V * width; ++k) inner[k] = 0.0;
+    for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+        const int64_t p1 = p0 + chunk < P ? p0 + chunk : P, m = (p1 - p0) * width;
+        double *restrict f00 = work, *restrict f01 = f00 + m, *restrict f10 = f01 + m;
+        double *restrict f11 = f10 + m;
+        for (int64_t s = 0; s < samples; ++s) {   // (a transposed copy: a run of each row)
+            const double *x = potentials + s * row_length + 2 * V + 4 * p0;
+            if (p1 < P)   // (the next chunk's run of this row: short runs escape the prefetcher)
+                for (int64_t q = 0; q < 4 * (p1 - p0); q += 8)
+                    __builtin_prefetch(x + 4 * (p1 - p0) + q);
+            for (int64_t q = 0; q < p1 - p0; ++q) {
+                const int64_t k = q * width + s;
+                f00[k] = x[4 * q], f01[k] = x[4 * q + 1];
+                f10[k] = x[4 * q + 2], f11[k] = x[4 * q + 3];
             }
         }
+        for (int64_t q = 0; q < p1 - p0; ++q)
+            for (int64_t s = samples; s < width; ++s)
+                f00[q * width + s] = f01[q * width + s] = f10[q * width + s] = f11[q * width + s]
+                    = 0.0;
+        for (int64_t p = p0; p < p1; ++p) {
+            // (times 1 where all scales are 1: exact, the same bits as no multiplication)
+            const double factor = inverse ? inverse[p] : 1.0;
+            const int64_t q = (p - p0) * width;
+            double *restrict w_p = w + p * width, *restrict E_p = E + p * width;
+            double *restrict k_u = minus_k + at_u[p] * width;
+            double *restrict k_v = minus_k + at_v[p] * width;
+            double *restrict h_u = H + at_u[p] * width, *restrict h_v = H + at_v[p] * width;
+            double *restrict acc_u = inner + (at_u[p] / V) * width;
+            double *restrict acc_v = inner + (at_v[p] / V) * width;
+            for (int64_t s = 0; s < width; ++s) {
+                double x = f10[q + s] + f01[q + s];
+                x -= f00[q + s];
+                x -= f11[q + s];
+                w_p[s] = x * factor;
+                E_p[s] = fabs(w_p[s]);
+                k_u[s] = h_u[s] = f11[q + s] - f01[q + s];   // (zero messages: h = -K)
+                k_v[s] = h_v[s] = f11[q + s] - f10[q + s];
+                pair_constant[s] += f10[q + s] - k_u[s];
+                acc_u[s] += k_u[s];
+                acc_v[s] += k_v[s];
+            }
+            for (int64_t s = 0; s < samples; ++s) largest = E_p[s] > largest ? E_p[s] : largest;
+        }
+        expm1_run(E + p0 * width, m);
     }
+    for (int64_t s = 0; s < samples; ++s) {
+        const double *unary = potentials + s * row_length;
+        for (int64_t i = 0; i < V; ++i)
+            inner[i * width + s] = (unary[2 * i + 1] - unary[2 * i]) + inner[i * width + s];
+    }
+    if (messages)
+        for (int64_t e0 = 0; e0 < edges; e0 += chunk) {
+            const int64_t e1 = e0 + chunk < edges ? e0 + chunk : edges;
+            for (int64_t s = 0; s < samples; ++s) {
+                const double *m = messages + 2 * (s * edges + e0);
+                for (int64_t e = e0; e < e1; ++e)
+                    H[edge_at[e] * width + s] += m[2 * (e - e0) + 1] - m[2 * (e - e0)];
+            }
+        }
+    return largest;
 }
 
 // one sweep's updates of the variables `order` (count of them, in turn) on the shifted gaps H
-// (V, V, width), DenseBP._update's formulas in its order: with x = H[:, i] and, per neighbour j,
-// t_j = C_ij log1p(E_ij / (1 + e^(x_j / s_ij + W_ij))), total = sum_j t_j + inner_i, and
-// H[i, j] = R_ij total - t_j.  inverse (V V) 1 / s_ij (1 off the edges), or NULL where all are
-// 1; ratio (V V) R_ij.  With `change`, returns the largest change of a message entry (min(0,
-// -g), min(0, g)), g = H + K (minus_k = -K, (V V, width)), else 0.  work: 2 V + 1 rows of width.
-CLONED double dense_sweep(double *restrict H, const double *restrict W,
-                          const double *restrict E, const double *restrict C,
-                          const double *restrict inner, const double *restrict minus_k,
-                          const double *restrict inverse, const double *restrict ratio,
-                          int64_t V, int64_t width, const int64_t *restrict order, int64_t count,
-                          int change, double *restrict work) {
+// (V, V, width), DenseBP._update's formulas in its order: with x = H[:, i] and, per neighbour j
+// (pair p = pair_of[i V + j]), t_j = C_p log1p(E_p / (1 + e^(x_j / s_p + max(w_p, 0)))), C_p =
+// sign(w_p) s_p, total = sum_j t_j + inner_i, and H[i, j] = R_ij total - t_j; ratio (V V) R_ij.
+// With `change`, returns the largest change of a message entry (min(0, -g), min(0, g)), g = H +
+// K (minus_k = -K, (V V, width)), else 0.  work: 2 V + 1 rows of width.
+CLONED double dense_sweep(double *restrict H, const double *restrict w,
+                          const double *restrict E, const double *restrict inner,
+                          const double *restrict minus_k, const int64_t *restrict pair_of,
+                          const double *restrict inverse, const double *restrict scale,
+                          const double *restrict ratio, int64_t V, int64_t width,
+                          const int64_t *restrict order, int64_t count, int change,
+                          double *restrict work) {
     double *restrict t = work, *restrict old = work + V * width;
     double *restrict total = work + 2 * V * width;
     double largest = 0.0;
     for (int64_t n = 0; n < count; ++n) {
         const int64_t i = order[n];
-        const double *restrict W_i = W + i * V * width, *restrict E_i = E + i * V * width;
-        const double *restrict C_i = C + i * V * width;
-        for (int64_t j = 0; j < V; ++j) {   // x_j / s_ij + W_ij (x * 1 is x: numpy's unit sum)
+        const int64_t *restrict pairs = pair_of + i * V;
+        for (int64_t j = 0; j < V; ++j) {   // x_j / s_p + max(w_p, 0) (x * 1 is x)
             const double *restrict x = H + (j * V + i) * width;
-            const double factor = inverse ? inverse[i * V + j] : 1.0;
-            for (int64_t s = 0; s < width; ++s)
-                t[j * width + s] = x[s] * factor + W_i[j * width + s];
+            const double *restrict w_p = w + pairs[j] * width;
+            const double factor = inverse ? inverse[pairs[j]] : 1.0;
+            for (int64_t s = 0; s < width; ++s)   // (np.maximum(w, 0): NaN stays)
+                t[j * width + s] = x[s] * factor + (w_p[s] < 0.0 ? 0.0 : w_p[s]);
         }
         exp_run(t, t, V * width, 0.0, 1.0, 0);
-        for (int64_t k = 0; k < V * width; ++k) t[k] = E_i[k] / (t[k] + 1.0);
+        for (int64_t j = 0; j < V; ++j) {
+            const double *restrict E_p = E + pairs[j] * width;
+            for (int64_t s = 0; s < width; ++s)
+                t[j * width + s] = E_p[s] / (t[j * width + s] + 1.0);
+        }
         log1p_run(t, V * width);
-        for (int64_t k = 0; k < V * width; ++k) t[k] *= C_i[k];
+        for (int64_t j = 0; j < V; ++j) {
+            const double *restrict w_p = w + pairs[j] * width;
+            const double size = scale ? scale[pairs[j]] : 1.0;
+            for (int64_t s = 0; s < width; ++s)
+                t[j * width + s] *= copysign(1.0, w_p[s]) * size;
+        }
         for (int64_t s = 0; s < width; ++s) total[s] = t[s];
         for (int64_t j = 1; j < V; ++j)
             for (int64_t s = 0; s < width; ++s) total[s] += t[j * width + s];
@@ -364,4 +333,183 @@ CLONED double dense_sweep(double *restrict H, const double *restrict W,
         largest = (moved > largest || moved != moved) ? moved : largest;
     }
     return largest;
+}
+
+// read-out of the pairs from the shifted gaps H (V V, width): per pair and column the terms
+// e^-w (from E = expm1(|w|): 1 + E where w < 0, else 1 / (1 + E)), e^h_v, e^h_u (h over s) and
+// their product, total their sum; beliefs (the samples' rows of `belief_row` entries, a pair's
+// four from 4 p), if given, = terms * (1 / total); log_sum (width) += the sum over each block of
+// `block` pairs of s log(total).  work: 5 chunk width + width entries.  Returns 1, having
+// stopped, if some total is not finite (then the peaked read-out is needed).
+CLONED int dense_pairs(const double *restrict H, const double *restrict w,
+                       const double *restrict E, int64_t samples, int64_t width, int64_t P,
+                       const int64_t *restrict at_u, const int64_t *restrict at_v,
+                       const double *restrict inverse, const double *restrict scale,
+                       double *restrict beliefs, int64_t belief_row, double *restrict log_sum,
+                       int64_t block, int64_t chunk, double *restrict work) {
+    double *restrict block_sums = work + 5 * chunk * width;
+    for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+        const int64_t p1 = p0 + chunk < P ? p0 + chunk : P, m = (p1 - p0) * width;
+        double *restrict z0 = work, *restrict z1 = z0 + m, *restrict z2 = z1 + m;
+        double *restrict z3 = z2 + m, *restrict total = z3 + m;
+        for (int64_t p = p0; p < p1; ++p) {   // (h * 1 is h: numpy's unscaled h)
+            const double factor = inverse ? inverse[p] : 1.0;
+            const double *restrict x = w + p * width, *restrict e = E + p * width;
+            const double *restrict h_u = H + at_u[p] * width, *restrict h_v = H + at_v[p] * width;
+            const int64_t q = (p - p0) * width;
+            for (int64_t s = 0; s < width; ++s) {
+                z0[q + s] = x[s] < 0.0 ? 1.0 + e[s] : 1.0 / (1.0 + e[s]);
+                z1[q + s] = h_v[s] * factor;
+                z2[q + s] = h_u[s] * factor;
+            }
+        }
+        exp_run(z1, z1, 2 * m, 0.0, 1.0, 0);   // (z1 and z2: one run)
+        int finite = 1;
+        for (int64_t k = 0; k < m; ++k) {
+            z3[k] = z1[k] * z2[k];
+            double sum = z0[k] + z1[k];
+            sum += z2[k];
+            sum += z3[k];
+            total[k] = sum;
+            finite &= sum - sum == 0.0;   // (false for inf and NaN)
+        }
+        if (!finite) return 1;
+        if (beliefs) {
+            for (int64_t k = 0; k < m; ++k) {
+                const double r = 1.0 / total[k];
+                z0[k] *= r, z1[k] *= r, z2[k] *= r, z3[k] *= r;
+            }
+            for (int64_t s = 0; s < samples; ++s) {   // (a transposed copy: a run of each row)
+                double *out = beliefs + s * belief_row + 4 * p0;
+                if (p1 < P)   // (the next chunk's run, for writing)
+                    for (int64_t q = 0; q < 4 * (p1 - p0); q += 8)
+                        __builtin_prefetch(out + 4 * (p1 - p0) + q, 1);
+                for (int64_t q = 0; q < p1 - p0; ++q) {
+                    const int64_t k = q * width + s;
+                    out[4 * q] = z0[k], out[4 * q + 1] = z1[k];
+                    out[4 * q + 2] = z2[k], out[4 * q + 3] = z3[k];
+                }
+            }
+        }
+        log_run(total, m);
+        for (int64_t p = p0; p < p1; ++p) {
+            const double size = scale ? scale[p] : 1.0;
+            const double *restrict logs = total + (p - p0) * width;
+            if (p % block == 0)   // (from -0: the block's first term's own bits)
+                for (int64_t s = 0; s < width; ++s) block_sums[s] = -0.0;
+            for (int64_t s = 0; s < width; ++s) block_sums[s] += logs[s] * size;
+            if (p % block == block - 1 || p == P - 1)
+                for (int64_t s = 0; s < width; ++s) log_sum[s] += block_sums[s];
+        }
+    }
+    return 0;
+}
+
+// the unaries' read-out from the gaps g = H - minus_k (V V, width) and the samples' potentials
+// (rows of row_length entries, unaries first): per unary i, raised_i = sum_j max(g_ij, 0) and
+// fhat_i = (f_i(0) + raised_i, f_i(1) + raised_i - sum_j g_ij), sums in j's order; with c =
+// scale[i] (eps c_i), term_i = c (m + log(e^(fhat_i(0) / c - m) + e^(fhat_i(1) / c - m))), m
+// the larger exponent, where c != 0, else max fhat_i; dual (width) -= sum_i raised_i, then +=
+// sum_i term_i.  Where c > 0 and beliefs are given, each sample's row's entries 2 i and 2 i + 1
+// = the two exponentials over their sum.  work: 5 V width entries.
+CLONED void dense_unaries(const double *restrict H, const double *restrict minus_k,
+                          const double *restrict potentials, int64_t samples,
+                          int64_t row_length, int64_t V, int64_t width,
+                          const double *restrict scale, double *restrict beliefs,
+                          int64_t belief_row, double *restrict dual, double *restrict work) {
+    const int64_t m = V * width;
+    double *restrict raised = work, *restrict summed = raised + m, *restrict z0 = summed + m;
+    double *restrict z1 = z0 + m, *restrict peak = z1 + m;
+    for (int64_t i = 0; i < V; ++i) {
+        double *restrict r = raised + i * width, *restrict t = summed + i * width;
+        for (int64_t s = 0; s < width; ++s) r[s] = t[s] = 0.0;
+        for (int64_t j = 0; j < V; ++j) {
+            const double *restrict h = H + (i * V + j) * width;
+            const double *restrict k = minus_k + (i * V + j) * width;
+            for (int64_t s = 0; s < width; ++s) {
+                const double g = h[s] - k[s];
+                r[s] += g < 0.0 ? 0.0 : g;   // (np.maximum: NaN stays)
+                t[s] += g;
+            }
+        }
+    }
+    for (int64_t k = 0; k < m; ++k) z0[k] = z1[k] = 0.0;   // (padding columns: f_i = 0)
+    for (int64_t s = 0; s < samples; ++s)   // (a transposed copy: a run of each row)
+        for (int64_t i = 0; i < V; ++i) {
+            z0[i * width + s] = potentials[s * row_length + 2 * i];
+            z1[i * width + s] = potentials[s * row_length + 2 * i + 1];
+        }
+    for (int64_t i = 0; i < V; ++i) {
+        const double c = scale[i];
+        for (int64_t s = 0; s < width; ++s) {
+            const int64_t k = i * width + s;
+            const double f0 = z0[k] + raised[k], f1 = z1[k] + raised[k] - summed[k];
+            if (c != 0.0) {
+                const double x0 = f0 / c, x1 = f1 / c, top = x0 < x1 ? x1 : x0;
+                z0[k] = x0 - top, z1[k] = x1 - top, peak[k] = top;
+            } else {
+                z0[k] = z1[k] = 0.0, peak[k] = f0 < f1 ? f1 : f0;
+            }
+        }
+    }
+    exp_run(z0, z0, 2 * m, 0.0, 1.0, 0);   // (z0 and z1: one run)
+    double *total = summed;   // (free now)
+    for (int64_t k = 0; k < m; ++k) total[k] = z0[k] + z1[k];
+    if (beliefs) {
+        for (int64_t k = 0; k < m; ++k) {
+            const double r = 1.0 / total[k];
+            z0[k] *= r, z1[k] *= r;
+        }
+        for (int64_t s = 0; s < samples; ++s)
+            for (int64_t i = 0; i < V; ++i)
+                if (scale[i] > 0.0) {
+                    double *out = beliefs + s * belief_row + 2 * i;
+                    out[0] = z0[i * width + s], out[1] = z1[i * width + s];
+                }
+    }
+    log_run(total, m);
+    for (int64_t i = 0; i < V; ++i) {   // (the terms into peak)
+        const double c = scale[i];
+        for (int64_t k = i * width; k < (i + 1) * width; ++k)
+            peak[k] = c != 0.0 ? c * (peak[k] + total[k]) : peak[k];
+    }
+    for (int64_t i = 1; i < V; ++i)   // (sums over i into the first rows)
+        for (int64_t s = 0; s < width; ++s) {
+            raised[s] += raised[i * width + s];
+            peak[s] += peak[i * width + s];
+        }
+    for (int64_t s = 0; s < width; ++s) {
+        dual[s] -= raised[s];
+        dual[s] += peak[s];
+    }
+}
+
+// the messages, samples first (samples, edges, 2), from the gaps g = H - minus_k (V V, width)
+// at each edge's dense position: a max-0 binary message with gap g is (min(0, -g), min(0, g)).
+// work: chunk width entries.
+CLONED void dense_messages(const double *restrict H, const double *restrict minus_k,
+                           int64_t samples, int64_t width, const int64_t *restrict edge_at,
+                           int64_t edges, double *restrict messages, int64_t chunk,
+                           double *restrict work) {
+    for (int64_t e0 = 0; e0 < edges; e0 += chunk) {
+        const int64_t e1 = e0 + chunk < edges ? e0 + chunk : edges;
+        for (int64_t e = e0; e < e1; ++e) {
+            const double *restrict h = H + edge_at[e] * width;
+            const double *restrict k = minus_k + edge_at[e] * width;
+            double *restrict g = work + (e - e0) * width;
+            for (int64_t s = 0; s < width; ++s) g[s] = h[s] - k[s];
+        }
+        for (int64_t s = 0; s < samples; ++s) {   // (a transposed copy: a run of each row)
+            double *restrict out = messages + 2 * (s * edges + e0);
+            if (e1 < edges)   // (the next chunk's run, for writing)
+                for (int64_t q = 0; q < 2 * (e1 - e0); q += 8)
+                    __builtin_prefetch(out + 2 * (e1 - e0) + q, 1);
+            for (int64_t e = 0; e < e1 - e0; ++e) {
+                const double gap = work[e * width + s];
+                const double one = 0.0 < gap ? 0.0 : gap;   // (np.minimum: NaN stays)
+                out[2 * e + 1] = one;
+                out[2 * e] = one - gap;
+            }
+        }
+    }
 }

@@ -26,12 +26,15 @@ _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
     "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P, _P],
     "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P],
-    "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P],
-    "dense_pairs": [_P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, _I],
-    "dense_messages": [_P, _I, _I, _P, _I, _P],
-    "dense_sweep": [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _I, ctypes.c_int, _P],
+    "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P,
+                    _P, _I, _P],
+    "dense_sweep": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _I, ctypes.c_int, _P],
+    "dense_pairs": [_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, _I, _P],
+    "dense_unaries": [_P, _P, _P, _I, _I, _I, _I, _P, _P, _I, _P, _P],
+    "dense_messages": [_P, _P, _I, _I, _P, _I, _P, _I, _P],
 }
-_RETURNS = {"dense_pairs": ctypes.c_int, "dense_sweep": ctypes.c_double}
+_RETURNS = {"dense_start": ctypes.c_double, "dense_pairs": ctypes.c_int,
+            "dense_sweep": ctypes.c_double}
 
 
 @functools.lru_cache(maxsize=None)
@@ -149,31 +152,59 @@ def _columns(samples: int, width: int, name: str) -> None:
         raise ValueError(f"{name}: {samples} samples in {width} columns")
 
 
-def dense_start(kernels, plan, potentials, samples: int, f, w, pair_constant, WEC, minus_k,
-                inner) -> None:
-    """DenseBP.start's per-run arrays from the samples' potentials (rows of plan.num_potentials):
-    w (P, width), pair_constant (width,), WEC (3, V V, width), minus_k (V V, width), inner (V,
-    width); f: (4, width) of scratch; see cpu_kernels.c."""
+def _chunk(width: int) -> int:
+    """Pairs (or edges) per block of the dense kernels' transposed copies: a (chunk, width) block
+    of scratch of about 16 KB, so that a few of them stay in the L1 and L2 caches."""
+    return max(1, min(64, 2048 // width))
+
+
+def dense_start(kernels, plan, potentials, samples: int, messages, rows, pair_constant,
+                minus_k, H, inner) -> float:
+    """DenseBP.start's per-run arrays from the samples' potentials (rows of plan.num_potentials)
+    and, for a warm start, their messages (samples, edges, 2; else None): rows (2, P + 1, width)
+    w and expm1(|w|), pair_constant (width,), minus_k and H (V V, width), inner (V, width); see
+    cpu_kernels.c.  Returns the largest |w| of the samples."""
     V, P = plan.V, plan.P
     width = pair_constant.shape[0]
     _columns(samples, width, "dense_start")
-    unit = plan.unit
-    kernels.dense_start(
+    square = (V * V, width)
+    edges = len(plan.edges)
+    chunk = _chunk(width)
+    work = np.empty(4 * chunk * width)   # (held here: the kernel writes into it)
+    return kernels.dense_start(
         _buffer(potentials, "potentials", samples, plan.num_potentials), samples,
         plan.num_potentials, width, V, P, _positions(plan.first, V * V, "at_u"),
         _positions(plan.second, V * V, "at_v"), _positions(plan.empty, V * V, "empty"),
-        len(plan.empty), None if unit else _buffer(plan.inverse, "inverse", P, 1),
-        None if unit else _buffer(plan.scale, "scale", P, 1), _buffer(f, "f", 4, width),
-        _buffer(w, "w", P, width), _buffer(pair_constant, "pair_constant", width, 1),
-        _buffer(WEC, "WEC", 3 * V * V, width), _buffer(minus_k, "minus_k", V * V, width),
-        _buffer(inner, "inner", V, width))
+        len(plan.empty), None if plan.unit else _buffer(plan.pair_inverse, "inverse", P + 1, 1),
+        None if messages is None else _buffer(messages, "messages", samples, 2 * edges),
+        _positions(plan.edges, V * V, "edge_at"), edges,
+        _buffer(rows[0], "w", P + 1, width), _buffer(rows[1], "E", P + 1, width),
+        _buffer(pair_constant, "pair_constant", width, 1),
+        _buffer(minus_k, "minus_k", *square), _buffer(H, "H", *square),
+        _buffer(inner, "inner", V, width), chunk, _buffer(work, "work", 4 * chunk, width))
 
 
-def dense_pairs(kernels, plan, H, w, samples: int, beliefs, log_sum, work, block: int) -> bool:
-    """DenseBP._pairs from the shifted gaps H (V V, width) and w (P, width): the pairs' beliefs
+def dense_sweep(kernels, plan, state, variables, change: bool, work) -> float:
+    """DenseBP._update of each of `variables` (int64, in turn) on `state`'s gaps, in place; the
+    largest change of a message entry if `change`, else 0 (work: (2 V + 1, width) of scratch)."""
+    V, P = plan.V, plan.P
+    width = state.H.shape[2]
+    square = (V * V, width)
+    return kernels.dense_sweep(
+        _buffer(state.H, "H", *square), _buffer(state.rows[0], "w", P + 1, width),
+        _buffer(state.rows[1], "E", P + 1, width), _buffer(state.inner, "inner", V, width),
+        _buffer(state.minus_k, "minus_k", *square), _positions(plan.symmetric, P + 1, "pair_of"),
+        None if plan.unit else _buffer(plan.pair_inverse, "inverse", P + 1, 1),
+        None if plan.unit else _buffer(plan.pair_scale, "scale", P + 1, 1),
+        _buffer(plan.ratio, "ratio", V * V, 1), V, width, _positions(variables, V, "variables"),
+        len(variables), int(change), _buffer(work, "work", 2 * V + 1, width))
+
+
+def dense_pairs(kernels, plan, state, samples: int, beliefs, log_sum, block: int) -> bool:
+    """DenseBP._pairs from `state`'s shifted gaps H, w and E = expm1(|w|): the pairs' beliefs
     into `beliefs` (samples rows; a pair's four entries from 4 p of a row), if given, and
-    log_sum (width,) += the pairs' s log(total) (work: 6 x width of scratch); False if a total
-    was not finite."""
+    log_sum (width,) += the pairs' s log(total), summed `block` pairs at a time; False if a
+    total was not finite."""
     V, P = plan.V, plan.P
     width = log_sum.shape[0]
     _columns(samples, width, "dense_pairs")
@@ -185,34 +216,55 @@ def dense_pairs(kernels, plan, H, w, samples: int, beliefs, log_sum, work, block
                              f"{beliefs.strides}: expected ({samples}, {P}, 4) rows of pairs")
         row = beliefs.strides[0] // 8
     address = None if beliefs is None else beliefs.ctypes.data
+    chunk = _chunk(width)
+    work = np.empty((5 * chunk + 1) * width)   # (held here: the kernel writes into it)
     bad = kernels.dense_pairs(
-        _buffer(H, "H", V * V, width), _buffer(w, "w", P, width), samples if address else 0,
-        width, P, _positions(plan.first, V * V, "at_u"), _positions(plan.second, V * V, "at_v"),
+        _buffer(state.H, "H", V * V, width), _buffer(state.w, "w", P, width),
+        _buffer(state.rows[1, :P], "E", P, width), samples if address else 0, width, P,
+        _positions(plan.first, V * V, "at_u"), _positions(plan.second, V * V, "at_v"),
         None if plan.unit else _buffer(plan.inverse, "inverse", P, 1),
         None if plan.unit else _buffer(plan.scale, "scale", P, 1), address, row,
-        _buffer(log_sum, "log_sum", width, 1), _buffer(work, "work", 6, width), block)
+        _buffer(log_sum, "log_sum", width, 1), block, chunk,
+        _buffer(work, "work", 5 * chunk + 1, width))
     return not bad
 
 
-def dense_messages(kernels, plan, gaps, samples: int, messages) -> None:
-    """The max-0 messages (samples, edges, 2) from the gaps (V V, width) at the edges."""
-    width = gaps.shape[-1]
-    edges = len(plan.edges)
-    kernels.dense_messages(_buffer(gaps, "gaps", plan.V * plan.V, width), samples, width,
-                           _positions(plan.edges, plan.V * plan.V, "edge_at"), edges,
-                           _buffer(messages, "messages", samples, 2 * edges))
-
-
-def dense_sweep(kernels, plan, state, variables, change: bool, work) -> float:
-    """DenseBP._update of each of `variables` (int64, in turn) on `state`'s gaps, in place; the
-    largest change of a message entry if `change`, else 0 (work: (2 V + 1, width) of scratch)."""
+def dense_unaries(kernels, plan, H, minus_k, potentials, samples: int, beliefs, dual) -> None:
+    """DenseBP.readout's unary part from the gaps H - minus_k (V V, width): dual (width,) less
+    the unaries' raised gaps plus their terms, and, if `beliefs` (samples rows) is given, the
+    beliefs of the unaries with eps c_i > 0 into each row's first 2 V entries; see
+    cpu_kernels.c."""
     V = plan.V
-    width = state.H.shape[2]
+    width = dual.shape[0]
+    _columns(samples, width, "dense_unaries")
+    row = plan.num_potentials
+    if beliefs is not None:
+        if beliefs.dtype != np.float64 or beliefs.shape != (samples, plan.num_potentials) \
+                or beliefs.strides[1] != 8 or beliefs.strides[0] % 8:
+            raise ValueError(f"dense_unaries: beliefs of shape {beliefs.shape} and strides "
+                             f"{beliefs.strides}: expected {samples} rows of "
+                             f"{plan.num_potentials}")
+        row = beliefs.strides[0] // 8
+    work = np.empty(5 * V * width)   # (held here: the kernel writes into it)
     square = (V * V, width)
-    return kernels.dense_sweep(
-        _buffer(state.H, "H", *square), _buffer(state.W, "W", *square),
-        _buffer(state.E, "E", *square), _buffer(state.C, "C", *square),
-        _buffer(state.inner, "inner", V, width), _buffer(state.minus_k, "minus_k", *square),
-        None if plan.unit else _buffer(plan.inverse_columns, "inverse", V * V, 1),
-        _buffer(plan.ratio, "ratio", V * V, 1), V, width, _positions(variables, V, "variables"),
-        len(variables), int(change), _buffer(work, "work", 2 * V + 1, width))
+    kernels.dense_unaries(
+        _buffer(H, "H", *square), _buffer(minus_k, "minus_k", *square),
+        _buffer(potentials, "potentials", samples, plan.num_potentials), samples,
+        plan.num_potentials, V, width, _buffer(plan.unary_scale, "scale", V, 1),
+        None if beliefs is None else beliefs.ctypes.data, row, _buffer(dual, "dual", width, 1),
+        _buffer(work, "work", 5 * V, width))
+
+
+def dense_messages(kernels, plan, H, minus_k, samples: int, messages) -> None:
+    """The max-0 messages (samples, edges, 2) from the gaps H - minus_k (V V, width) at the
+    edges."""
+    width = H.shape[-1]
+    _columns(samples, width, "dense_messages")
+    edges = len(plan.edges)
+    chunk = _chunk(width)
+    work = np.empty(chunk * width)
+    kernels.dense_messages(_buffer(H, "H", plan.V * plan.V, width),
+                           _buffer(minus_k, "minus_k", plan.V * plan.V, width), samples, width,
+                           _positions(plan.edges, plan.V * plan.V, "edge_at"), edges,
+                           _buffer(messages, "messages", samples, 2 * edges), chunk,
+                           _buffer(work, "work", chunk, width))

@@ -11,21 +11,23 @@ x_j = g_{j->p} / s, docs/design.md §2):
 with w = (f_10 + f_01 - f_00 - f_11) / s (the interaction, the same from either side) and
 m = (f_00 - f_01) / s + min(w, 0).  The gaps are stored shifted, H[i, j, s] = h_{i->p} =
 g_{i->p} - K_ij with K_ij = f_01 - f_11 (0 where there is no pair): then x_j - m = h_{j->p} / s +
-max(w, 0), the same for both of p's variables, so start computes W = max(w, 0), E = expm1(|w|)
-and C = s sign(w) per pair once per run and spreads them symmetrically over (V, V), and nothing
-cancels: the log1p's argument is >= 0.  With R_ij = c_p / (c_i + sum of i's pairs' c), i reads
-column H[:, i] and writes row H[i] (both views):
+max(w, 0), the same for both of p's variables, so start computes w and E = expm1(|w|) once per
+pair and run (rows (2, P + 1, S), a zero row P where a dense position has no pair; W = max(w, 0)
+and C = s sign(w) follow from w), and nothing cancels: the log1p's argument is >= 0.  With R_ij
+= c_p / (c_i + sum of i's pairs' c), i reads column H[:, i] and writes row H[i] (both views):
 
     total_i = (f_i(1) - f_i(0) - sum_j K_ij) + sum_j C_ij log1p(...)_ij
     h_{i->p} = R_ij total_i - C_ij log1p(...)_ij
 
-Pairs and diagonal entries that are no edge have K = E = C = R = 0 and stay 0.  Samples with some
-|w| > 700 (expm1 would overflow) take the same update in log space (logaddexp), row by row.  The
-numbers depend on a sample's own data only, so ranges of samples run in threads give the same bits
-(bp.py).  Read-outs take the pairs' beliefs and log partitions from e^h (see DenseBP._pairs) and
-the unaries' and the messages (max-0: (min(0, -g), min(0, g))) from the gaps g = H + K.  Outputs
-are samples-first: the pairs' beliefs are written a block of pairs at a time (the block's lines
-of the output stay in cache).
+Pairs and diagonal entries that are no edge have K = E = C = R = 0 and stay 0.  The compiled
+sweep (cpu_kernels.c) reads w and E through the pair of each position; numpy's sweep reads W, E
+and C spread over (V, V) (DenseState.spread, formed on first use).  Samples with some |w| > 700
+(expm1 would overflow) take the same update in log space (logaddexp), row by row.  The numbers
+depend on a sample's own data only, so ranges of samples run in threads give the same bits
+(bp.py).  Read-outs take the pairs' beliefs and log partitions from e^h and e^-w (see
+DenseBP._pairs) and the unaries' and the messages (max-0: (min(0, -g), min(0, g))) from the gaps
+g = H + K.  Inputs and outputs are samples first: they are copied transposed a block of pairs
+at a time (the block's lines stay in cache).
 """
 from __future__ import annotations
 
@@ -62,12 +64,16 @@ class DensePlan:
         self.zero, self.negative = np.flatnonzero(kind == 0), np.flatnonzero(kind < 0)
         self.unit = bool(np.all(self.scale == 1.0))
         self.first, self.second = u * V + v, v * V + u     # where g_{u->p}, g_{v->p} sit in H
+        self.pair_unaries = self.pairs.ravel()   # u, v of pair 0, then of pair 1, ...
         # dense position (i, j) -> pair slot (P: no pair), and -> row of start's
         # [w (P) | 0 | -K from u's side (P) | 0 | -K from v's side (P) | 0]
         self.symmetric = np.full(V * V, P, np.int64)
         self.symmetric[self.first] = self.symmetric[self.second] = np.arange(P)
         self.empty = np.flatnonzero(self.symmetric == P)    # positions of no pair (the diagonal)
         self.inverse = 1.0 / self.scale
+        # per pair row, then 1 for the zero row P (where a dense position has no pair)
+        self.pair_inverse = np.append(self.inverse, 1.0)
+        self.pair_scale = np.append(self.scale, 1.0)
         self.minus_k = np.full(V * V, P, np.int64)
         self.minus_k[self.first] = P + 1 + np.arange(P)
         self.minus_k[self.second] = 2 * (P + 1) + np.arange(P)
@@ -139,23 +145,44 @@ def _pair_potentials(rows, plan: DensePlan, width: int, workspace) -> np.ndarray
 
 class DenseState:
     """The shifted gaps and per-run coefficients of one range of samples, samples last: H (V, V,
-    S'), H[i, j, s] = h_{i->{i,j}} of sample s, minus_k = -K, and W, E, C likewise (S' = max(S,
-    2): with one sample numpy would sum H's columns pairwise instead of in order, other bits than
-    in a larger range; the extra sample has all-zero coefficients)."""
+    S'), H[i, j, s] = h_{i->{i,j}} of sample s; rows (2, P + 1, S'): w and E = expm1(|w|) per
+    pair, then a zero row (where pair_of points for no pair); minus_k = -K (V V, S') (S' =
+    max(S, 2): with one sample numpy would sum H's columns pairwise instead of in order, other
+    bits than in a larger range; the extra sample has all-zero coefficients)."""
 
-    def __init__(self, theta, lam, plan, samples, f, w, pair_constant, H, minus_k, W, E, C, inner,
+    def __init__(self, theta, lam, plan, samples, f, rows, pair_constant, H, minus_k, inner,
                  extreme, logf, workspace):
         self.theta, self._messages, self.plan, self.samples = theta, lam, plan, samples
         self.workspace = workspace   # where the read-outs' arrays come from too
         self._f = f              # (4, P, S') pair potentials f_00, f_01, f_10, f_11, or None
-        self.w = w               # (P, S') the interactions w over s
+        self.rows = rows
+        self.w = rows[0, :plan.P]   # (P, S') the interactions w over s
         self.pair_constant = pair_constant   # (S',) sum_p f_01 + f_10 - f_11
-        self.H, self.minus_k, self.W, self.E, self.C, self.inner = H, minus_k, W, E, C, inner
+        self.H, self.minus_k, self.inner = H, minus_k, inner
         self.extreme = extreme   # samples with some |w| > _EXPM1_LIMIT
         self.logf = logf         # their f / s from each side, (4, V, V, n), or None
         self.sharing = None
         self._gaps = None        # g = H + K (V * V, S'), once formed after the last update
         self._stale = True       # the messages are older than the last update
+
+    @functools.cached_property
+    def spread(self) -> np.ndarray:
+        """(W, E, C) (3, V, V, S'): max(w, 0), expm1(|w|) and sign(w) eps c_p at both of each
+        pair's positions, 0 where there is no pair (numpy's sweep reads a variable's row of
+        each)."""
+        plan = self.plan
+        P, width = plan.P, self.H.shape[2]
+        w, E = self.rows
+        either = self.workspace.get("either", (3, P + 1, width))
+        np.maximum(w, 0.0, out=either[0])
+        either[1] = E
+        np.copysign(1.0, w, out=either[2])
+        if not plan.unit:
+            either[2, :P] *= plan.scale[:, None]
+        either[2, P] = 0.0
+        return np.take(either, plan.symmetric, axis=1, mode="clip",
+                       out=self.workspace.get("WEC", (3, plan.V * plan.V, width))).reshape(
+            3, plan.V, plan.V, width)
 
     @property
     def f(self) -> np.ndarray:
@@ -176,8 +203,8 @@ class DenseState:
     def messages(self) -> np.ndarray:
         kernels = cpu_kernels.library() if self._stale else None
         if kernels is not None:   # (cpu_kernels.c)
-            cpu_kernels.dense_messages(kernels, self.plan, self.gaps(), self.samples,
-                                       self._messages)
+            cpu_kernels.dense_messages(kernels, self.plan, self.H.reshape(self.minus_k.shape),
+                                       self.minus_k, self.samples, self._messages)
             self._stale = False
         if self._stale:   # a max-0 binary message with gap g is (min(0, -g), min(0, g))
             S, edges = self.samples, self.plan.edges
@@ -207,30 +234,27 @@ class DenseBP:
         plan, S = self.plan, self.samples
         V, P = plan.V, plan.P
         rows = theta.reshape(S, plan.num_potentials)
-        kernels = cpu_kernels.library()
+        messages = lam.reshape(S, -1, 2) if warm and lam.size else None
         width = max(S, 2)
+        pair_rows = workspace.get("rows", (2, P + 1, width))   # w, expm1(|w|)
+        minus_k = workspace.get("minus_k", (V * V, width))
+        gaps = workspace.get("H", (V * V, width))
+        inner = workspace.get("inner", (V, width))
+        kernels = cpu_kernels.library()
         if kernels is not None:   # one pass over the potentials (cpu_kernels.c)
             f = None   # (formed if a read-out needs it: DenseState.f)
-            w = workspace.get("w", (P, width))
             pair_constant = np.empty(width)
-            WEC = workspace.get("WEC", (3, V * V, width))
-            minus_k = workspace.get("minus_k", (V * V, width))
-            inner = workspace.get("inner", (V, width))
-            cpu_kernels.dense_start(kernels, plan, rows, S, np.empty((4, width)), w,
-                                    pair_constant, WEC, minus_k, inner)
-            W, E, C = WEC.reshape(3, V, V, width)
-            extreme = np.zeros(0, np.int64)
-            size = np.abs(w[:, :S])
-            if size.max(initial=0.0) > _EXPM1_LIMIT:
-                extreme = np.flatnonzero((size > _EXPM1_LIMIT).any(axis=0))
+            largest = cpu_kernels.dense_start(kernels, plan, rows, S, messages, pair_rows,
+                                              pair_constant, minus_k, gaps, inner)
         else:
-            f, w, pair_constant, W, E, C, minus_k, inner, extreme = self._start_arrays(
-                rows, workspace)
-        gaps = workspace.get("H", (V * V, width))
-        np.copyto(gaps, minus_k)   # zero messages: h = -K
-        if warm and lam.size:
-            messages = lam.reshape(S, -1, 2)
-            gaps[plan.edges, :S] += (messages[:, :, 1] - messages[:, :, 0]).T
+            f, pair_constant, largest = self._start_arrays(rows, pair_rows, minus_k, inner,
+                                                           workspace)
+            np.copyto(gaps, minus_k)   # zero messages: h = -K
+            if messages is not None:
+                gaps[plan.edges, :S] += (messages[:, :, 1] - messages[:, :, 0]).T
+        extreme = np.zeros(0, np.int64)
+        if largest > _EXPM1_LIMIT:
+            extreme = np.flatnonzero((np.abs(pair_rows[0, :P, :S]) > _EXPM1_LIMIT).any(axis=0))
         logf = None
         if len(extreme):   # f / s from each side for the log-space update
             logf = np.zeros((4, V * V, len(extreme)))
@@ -241,12 +265,12 @@ class DenseBP:
                 logf[k][u * V + v] = fe[2 * x + y]        # u's side: f(y_u = x, y_v = y)
                 logf[k][v * V + u] = fe[2 * y + x]        # v's side: f(y_u = y, y_v = x)
             logf = logf.reshape(4, V, V, len(extreme))
-        return DenseState(theta, lam, plan, S, f, w, pair_constant, gaps.reshape(V, V, width),
-                          minus_k, W, E, C, inner, extreme, logf, workspace)
+        return DenseState(theta, lam, plan, S, f, pair_rows, pair_constant,
+                          gaps.reshape(V, V, width), minus_k, inner, extreme, logf, workspace)
 
-    def _start_arrays(self, rows, workspace):
-        """numpy's path of start (where the CPU kernels are not built): (f, w, pair_constant, W,
-        E, C, minus_k, inner, extreme)."""
+    def _start_arrays(self, rows, pair_rows, minus_k, inner, workspace):
+        """numpy's path of start (where the CPU kernels are not built): pair_rows, minus_k and
+        inner filled; returns (f, pair_constant, the largest |w| of the samples)."""
         plan, S = self.plan, self.samples
         V, P = plan.V, plan.P
         width = max(S, 2)
@@ -255,9 +279,6 @@ class DenseBP:
         pairs = workspace.get("pairs", (3, P + 1, width))   # w, -K from u's side, from v's
         pairs[:, P] = 0.0
         w, minus_u, minus_v = pairs[:, :P]
-        either = workspace.get("either", (3, P + 1, width))   # W, E, C per pair, then 0
-        either[:, P] = 0.0
-        W, E, C = either[:, :P]
         np.add(f10, f01, out=w)
         w -= f00
         w -= f11
@@ -265,42 +286,38 @@ class DenseBP:
             w *= (1.0 / plan.scale)[:, None]
         np.subtract(f11, f01, out=minus_u)
         np.subtract(f11, f10, out=minus_v)
+        pair_rows[:, P] = 0.0
+        E = pair_rows[1, :P]
         pair_constant = np.subtract(f10, minus_u, out=E).sum(axis=0)   # sum_p A_p (see _pairs)
-        np.maximum(w, 0.0, out=W)
+        pair_rows[0] = pairs[0]
         np.abs(w, out=E)
-        extreme = np.zeros(0, np.int64)
-        if E[:, :S].max() > _EXPM1_LIMIT:
-            extreme = np.flatnonzero((E[:, :S] > _EXPM1_LIMIT).any(axis=0))
+        largest = float(np.fmax.reduce(E[:, :S], axis=None, initial=0.0))   # (NaN ignored)
         with np.errstate(over="ignore"):
             np.expm1(E, out=E)
-        np.copysign(1.0, w, out=C)
-        if not plan.unit:
-            C *= plan.scale[:, None]
-        W, E, C = np.take(either, plan.symmetric, axis=1, mode="clip",
-                          out=workspace.get("WEC", (3, V * V, width))).reshape(3, V, V, width)
-        minus_k = np.take(pairs.reshape(3 * (P + 1), width), plan.minus_k, axis=0, mode="clip",
-                          out=workspace.get("minus_k", (V * V, width)))
-        inner = workspace.get("inner", (V, width))
-        inner[:, S:] = 0.0
-        np.subtract(rows[:, 1:2 * V:2].T, rows[:, 0:2 * V:2].T, out=inner[:, :S])
-        inner += minus_k.reshape(V, V, width).sum(axis=1)
-        return f, w, pair_constant, W, E, C, minus_k, inner, extreme
+        np.take(pairs.reshape(3 * (P + 1), width), plan.minus_k, axis=0, mode="clip",
+                out=minus_k)
+        inner.fill(0.0)   # (each unary's sum of -K in the pairs' order, as the kernel sums)
+        np.add.at(inner, plan.pair_unaries, pairs[1:, :P].transpose(1, 0, 2).reshape(2 * P, width))
+        unary_gaps = np.subtract(rows[:, 1:2 * V:2].T, rows[:, 0:2 * V:2].T)
+        np.add(unary_gaps, inner[:, :S], out=inner[:, :S])
+        return f, pair_constant, largest
 
     # --- sweeps ---------------------------------------------------------------------------
     def _update(self, state: DenseState, i: int, change: bool, work) -> float:
         plan, H = self.plan, state.H
         t, old = work
+        W, E, C = state.spread
         x = H[:, i]                                 # h_{j->p} of every neighbour j, (V, S')
         if plan.unit:
-            np.add(x, state.W[i], out=t)
+            np.add(x, W[i], out=t)
         else:
             np.multiply(x, plan.inverse_columns[i], out=t)
-            t += state.W[i]
+            t += W[i]
         np.exp(t, out=t)
         t += 1.0
-        np.divide(state.E[i], t, out=t)
+        np.divide(E[i], t, out=t)
         np.log1p(t, out=t)
-        t *= state.C[i]                             # C log1p(...): mu's gap less (f_11 - f_01)
+        t *= C[i]                                   # C log1p(...): mu's gap less (f_11 - f_01)
         total = t.sum(axis=0)
         total += state.inner[i]
         row = H[i]
@@ -375,19 +392,19 @@ class DenseBP:
         shifted by those constants it is f_p(y_u, y_v) + y_u g_u + y_v g_v, which is A_p + (-w,
         h_v, h_u, h_u + h_v) in the entry order (00, 01, 10, 11), A_p = f_01 + f_10 - f_11 (w and
         h over s).  So the four exponentials are e^-w, b, a and ab with a = e^h_u, b = e^h_v: two
-        per pair from the gaps, one from w, and a sum of positive terms (nothing cancels).  None
+        per pair from the gaps, one from E = expm1(|w|) (no exp), and a sum of positive terms
+        (nothing cancels); the beliefs are the terms times 1 / their sum.  None
         if a sample is extreme or a term overflows: _peaked_pairs then (and rewrites `out`)."""
         plan, S = self.plan, self.samples
         if len(state.extreme):
             return None
         width = state.H.shape[2]
-        H = state.H.reshape(plan.V * plan.V, width)
         kernels = cpu_kernels.library()
         if kernels is not None:   # one pass over the pairs (cpu_kernels.c)
             log_sum = state.pair_constant.copy()
-            finite = cpu_kernels.dense_pairs(kernels, plan, H, state.w, S, out, log_sum,
-                                             np.empty((6, width)), _BLOCK)
+            finite = cpu_kernels.dense_pairs(kernels, plan, state, S, out, log_sum, _BLOCK)
             return log_sum if finite else None
+        H = state.H.reshape(plan.V * plan.V, width)
         into = None if out is None else out.transpose(2, 1, 0)
         block = state.workspace.get("z", (4, _BLOCK, width))
         totals = state.workspace.get("total", (_BLOCK, width))
@@ -396,13 +413,14 @@ class DenseBP:
         for p0 in range(0, plan.P, _BLOCK):
             p1 = min(p0 + _BLOCK, plan.P)
             z, total = block[:, :p1 - p0], totals[:p1 - p0]
-            np.negative(state.w[p0:p1], out=z[0])
+            np.add(state.rows[1, p0:p1], 1.0, out=z[0])   # e^|w| = 1 + expm1(|w|), then e^-w
+            np.divide(1.0, z[0], out=z[0], where=state.w[p0:p1] >= 0.0)
             np.take(H, plan.second[p0:p1], axis=0, out=z[1], mode="clip")
             np.take(H, plan.first[p0:p1], axis=0, out=z[2], mode="clip")
             if not plan.unit:
                 z[1:3] *= (1.0 / plan.scale[p0:p1])[:, None]
             with np.errstate(over="ignore", invalid="ignore"):
-                np.exp(z[:3], out=z[:3])
+                np.exp(z[1:3], out=z[1:3])
                 np.multiply(z[1], z[2], out=z[3])
                 np.add(z[0], z[1], out=total)
                 total += z[2]
@@ -410,7 +428,7 @@ class DenseBP:
             if not np.isfinite(total.max()):
                 return None
             if into is not None:
-                np.divide(z[:, :, :S], total[:, :S], out=into[:, p0:p1])
+                np.multiply(z[:, :, :S], np.reciprocal(total[:, :S]), out=into[:, p0:p1])
             np.log(total, out=total)
             if not plan.unit:
                 total *= plan.scale[p0:p1, None]
@@ -447,18 +465,12 @@ class DenseBP:
         log_partition *= plan.scale[:, None]
         return log_partition.sum(axis=0)
 
-    def readout(self, state: DenseState, beliefs_out=None, exports=False):
-        """(dual per sample, None, None); beliefs into `beliefs_out` if given."""
+    def _unaries(self, state: DenseState, dual, rows=None):
+        """numpy's path of the unaries' read-out: `dual` (S',) less the raised gaps (see _pairs)
+        plus each unary's eps c_i log sum exp(fhat_i / (eps c_i)) (max fhat_i where c_i = 0);
+        the beliefs of the unaries with c_i > 0 into `rows` (S, num_potentials) if given."""
         plan, S = self.plan, self.samples
-        V, P = plan.V, plan.P
-        out = None
-        if beliefs_out is not None:
-            rows = beliefs_out.reshape(S, plan.num_potentials)
-            out = rows[:, 2 * V:].reshape(S, P, 4)
-        dual = self._pairs(state, out)
-        if dual is None:
-            dual = self._peaked_pairs(state, out)
-        width = state.H.shape[2]
+        V, width = plan.V, state.H.shape[2]
         g = state.gaps().reshape(V, V, width)
         raised = np.maximum(g, 0.0, out=state.workspace.get("high", g.shape)).sum(axis=1)
         unary = state.theta.reshape(S, plan.num_potentials)[:, :2 * V].reshape(S, V, 2)
@@ -470,7 +482,6 @@ class DenseBP:
         dual -= raised.sum(axis=0)                  # the pairs' shifts (see _pairs)
         scale = plan.unary_scale[:, None]
         terms = np.empty(fhat.shape[1:])
-        beliefs = None
         for where in (plan.direct, plan.negative):
             if isinstance(where, slice) or len(where):
                 z = fhat[:, where] / scale[where]
@@ -479,15 +490,33 @@ class DenseBP:
                 np.exp(z, out=z)
                 total = z[0] + z[1]
                 terms[where] = scale[where] * (peak + np.log(total))
-                if where is plan.direct:
-                    beliefs = z / total
+                if where is plan.direct and rows is not None:
+                    mine = rows[:, :2 * V].reshape(S, V, 2)
+                    mine[:, plan.direct] = (z / total)[:, :, :S].transpose(2, 1, 0)
         if len(plan.zero):
             terms[plan.zero] = np.maximum(fhat[0, plan.zero], fhat[1, plan.zero])
         dual += terms.sum(axis=0)
-        if out is not None:
+
+    def readout(self, state: DenseState, beliefs_out=None, exports=False):
+        """(dual per sample, None, None); beliefs into `beliefs_out` if given."""
+        plan, S = self.plan, self.samples
+        V, P = plan.V, plan.P
+        out = None
+        if beliefs_out is not None:
+            rows = beliefs_out.reshape(S, plan.num_potentials)
+            out = rows[:, 2 * V:].reshape(S, P, 4)
+        dual = self._pairs(state, out)
+        if dual is None:
+            dual = self._peaked_pairs(state, out)
+        kernels = cpu_kernels.library()
+        if kernels is not None:   # (cpu_kernels.c)
+            cpu_kernels.dense_unaries(kernels, plan, state.H.reshape(state.minus_k.shape),
+                                      state.minus_k, state.theta.reshape(S, plan.num_potentials),
+                                      S, None if out is None else rows, dual)
+        else:
+            self._unaries(state, dual, None if out is None else rows)
+        if out is not None:   # the unaries with eps c_i <= 0: from a pair's beliefs
             mine = rows[:, :2 * V].reshape(S, V, 2)
-            if beliefs is not None:
-                mine[:, plan.direct] = beliefs[:, :, :S].transpose(2, 1, 0)
             table = out.reshape(S, P, 2, 2)
             for axis, sourced in zip((3, 2), plan.sourced):   # b_u sums over y_v, b_v over y_u
                 if sourced is not None:
