@@ -46,8 +46,9 @@ def comm():
 
 @pytest.fixture(params=["kernels", "numpy"])
 def cpu_path(request, monkeypatch):
-    """Both CPU paths of the engine's compiled steps (the exp tables, the pairs' beliefs, the
-    dense engine's start, sweep and read-outs): the kernels of dstrain/inference/cpu_kernels.c
+    """Both CPU paths of the engine's compiled steps (the exp tables, the pairs' beliefs, a
+    sweep's products with the pair tables, the dense engine's start, sweep and read-outs): the
+    kernels of dstrain/inference/cpu_kernels.c
     and numpy's (what runs where no C compiler is)."""
     from dstrain.inference import cpu_kernels
 

@@ -1,6 +1,7 @@
 // CPU kernels of the convex BP engine.  For flat.py: the start and the read-out of a pair group,
 // where numpy needs several passes over the batch's pair tables (a max, an exp into a block, a
-// copy into the slots; outer products, a multiply, a copy out) and these make one.  For
+// copy into the slots; outer products, a multiply, a copy out) and these make one; and a
+// sweep's messages from the fast pairs (weights, table products and logs, one call).  For
 // dense.py (one dense binary graph): its start, sweep, read-outs and messages, each one call.
 // Each pair's entries are contiguous wherever they lie, so a pair is given by the offset
 // of its first entry (in entries), whatever the layout: views of the potentials, slot-major
@@ -165,6 +166,65 @@ CLONED void pair_beliefs(const double *tables, const int64_t *table_at, double *
             for (int64_t j = 0; j < n_b; ++j) out[r * n_b + j] = t[r * n_b + j] * (scaled * b[j]);
         }
     }
+}
+
+// the messages mu_{p->r} of the edges of one fast group of a colour (FlatBP._fast_mu), up to
+// their normalisation: for each edge e, weights w = exp(lam[other_at[e] + j] / s_e) (j < n_o,
+// the other variable's message; max 0, so w in (0, 1]), total[e] (n_r) = T w where r is the
+// pair's first variable (sum_b t[a, b] w[b]) or w T where it is its second (second[e]; sum_a
+// w[a] t[a, b]), T the n_a x n_b table at tables + table_at[e]; mu[e] = s_e log(total[e]).  The
+// sums over the table's rows run in lanes of 8 (a fixed order for every edge).  scale NULL: all
+// s are 1.  work: chunk (n_a + n_b) entries.  Returns the smallest total (below 1e-250 some
+// entries need the exact log-sum-exp: FlatBP._fast_mu).
+enum { LANES = 8 };
+CLONED double edge_products(const double *restrict lam, const int64_t *restrict other_at,
+                            const double *restrict tables, const int64_t *restrict table_at,
+                            const int64_t *restrict second, int64_t edges, int64_t n_a,
+                            int64_t n_b, const double *restrict scale, double *restrict total,
+                            double *restrict mu, int64_t chunk, double *restrict work) {
+    double smallest = INFINITY;
+    for (int64_t e0 = 0; e0 < edges; e0 += chunk) {
+        const int64_t e1 = e0 + chunk < edges ? e0 + chunk : edges;
+        // the chunk's weights, one run (n_o entries an edge; n_o the same for the whole group)
+        const int64_t n_o = second[e0] ? n_a : n_b, n_r = second[e0] ? n_b : n_a;
+        double *restrict w = work;
+        for (int64_t e = e0; e < e1; ++e)
+            memcpy(w + (e - e0) * n_o, lam + other_at[e], (size_t)n_o * sizeof(double));
+        if (scale) {
+            for (int64_t e = e0; e < e1; ++e)
+                for (int64_t j = 0; j < n_o; ++j) w[(e - e0) * n_o + j] /= scale[e];
+        }
+        exp_run(w, w, (e1 - e0) * n_o, 0.0, 1.0, 0);
+        for (int64_t e = e0; e < e1; ++e) {
+            const double *restrict t = tables + table_at[e], *restrict x = w + (e - e0) * n_o;
+            double *restrict out = total + e * n_r;
+            if (second[e]) {   // out[b] = sum_a x[a] t[a, b]: rows added in turn
+                for (int64_t b = 0; b < n_b; ++b) out[b] = x[0] * t[b];
+                for (int64_t a = 1; a < n_a; ++a)
+                    for (int64_t b = 0; b < n_b; ++b) out[b] += x[a] * t[a * n_b + b];
+            } else {   // out[a] = sum_b t[a, b] x[b]: in LANES partial sums, then added in turn
+                for (int64_t a = 0; a < n_a; ++a) {
+                    const double *restrict row = t + a * n_b;
+                    double lane[LANES] = {0.0};
+                    int64_t b = 0;
+                    for (; b + LANES <= n_b; b += LANES)
+                        for (int k = 0; k < LANES; ++k) lane[k] += row[b + k] * x[b + k];
+                    for (int k = 0; b + k < n_b; ++k) lane[k] += row[b + k] * x[b + k];
+                    double sum = lane[0];
+                    for (int k = 1; k < LANES; ++k) sum += lane[k];
+                    out[a] = sum;
+                }
+            }
+            for (int64_t a = 0; a < n_r; ++a) smallest = out[a] < smallest ? out[a] : smallest;
+        }
+        double *restrict logs = mu + e0 * n_r;
+        memcpy(logs, total + e0 * n_r, (size_t)((e1 - e0) * n_r) * sizeof(double));
+        log_run(logs, (e1 - e0) * n_r);
+        if (scale)
+            for (int64_t e = e0; e < e1; ++e)
+                for (int64_t a = 0; a < n_r; ++a) logs[(e - e0) * n_r + a] *= scale[e];
+    }
+    return smallest;
 }
 
 // --- batches of one dense binary pairwise graph (dstrain/inference/dense.py) ------------------

@@ -1,7 +1,8 @@
 """The CPU engine's compiled kernels (``cpu_kernels.c``): one pass over a pair group's tables
 at the start of a run (the exp tables) and at its read-out (the beliefs), each pair given by the
-offset of its first entry in a contiguous buffer (FlatBP); and the dense binary engine's start,
-sweep, pair read-out and messages (DenseBP).
+offset of its first entry in a contiguous buffer, and a sweep's products of those tables with
+the other variables' weights (FlatBP); and the dense binary engine's start, sweep, read-outs and
+messages (DenseBP).
 
 Built on first use with the C compiler ``$CC`` (default ``cc``) and cached (dstrain.native);
 ctypes releases the GIL during a call, so the engine's ranges run them in parallel threads.
@@ -26,6 +27,7 @@ _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
     "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P, _P],
     "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P],
+    "edge_products": [_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _P],
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P,
                     _P, _I, _P],
     "dense_sweep": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _I, ctypes.c_int, _P],
@@ -33,8 +35,8 @@ _SIGNATURES = {
     "dense_unaries": [_P, _P, _P, _I, _I, _I, _I, _P, _P, _I, _P, _P],
     "dense_messages": [_P, _P, _I, _I, _P, _I, _P, _I, _P],
 }
-_RETURNS = {"dense_start": ctypes.c_double, "dense_pairs": ctypes.c_int,
-            "dense_sweep": ctypes.c_double}
+_RETURNS = {"edge_products": ctypes.c_double, "dense_start": ctypes.c_double,
+            "dense_pairs": ctypes.c_int, "dense_sweep": ctypes.c_double}
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,6 +138,29 @@ def pair_beliefs(kernels, tables, table_at, beliefs, belief_at, n_a: int, n_b: i
                          _offsets(belief_at, size, beliefs, "belief_at"), pairs, n_a, n_b,
                          _buffer(w_a, "w_a", pairs, n_a), _buffer(w_b, "w_b", pairs, n_b),
                          _buffer(sums, "sums", pairs, 1), _order(order, pairs))
+
+
+def edge_products(kernels, lam, other_at, tables, table_at, second, n_a: int, n_b: int, scale,
+                  total, mu) -> float:
+    """FlatBP._fast_mu's products of one fast group: for edge e, its table (n_a x n_b, from
+    table_at[e] of `tables`) times the weights exp(lam[other_at[e]:][:n_o] / scale[e]) (from the
+    left where second[e]: r is the pair's second variable) into total (E, n_r), and scale[e]
+    log(total) into mu (E, n_r); scale None: all 1.  Returns the smallest total."""
+    edges = len(other_at)
+    if not len(table_at) == len(second) == edges or (scale is not None and len(scale) != edges):
+        raise ValueError("edge_products: offsets, sides and scales of different lengths")
+    if edges and second.any() and not second.all() and n_a != n_b:
+        raise ValueError("edge_products: both sides of a table that is not square")
+    n_r = n_b if edges and second[0] else n_a
+    n_o = n_a + n_b - n_r
+    chunk = max(1, 2048 // (n_a + n_b))
+    work = np.empty(chunk * (n_a + n_b))   # (held here: the kernel writes into it)
+    return kernels.edge_products(
+        _buffer(lam, "lam"), _offsets(other_at, n_o, lam, "other_at"), _buffer(tables, "tables"),
+        _offsets(table_at, n_a * n_b, tables, "table_at"), _positions(second, 2, "second"), edges,
+        n_a, n_b, None if scale is None else _buffer(scale, "scale", edges, 1),
+        _buffer(total, "total", edges, n_r), _buffer(mu, "mu", edges, n_r), chunk,
+        _buffer(work, "work", chunk, n_a + n_b))
 
 
 def _positions(positions: np.ndarray, limit: int, name: str) -> int:

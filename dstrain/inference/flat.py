@@ -372,6 +372,7 @@ class FlatBP:
         self._last_updates = [self._last_update(i) for i in range(len(batch.pair_groups))]
         # fast groups multiplied per pair slot on those views: (slots, r is the 2nd variable)
         self._offsets = {}   # per pair group, the CPU kernels' offsets (_kernel_offsets)
+        self._edge_plans = {}   # per (colour, fast group), edge_products' (_edge_kernel_plan)
         self._slots = [[None if p is not None else self._slot_plan(g) for g in c.fast]
                        for c, p in zip(batch.colours, self._binary)]
         self._unit_fast = [[bool(np.all(g.scale == 1.0)) for g in c.fast] for c in batch.colours]
@@ -622,10 +623,12 @@ class FlatBP:
                 if not self._binary_batch:   # (the general update runs this colour)
                     tables.insert(0, self._split_tables(pair_tables[g.pair_group], g, workspace,
                                                         (k, 0)))
-            else:   # per group: None (slot by slot on views) or its edges' tables, two stacks
-                tables = [None if slots is not None else self._split_tables(
-                    pair_tables[g.pair_group], g, workspace, (k, i))
-                    for i, (g, slots) in enumerate(zip(colour.fast, self._slots[k]))]
+            else:   # per group: None (slot by slot on views, or the CPU kernels on the
+                # tables in place) or its edges' tables, two stacks
+                kernels = sharing is None and cpu_kernels.library() is not None
+                tables = [None if slots is not None or (kernels and self._edge_rows(k, i))
+                          else self._split_tables(pair_tables[g.pair_group], g, workspace, (k, i))
+                          for i, (g, slots) in enumerate(zip(colour.fast, self._slots[k]))]
             oriented.append(tables)
         fhat = self.reparameterise(theta, lam) if self._needs_fhat else None
         extreme = None
@@ -937,33 +940,23 @@ class FlatBP:
         g = self.batch.colours[k].fast[i]
         unit = self._unit_fast[k][i]
         scale = g.scale[:, None]
-        other = lam[g.other]               # max 0, so the weights below are in (0, 1]
-        weights = _exp(other if unit else other / scale)
-        slots = self._slots[k][i]
-        if state.sharing is not None:   # one matrix product per variant and side
-            tables = state.pair_tables[g.pair_group].table
-            total = np.empty((len(weights), g.own.shape[1]))
-            for edges, v, second in state.sharing.edge_rows[k][i]:
-                # r is the pair's first variable: sum_b t[a, b] w[b]; its second: sum_a w[a] t[a, b]
-                total[edges] = _rows_matmul(weights[edges], tables[v] if second else tables[v].T)
-        elif slots is not None:   # slot by slot on views of the pair tables
-            table = state.pair_tables[g.pair_group].table   # (S, P, n_a, n_b), slot-major
-            samples = self.batch.num_samples
-            w = weights.reshape(samples, len(slots[0]), -1)
-            total = np.empty((samples, len(slots[0]), g.own.shape[1]))
-            for j, (slot, second) in enumerate(zip(*slots)):
-                _products(table[:, slot], w[:, j], bool(second), out=total[:, j])
-            total = total.reshape(len(weights), -1)
+        kernels = cpu_kernels.library() if state.sharing is None else None
+        edges = None if kernels is None else self._edge_kernel_plan(state, k, i)
+        if edges is not None:   # weights, products and logs in one call (cpu_kernels.c)
+            total, mu = np.empty((2, *g.own.shape))
+            smallest = cpu_kernels.edge_products(kernels, lam, *edges, total, mu)
         else:
-            total = self._edge_products(state.oriented[k][i], weights)
+            total = self._numpy_products(state, k, i, lam)
+            smallest = total.min() if len(total) else np.inf
+            with np.errstate(divide="ignore"):
+                mu = _log(total)
+            if not unit:
+                mu *= scale
         if state.products is not None:   # (FlatBP.sweep: the read-outs take it)
             state.products[k, i] = total
-        with np.errstate(divide="ignore"):
-            mu = _log(total)
-        if not unit:
-            mu *= scale
-        if len(total) and total.min() < _UNDERFLOW:
+        if smallest < _UNDERFLOW:
             # extreme potentials: exact log-sum-exp for the entries that underflowed
+            other = lam[g.other]
             e, y = np.nonzero(total < _UNDERFLOW)
             f = self._pair_f(state, g.pair_group, g.pairs[e])
             flip = g.transposed[e]
@@ -975,6 +968,63 @@ class FlatBP:
             top = state.pair_tables[g.pair_group].pair_top(g.pairs[e])
             mu[e, y] = _log_sum_exp(rows - top[:, None] + other[e], scale[e], axis=1)
         return mu
+
+    def _numpy_products(self, state, k: int, i: int, lam) -> np.ndarray:
+        """numpy's path of _fast_mu's products: each edge's table times the other variable's
+        weights exp(lambda_{o->p} / (eps c_p))."""
+        g = self.batch.colours[k].fast[i]
+        other = lam[g.other]               # max 0, so the weights below are in (0, 1]
+        weights = _exp(other if self._unit_fast[k][i] else other / g.scale[:, None])
+        slots = self._slots[k][i]
+        if state.sharing is not None:   # one matrix product per variant and side
+            tables = state.pair_tables[g.pair_group].table
+            total = np.empty((len(weights), g.own.shape[1]))
+            for edges, v, second in state.sharing.edge_rows[k][i]:
+                # r is the pair's first variable: sum_b t[a, b] w[b]; its second: sum_a w[a] t[a, b]
+                total[edges] = _rows_matmul(weights[edges], tables[v] if second else tables[v].T)
+            return total
+        if slots is not None:   # slot by slot on views of the pair tables
+            table = state.pair_tables[g.pair_group].table   # (S, P, n_a, n_b), slot-major
+            samples = self.batch.num_samples
+            w = weights.reshape(samples, len(slots[0]), -1)
+            total = np.empty((samples, len(slots[0]), g.own.shape[1]))
+            for j, (slot, second) in enumerate(zip(*slots)):
+                _products(table[:, slot], w[:, j], bool(second), out=total[:, j])
+            return total.reshape(len(weights), -1)
+        return self._edge_products(state.oriented[k][i], weights)
+
+    def _edge_kernel_plan(self, state, k: int, i: int):
+        """cpu_kernels.edge_products' arguments for fast group i of colour k: the other
+        messages' starts, the pair tables' buffer, each edge's table offset in it, r is the
+        pair's second variable, the table's shape and the scales (None where all are 1); None
+        where the kernel cannot take the group (see _edge_rows)."""
+        g = self.batch.colours[k].fast[i]
+        pt = state.pair_tables[g.pair_group]
+        rows = self._edge_rows(k, i)   # (no shared tables here: their variants are not rows)
+        if rows is None:
+            return None
+        buffer, table_at = self._kernel_offsets(g.pair_group, pt.table)[:2]
+        other_at, rows, second, scale = rows
+        return (other_at, buffer, np.ascontiguousarray(table_at[rows]), second,
+                *self._pair_shape(self.batch.pair_groups[g.pair_group]), scale)
+
+    def _edge_rows(self, k: int, i: int):
+        """(each edge's other message start, its pair's row of the group's tables, r is the
+        pair's second variable, the scales or None where all are 1) of fast group i of colour k,
+        or None if the other messages are not runs of entries (cached)."""
+        plan = self._edge_plans.get((k, i))
+        if plan is None:
+            g = self.batch.colours[k].fast[i]
+            other_at = np.ascontiguousarray(g.other[:, 0], dtype=np.int64)
+            plan = False
+            if not len(g.other) or np.array_equal(
+                    g.other, other_at[:, None] + np.arange(g.other.shape[1])):
+                stored = self._stored[g.pair_group]
+                plan = (other_at, g.pairs if stored is None else stored[1][g.pairs],
+                        g.transposed.astype(np.int64),
+                        None if self._unit_fast[k][i] else np.ascontiguousarray(g.scale))
+            self._edge_plans[k, i] = plan
+        return plan or None
 
     @staticmethod
     def _edge_products(tables, weights) -> np.ndarray:
