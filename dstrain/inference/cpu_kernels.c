@@ -174,30 +174,35 @@ CLONED void pair_beliefs(const double *tables, const int64_t *table_at, double *
 // pair's first variable (sum_b t[a, b] w[b]) or w T where it is its second (second[e]; sum_a
 // w[a] t[a, b]), T the n_a x n_b table at tables + table_at[e]; mu[e] = s_e log(total[e]).  The
 // sums over the table's rows run in lanes of 8 (a fixed order for every edge).  scale NULL: all
-// s are 1.  work: chunk (n_a + n_b) entries.  Returns the smallest total (below 1e-250 some
-// entries need the exact log-sum-exp: FlatBP._fast_mu).
+// s are 1.  `order`: the edges in the order to take them (a permutation; the results do not
+// depend on it), or NULL.  work: chunk (n_a + n_b) entries.  Returns the smallest total (below
+// 1e-250 some entries need the exact log-sum-exp: FlatBP._fast_mu).
 enum { LANES = 8 };
 CLONED double edge_products(const double *restrict lam, const int64_t *restrict other_at,
                             const double *restrict tables, const int64_t *restrict table_at,
                             const int64_t *restrict second, int64_t edges, int64_t n_a,
                             int64_t n_b, const double *restrict scale, double *restrict total,
-                            double *restrict mu, int64_t chunk, double *restrict work) {
+                            double *restrict mu, const int64_t *restrict order, int64_t chunk,
+                            double *restrict work) {
     double smallest = INFINITY;
-    for (int64_t e0 = 0; e0 < edges; e0 += chunk) {
-        const int64_t e1 = e0 + chunk < edges ? e0 + chunk : edges;
+    for (int64_t n0 = 0; n0 < edges; n0 += chunk) {
+        const int64_t n1 = n0 + chunk < edges ? n0 + chunk : edges;
         // the chunk's weights, one run (n_o entries an edge; n_o the same for the whole group)
-        const int64_t n_o = second[e0] ? n_a : n_b, n_r = second[e0] ? n_b : n_a;
-        double *restrict w = work;
-        for (int64_t e = e0; e < e1; ++e)
-            memcpy(w + (e - e0) * n_o, lam + other_at[e], (size_t)n_o * sizeof(double));
-        if (scale) {
-            for (int64_t e = e0; e < e1; ++e)
-                for (int64_t j = 0; j < n_o; ++j) w[(e - e0) * n_o + j] /= scale[e];
+        const int64_t first = order ? order[n0] : n0;
+        const int64_t n_o = second[first] ? n_a : n_b, n_r = second[first] ? n_b : n_a;
+        double *restrict w = work, *restrict logs = work + chunk * n_o;
+        for (int64_t n = n0; n < n1; ++n) {
+            const int64_t e = order ? order[n] : n;
+            double *restrict x = w + (n - n0) * n_o;
+            memcpy(x, lam + other_at[e], (size_t)n_o * sizeof(double));
+            if (scale)
+                for (int64_t j = 0; j < n_o; ++j) x[j] /= scale[e];
         }
-        exp_run(w, w, (e1 - e0) * n_o, 0.0, 1.0, 0);
-        for (int64_t e = e0; e < e1; ++e) {
-            const double *restrict t = tables + table_at[e], *restrict x = w + (e - e0) * n_o;
-            double *restrict out = total + e * n_r;
+        exp_run(w, w, (n1 - n0) * n_o, 0.0, 1.0, 0);
+        for (int64_t n = n0; n < n1; ++n) {
+            const int64_t e = order ? order[n] : n;
+            const double *restrict t = tables + table_at[e], *restrict x = w + (n - n0) * n_o;
+            double *restrict out = logs + (n - n0) * n_r;
             if (second[e]) {   // out[b] = sum_a x[a] t[a, b]: rows added in turn
                 for (int64_t b = 0; b < n_b; ++b) out[b] = x[0] * t[b];
                 for (int64_t a = 1; a < n_a; ++a)
@@ -216,13 +221,14 @@ CLONED double edge_products(const double *restrict lam, const int64_t *restrict 
                 }
             }
             for (int64_t a = 0; a < n_r; ++a) smallest = out[a] < smallest ? out[a] : smallest;
+            memcpy(total + e * n_r, out, (size_t)n_r * sizeof(double));
         }
-        double *restrict logs = mu + e0 * n_r;
-        memcpy(logs, total + e0 * n_r, (size_t)((e1 - e0) * n_r) * sizeof(double));
-        log_run(logs, (e1 - e0) * n_r);
-        if (scale)
-            for (int64_t e = e0; e < e1; ++e)
-                for (int64_t a = 0; a < n_r; ++a) logs[(e - e0) * n_r + a] *= scale[e];
+        log_run(logs, (n1 - n0) * n_r);
+        for (int64_t n = n0; n < n1; ++n) {
+            const int64_t e = order ? order[n] : n;
+            const double size = scale ? scale[e] : 1.0;   // (x * 1 is x)
+            for (int64_t a = 0; a < n_r; ++a) mu[e * n_r + a] = logs[(n - n0) * n_r + a] * size;
+        }
     }
     return smallest;
 }

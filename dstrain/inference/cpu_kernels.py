@@ -27,7 +27,7 @@ _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
     "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P, _P],
     "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P],
-    "edge_products": [_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _I, _P],
+    "edge_products": [_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _I, _P],
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P,
                     _P, _I, _P],
     "dense_sweep": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _I, ctypes.c_int, _P],
@@ -141,11 +141,12 @@ def pair_beliefs(kernels, tables, table_at, beliefs, belief_at, n_a: int, n_b: i
 
 
 def edge_products(kernels, lam, other_at, tables, table_at, second, n_a: int, n_b: int, scale,
-                  total, mu) -> float:
+                  order, total, mu) -> float:
     """FlatBP._fast_mu's products of one fast group: for edge e, its table (n_a x n_b, from
     table_at[e] of `tables`) times the weights exp(lam[other_at[e]:][:n_o] / scale[e]) (from the
     left where second[e]: r is the pair's second variable) into total (E, n_r), and scale[e]
-    log(total) into mu (E, n_r); scale None: all 1.  Returns the smallest total."""
+    log(total) into mu (E, n_r); scale None: all 1; `order` as for pair_tables.  Returns the
+    smallest total."""
     edges = len(other_at)
     if not len(table_at) == len(second) == edges or (scale is not None and len(scale) != edges):
         raise ValueError("edge_products: offsets, sides and scales of different lengths")
@@ -159,7 +160,8 @@ def edge_products(kernels, lam, other_at, tables, table_at, second, n_a: int, n_
         _buffer(lam, "lam"), _offsets(other_at, n_o, lam, "other_at"), _buffer(tables, "tables"),
         _offsets(table_at, n_a * n_b, tables, "table_at"), _positions(second, 2, "second"), edges,
         n_a, n_b, None if scale is None else _buffer(scale, "scale", edges, 1),
-        _buffer(total, "total", edges, n_r), _buffer(mu, "mu", edges, n_r), chunk,
+        _buffer(total, "total", edges, n_r), _buffer(mu, "mu", edges, n_r),
+        _order(order, edges), chunk,
         _buffer(work, "work", chunk, n_a + n_b))
 
 

@@ -372,7 +372,8 @@ class FlatBP:
         self._last_updates = [self._last_update(i) for i in range(len(batch.pair_groups))]
         # fast groups multiplied per pair slot on those views: (slots, r is the 2nd variable)
         self._offsets = {}   # per pair group, the CPU kernels' offsets (_kernel_offsets)
-        self._edge_plans = {}   # per (colour, fast group), edge_products' (_edge_kernel_plan)
+        self._edge_plans = {}   # per (colour, fast group), edge_products' (_edge_rows)
+        self._edge_offsets = {}   # and the edges' table offsets and order (_edge_kernel_plan)
         self._slots = [[None if p is not None else self._slot_plan(g) for g in c.fast]
                        for c, p in zip(batch.colours, self._binary)]
         self._unit_fast = [[bool(np.all(g.scale == 1.0)) for g in c.fast] for c in batch.colours]
@@ -1005,8 +1006,15 @@ class FlatBP:
             return None
         buffer, table_at = self._kernel_offsets(g.pair_group, pt.table)[:2]
         other_at, rows, second, scale = rows
-        return (other_at, buffer, np.ascontiguousarray(table_at[rows]), second,
-                *self._pair_shape(self.batch.pair_groups[g.pair_group]), scale)
+        offsets = self._edge_offsets.get((k, i))
+        if offsets is None:   # (the tables' layout is the engine's: fixed from the first run)
+            edge_table_at = np.ascontiguousarray(table_at[rows])
+            # in the tables' order: slot-major tables are read as a few streams, not many
+            order = None if np.all(np.diff(edge_table_at) > 0) \
+                else np.argsort(edge_table_at, kind="stable")
+            offsets = self._edge_offsets[k, i] = edge_table_at, order
+        return (other_at, buffer, offsets[0], second,
+                *self._pair_shape(self.batch.pair_groups[g.pair_group]), scale, offsets[1])
 
     def _edge_rows(self, k: int, i: int):
         """(each edge's other message start, its pair's row of the group's tables, r is the
