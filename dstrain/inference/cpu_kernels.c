@@ -242,7 +242,8 @@ CLONED double edge_products(const double *restrict lam, const int64_t *restrict 
 // messages) is read or written `chunk` pairs (or edges) at a time: whole rows of the samples-last
 // arrays, a run of each sample's row, and a (chunk, width) block of scratch in `work` between
 // (chunk sized by the caller to stay in cache); the exponentials are taken over a block at once.
-// Each number is formed by the operations numpy's path uses, in its order.
+// Each number takes numpy's path's formula; the order of a few products and sums differs (the
+// unaries' beliefs multiply by 1 / total), which the tests hold to within 1e-10 relative.
 
 // start: w (P + 1, width) the interactions (f10 + f01 - f00 - f11) / s and E (P + 1, width)
 // expm1(|w|), their rows P zero; pair_constant (width) sum_p f10 + f01 - f11; minus_k and H
