@@ -743,6 +743,44 @@ def test_the_compiled_kernels_equal_numpys_path_and_their_bits_do_not_depend_on_
         np.testing.assert_allclose(one.messages, numpy_run.messages, rtol=1e-9, atol=1e-9)
 
 
+def test_the_colour_update_kernel_equals_numpys_update_bit_for_bit(monkeypatch):
+    # the same sums in the same order as np.bincount, the same products and max: the same bits,
+    # the largest change included (NaN where a message is NaN; a NaN state's entry NaN and
+    # with it the entries of its messages, as numpy's max spreads it)
+    from dstrain.inference.flat import FlatBP
+
+    rng = np.random.default_rng(3)
+    taken = 0
+    for graphs in _kernel_batches(rng)[3:]:   # (the flat engine's batches)
+        batch = GraphBatch(graphs)
+        potentials = rng.normal(scale=3.0, size=batch.num_potentials)
+        messages = rng.normal(size=batch.num_messages)
+        engine = FlatBP(batch)
+        for k in range(len(batch.colours)):
+            if engine._colour_update(k) is None:
+                continue
+            taken += 1
+            for poison in (None, "message", "state"):
+                lam, theta = messages.copy(), potentials.copy()
+                if poison == "message":
+                    lam[batch.colours[k].edge_entry_message[-1]] = np.nan
+                if poison == "state":   # (a region's second state: not first in its messages)
+                    theta[batch.colours[k].region_entries[1]] = np.nan
+                out = []
+                for kernel in (True, False):
+                    state = engine.start(theta, lam.copy(), warm=True)
+                    if not kernel:
+                        monkeypatch.setattr(engine, "_colour_update", lambda k: None)
+                    change = engine.update_colour(state, k)
+                    monkeypatch.undo()
+                    out.append((change, state.messages))
+                (change, mine), (expected, numpys) = out
+                np.testing.assert_array_equal(mine, numpys)
+                assert np.isnan(change) if poison else change == expected > 0
+                assert np.isnan(mine).any() == (poison == "state")   # (the old NaN is replaced)
+    assert taken >= 5
+
+
 @pytest.mark.parametrize("size", [3, 13, 676])
 def test_a_pair_tables_bits_do_not_depend_on_where_it_sits(size):
     # the kernels' vector exp differs from a scalar one in the last bit: every entry takes the

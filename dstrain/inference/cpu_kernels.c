@@ -1,7 +1,8 @@
 // CPU kernels of the convex BP engine.  For flat.py: the start and the read-out of a pair group,
 // where numpy needs several passes over the batch's pair tables (a max, an exp into a block, a
 // copy into the slots; outer products, a multiply, a copy out) and these make one; and a
-// sweep's messages from the fast pairs (weights, table products and logs, one call).  For
+// sweep's messages from the fast pairs (weights, table products and logs, one call) and the end
+// of a colour's update (sums per region, new messages, their change), one call.  For
 // dense.py (one dense binary graph): its start, sweep, read-outs and messages, each one call.
 // Each pair's entries are contiguous wherever they lie, so a pair is given by the offset
 // of its first entry (in entries), whatever the layout: views of the potentials, slot-major
@@ -231,6 +232,43 @@ CLONED double edge_products(const double *restrict lam, const int64_t *restrict 
         }
     }
     return smallest;
+}
+
+// the end of a colour's update (FlatBP.update_colour: one fast group, childless regions), on its
+// K = rows n message entries in entry order: total_q = inner_q + the sum of mu over q's entries
+// (from 0, in entry order: np.bincount's), new_e = ratio_e total_{q_e} - mu_e, each row of n
+// entries (one message) less its largest, written into lam at message_at[e].  Returns the
+// largest |new - old| over the entries if `change` (NaN if any is), else 0.  work: num_q + n.
+CLONED double colour_update(const double *restrict mu, const int64_t *restrict q,
+                            const double *restrict ratio, const int64_t *restrict message_at,
+                            int64_t rows, int64_t n, const double *restrict inner, int64_t num_q,
+                            double *restrict lam, int change, double *restrict work) {
+    double *restrict total = work, *restrict row = work + num_q;
+    for (int64_t r = 0; r < num_q; ++r) total[r] = 0.0;
+    for (int64_t e = 0; e < rows * n; ++e) total[q[e]] += mu[e];
+    for (int64_t r = 0; r < num_q; ++r) total[r] = inner[r] + total[r];
+    double largest = 0.0;
+    int nan = 0;
+    for (int64_t m = 0; m < rows; ++m) {
+        const int64_t e0 = m * n;
+        double top = 0.0;
+        for (int64_t j = 0; j < n; ++j) {
+            const double x = ratio[e0 + j] * total[q[e0 + j]] - mu[e0 + j];
+            row[j] = x;
+            if (j == 0 || (top == top && !(x <= top))) top = x;   // (numpy's max: NaN stays)
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            const double x = row[j] - top;
+            double *restrict out = lam + message_at[e0 + j];
+            if (change) {
+                const double moved = fabs(x - *out);
+                nan |= moved != moved;
+                largest = moved > largest ? moved : largest;
+            }
+            *out = x;
+        }
+    }
+    return nan ? NAN : largest;
 }
 
 // --- batches of one dense binary pairwise graph (dstrain/inference/dense.py) ------------------

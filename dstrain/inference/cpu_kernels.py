@@ -28,6 +28,7 @@ _SIGNATURES = {
     "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P, _P],
     "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P],
     "edge_products": [_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _I, _P],
+    "colour_update": [_P, _P, _P, _P, _I, _I, _P, _I, _P, ctypes.c_int, _P],
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P,
                     _P, _I, _P],
     "dense_sweep": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _I, ctypes.c_int, _P],
@@ -35,7 +36,7 @@ _SIGNATURES = {
     "dense_unaries": [_P, _P, _P, _I, _I, _I, _I, _P, _P, _I, _P, _P],
     "dense_messages": [_P, _P, _I, _I, _P, _I, _P, _I, _P],
 }
-_RETURNS = {"edge_products": ctypes.c_double, "dense_start": ctypes.c_double,
+_RETURNS = {"edge_products": ctypes.c_double, "colour_update": ctypes.c_double, "dense_start": ctypes.c_double,
             "dense_pairs": ctypes.c_int, "dense_sweep": ctypes.c_double}
 
 
@@ -163,6 +164,36 @@ def edge_products(kernels, lam, other_at, tables, table_at, second, n_a: int, n_
         _buffer(total, "total", edges, n_r), _buffer(mu, "mu", edges, n_r),
         _order(order, edges), chunk,
         _buffer(work, "work", chunk, n_a + n_b))
+
+
+class ColourUpdate:
+    """colour_update's index arrays for one colour of `rows` messages of n entries, checked once
+    here and kept as read-only copies (a sweep then checks only the arrays it passes): each
+    entry's region state q (< num_q), its ratio and its message's index in lam (< messages)."""
+
+    def __init__(self, q, ratio, message_at, rows: int, n: int, num_q: int, messages: int):
+        entries = rows * n
+        if not len(q) == len(ratio) == len(message_at) == entries:
+            raise ValueError(f"colour_update: {len(q)}, {len(ratio)} and {len(message_at)} "
+                             f"entries given for {rows} messages of {n}")
+        self.q, self.message_at = (np.array(a, dtype=np.int64) for a in (q, message_at))
+        self.ratio = np.array(ratio, dtype=np.float64)
+        for a in (self.q, self.message_at, self.ratio):
+            a.setflags(write=False)
+        self._q = _positions(self.q, num_q, "q")
+        self._message_at = _positions(self.message_at, messages, "message_at")
+        self.rows, self.n, self.num_q, self.messages = rows, n, num_q, messages
+
+
+def colour_update(kernels, plan: ColourUpdate, mu, inner, lam, change: bool) -> float:
+    """The end of FlatBP.update_colour for one fast group on childless regions: totals per
+    region state (inner + the sum of mu over its entries), the new messages (ratio total - mu,
+    each less its largest) into lam; the largest change of an entry if `change`, else 0."""
+    work = np.empty(plan.num_q + plan.n)   # (held here: the kernel writes into it)
+    return kernels.colour_update(
+        _buffer(mu, "mu", plan.rows, plan.n), plan._q, plan.ratio.ctypes.data, plan._message_at,
+        plan.rows, plan.n, _buffer(inner, "inner", plan.num_q, 1), plan.num_q,
+        _buffer(lam, "lam", plan.messages, 1), int(change), work.ctypes.data)
 
 
 def _positions(positions: np.ndarray, limit: int, name: str) -> int:

@@ -374,6 +374,7 @@ class FlatBP:
         self._offsets = {}   # per pair group, the CPU kernels' offsets (_kernel_offsets)
         self._edge_plans = {}   # per (colour, fast group), edge_products' (_edge_rows)
         self._edge_offsets = {}   # and the edges' table offsets and order (_edge_kernel_plan)
+        self._colour_updates = {}   # per colour, colour_update's plan (_colour_update)
         self._slots = [[None if p is not None else self._slot_plan(g) for g in c.fast]
                        for c, p in zip(batch.colours, self._binary)]
         self._unit_fast = [[bool(np.all(g.scale == 1.0)) for g in c.fast] for c in batch.colours]
@@ -846,6 +847,11 @@ class FlatBP:
             return self._update_binary_colour(state, k, change)
         plan: ColourPlan = self.batch.colours[k]
         lam, fhat = state.messages, state.fhat
+        update = self._colour_update(k) if fhat is None else None
+        if update is not None:   # the rest of the update in one call (cpu_kernels.c)
+            mu = self._fast_mu(state, k, 0, lam)
+            return cpu_kernels.colour_update(cpu_kernels.library(), update, mu, state.inner[k],
+                                             lam, change)
         if len(plan.fast) == 1 and not plan.generic:   # (no copy into a vector of all groups)
             mu = self._fast_mu(state, k, 0, lam).ravel()
         else:
@@ -880,6 +886,22 @@ class FlatBP:
             fhat[plan.parent_entry] += delta[plan.parent_entry_source]
         state.messages_changed()
         return float(np.abs(delta).max()) if len(delta) else 0.0
+
+    def _colour_update(self, k: int):
+        """cpu_kernels.colour_update's plan of colour k where it can take the colour (one fast
+        group, childless regions, the CPU kernels built), else None (cached)."""
+        update = self._colour_updates.get(k)
+        if update is None:
+            plan: ColourPlan = self.batch.colours[k]
+            update = False
+            if cpu_kernels.library() is not None and len(plan.fast) == 1 and not plan.generic \
+                    and plan.childless:
+                g = plan.fast[0]
+                update = cpu_kernels.ColourUpdate(
+                    plan.edge_entry_q, plan.edge_entry_ratio, plan.edge_entry_message,
+                    *g.own.shape, len(plan.region_entries), self.batch.num_messages)
+            self._colour_updates[k] = update
+        return update or None
 
     def _update_binary_colour(self, state: FlatState, k: int, change: bool = True) -> float:
         """update_colour for batches of binary unaries under binary fast pairs (image tagging).
