@@ -1,6 +1,13 @@
 """Threads for the CPU engine: how many it may use, and one pool that runs a task per range of
 samples.  numpy releases the GIL inside its loops, so ranges of a batch run on several cores.
 
+While a call runs its tasks, each thread is held on a core of its own, from the cores the calling
+thread may use (``os.sched_getaffinity``), the way OMP_PROC_BIND holds OpenMP's threads: left to
+the scheduler, a pool thread woken after an idle spell was often put on the caller's core, and
+both then shared it for several ms (2nd-order words on a 2-core VM, a sweep after a 0.3 s pause:
+each range's CPU time half its wall time).  The calling thread's own affinity is restored when the
+call returns; ``DSTRAIN_PIN_THREADS=0`` turns this off.
+
 The engine's ranges are its parallelism, so numpy's BLAS runs on one thread inside it
 (``blas_on_one_thread``): OpenBLAS's workers busy-wait after a threaded call, on the cores the
 ranges run on (1000 words with shared tables, 10 sweeps: 76.3 ms with OpenBLAS on 2 threads
@@ -66,9 +73,46 @@ def run_parallel(tasks: list) -> list:
         return _run_parallel(tasks)
 
 
+_PINNED = threading.local()   # the cores a pool thread is held on
+
+
+def _cores(count: int, allowed: list[int]) -> list[int] | None:
+    """`count` of the calling thread's cores `allowed`, one per task; None where pinning is off
+    or there are fewer cores than tasks."""
+    if os.environ.get("DSTRAIN_PIN_THREADS", "1") == "0" or len(allowed) < count:
+        return None
+    return allowed[:count]
+
+
+def _on_cores(cores: frozenset, task):
+    """task() on a pool thread held on `cores` (set when they change, not on every call)."""
+    if getattr(_PINNED, "cores", None) != cores:
+        os.sched_setaffinity(0, cores)
+        _PINNED.cores = cores
+    return task()
+
+
 def _run_parallel(tasks: list) -> list:
     if len(tasks) == 1:
         return [tasks[0]()]
+    if not hasattr(os, "sched_setaffinity"):
+        return _run_tasks(tasks)
+    saved = os.sched_getaffinity(0)
+    cores = _cores(len(tasks), sorted(saved))
+    # the pool's threads: each on a core of its own, else on the caller's cores
+    held = [frozenset(saved) if cores is None else frozenset({core})
+            for core in (cores or [None] * len(tasks))]
+    workers = [functools.partial(_on_cores, mine, task) for mine, task in zip(held, tasks[:-1])]
+    if cores is None:
+        return _run_tasks(workers + tasks[-1:])
+    os.sched_setaffinity(0, {cores[-1]})   # (this thread runs the last task)
+    try:
+        return _run_tasks(workers + tasks[-1:])
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+def _run_tasks(tasks: list) -> list:
     futures = [_pool(len(tasks) - 1).submit(task) for task in tasks[:-1]]
 
     def outcome(call):
