@@ -2,7 +2,8 @@
 // where numpy needs several passes over the batch's pair tables (a max, an exp into a block, a
 // copy into the slots; outer products, a multiply, a copy out) and these make one; and a
 // sweep's messages from the fast pairs (weights, table products and logs, one call) and the end
-// of a colour's update (sums per region, new messages, their change), one call.  For
+// of a colour's update (sums per region, new messages, their change), one call; and for the
+// read-out the regions' values and softmax, a pair group's weights and sums.  For
 // dense.py (one dense binary graph): its start, sweep, read-outs and messages, each one call.
 // Each pair's entries are contiguous wherever they lie, so a pair is given by the offset
 // of its first entry (in entries), whatever the layout: views of the potentials, slot-major
@@ -232,6 +233,83 @@ CLONED double edge_products(const double *restrict lam, const int64_t *restrict 
         }
     }
     return smallest;
+}
+
+// a pair group's weights for its read-out (FlatBP._pair_sums): w_a (pairs, n_a) = exp(lam[a_at[p]
+// + j] / s_p) and w_b (pairs, n_b) = exp(lam[b_at[p] + j] / s_p), scale NULL: all s are 1.  The
+// exponentials are one run over each of w_a and w_b.
+CLONED void pair_weights(const double *restrict lam, const int64_t *restrict a_at,
+                         const int64_t *restrict b_at, int64_t pairs, int64_t n_a, int64_t n_b,
+                         const double *restrict scale, double *restrict w_a,
+                         double *restrict w_b) {
+    for (int64_t p = 0; p < pairs; ++p) {   // (x / 1 is x: the same bits as no division)
+        const double *restrict x = lam + a_at[p], *restrict y = lam + b_at[p];
+        const double s = scale ? scale[p] : 1.0;
+        for (int64_t j = 0; j < n_a; ++j) w_a[p * n_a + j] = x[j] / s;
+        for (int64_t j = 0; j < n_b; ++j) w_b[p * n_b + j] = y[j] / s;
+    }
+    exp_run(w_a, w_a, pairs * n_a, 0.0, 1.0, 0);
+    exp_run(w_b, w_b, pairs * n_b, 0.0, 1.0, 0);
+}
+
+// total[at[m]] = sum_j products[edges[m]][j] w[at[m]][j] (rows of n, the sum left to right) for
+// m < count: a pair's sum from the last sweep's product of its table with one endpoint's
+// weights, times the other endpoint's (FlatBP._saved_sums).
+CLONED void row_dots(const double *restrict products, const int64_t *restrict edges,
+                     const double *restrict w, const int64_t *restrict at, int64_t count,
+                     int64_t n, double *restrict total) {
+    for (int64_t m = 0; m < count; ++m) {
+        const double *restrict x = products + edges[m] * n, *restrict y = w + at[m] * n;
+        double sum = x[0] * y[0];
+        for (int64_t j = 1; j < n; ++j) sum += x[j] * y[j];
+        total[at[m]] = sum;
+    }
+}
+
+// the regions' fhat at the read-out entries (FlatBP.region_values): out (k) = (f + A) - B, f
+// `readout`, A the sums of lam[parent_message[e]] over e with parent_at[e] = q (e < parents), B
+// the sums of lam[e] over e with child_at[e] = q (e < messages), each from 0 in e's order (as
+// np.bincount sums).  work: k entries.
+CLONED void region_values(const double *restrict readout, int64_t k,
+                          const int64_t *restrict parent_at,
+                          const int64_t *restrict parent_message, int64_t parents,
+                          const int64_t *restrict child_at, const double *restrict lam,
+                          int64_t messages, double *restrict out, double *restrict work) {
+    for (int64_t q = 0; q < k; ++q) out[q] = work[q] = 0.0;
+    for (int64_t e = 0; e < parents; ++e) out[parent_at[e]] += lam[parent_message[e]];
+    for (int64_t e = 0; e < messages; ++e) work[child_at[e]] += lam[e];
+    for (int64_t q = 0; q < k; ++q) out[q] = (readout[q] + out[q]) - work[q];
+}
+
+// softmax of `rows` rows of n values (FlatBP.region_softmax): with s = scale[r] (NULL: all 1),
+// z = x / s less its largest m, beliefs (rows, n) = e^z / sum e^z (sum left to right) and
+// log_partition[r] = s (m + log(sum)).  One run of exps over the block, one of logs over the sums.
+CLONED void row_softmax(const double *restrict values, int64_t rows, int64_t n,
+                        const double *restrict scale, double *restrict beliefs,
+                        double *restrict log_partition, double *restrict work) {
+    double *restrict peak = work;
+    for (int64_t r = 0; r < rows; ++r) {   // (x / 1 is x: no division where all s are 1)
+        const double *restrict x = values + r * n;
+        double *restrict z = beliefs + r * n;
+        double top = 0.0;
+        for (int64_t j = 0; j < n; ++j) {
+            z[j] = scale ? x[j] / scale[r] : x[j];
+            if (j == 0 || (top == top && !(z[j] <= top))) top = z[j];   // (numpy's max)
+        }
+        for (int64_t j = 0; j < n; ++j) z[j] -= top;
+        peak[r] = top;
+    }
+    exp_run(beliefs, beliefs, rows * n, 0.0, 1.0, 0);
+    for (int64_t r = 0; r < rows; ++r) {
+        double *restrict z = beliefs + r * n;
+        double sum = z[0];
+        for (int64_t j = 1; j < n; ++j) sum += z[j];
+        for (int64_t j = 0; j < n; ++j) z[j] /= sum;
+        log_partition[r] = sum;
+    }
+    log_run(log_partition, rows);
+    for (int64_t r = 0; r < rows; ++r)
+        log_partition[r] = (scale ? scale[r] : 1.0) * (peak[r] + log_partition[r]);
 }
 
 // the end of a colour's update (FlatBP.update_colour: one fast group, childless regions), on its

@@ -29,6 +29,10 @@ _SIGNATURES = {
     "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P],
     "edge_products": [_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _I, _P],
     "colour_update": [_P, _P, _P, _P, _I, _I, _P, _I, _P, ctypes.c_int, _P],
+    "pair_weights": [_P, _P, _P, _I, _I, _I, _P, _P, _P],
+    "row_dots": [_P, _P, _P, _P, _I, _I, _P],
+    "region_values": [_P, _I, _P, _P, _I, _P, _P, _I, _P, _P],
+    "row_softmax": [_P, _I, _I, _P, _P, _P, _P],
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P,
                     _P, _I, _P],
     "dense_sweep": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _I, ctypes.c_int, _P],
@@ -164,6 +168,74 @@ def edge_products(kernels, lam, other_at, tables, table_at, second, n_a: int, n_
         _buffer(total, "total", edges, n_r), _buffer(mu, "mu", edges, n_r),
         _order(order, edges), chunk,
         _buffer(work, "work", chunk, n_a + n_b))
+
+
+def pair_weights(kernels, lam, a_at, b_at, n_a: int, n_b: int, scale, w_a, w_b) -> None:
+    """A pair group's read-out weights w_a = exp(lam[a_at[p]:][:n_a] / scale[p]) (pairs, n_a)
+    and w_b likewise from b_at (pairs, n_b); scale None: all 1."""
+    pairs = len(a_at)
+    if len(b_at) != pairs or (scale is not None and len(scale) != pairs):
+        raise ValueError("pair_weights: starts and scales of different lengths")
+    kernels.pair_weights(_buffer(lam, "lam"), _offsets(a_at, n_a, lam, "a_at"),
+                         _offsets(b_at, n_b, lam, "b_at"), pairs, n_a, n_b,
+                         None if scale is None else _buffer(scale, "scale", pairs, 1),
+                         _buffer(w_a, "w_a", pairs, n_a), _buffer(w_b, "w_b", pairs, n_b))
+
+
+def row_dots(kernels, products, edges, w, at, total) -> None:
+    """total[at[m]] = products[edges[m]] . w[at[m]] (rows of n, summed left to right)."""
+    n = products.shape[1] if products.ndim == 2 else 0
+    if products.ndim != 2 or w.ndim != 2 or w.shape[1] != n or len(edges) != len(at):
+        raise ValueError(f"row_dots: rows of {products.shape} and {w.shape}, {len(edges)} edges "
+                         f"for {len(at)} sums")
+    kernels.row_dots(_buffer(products, "products"), _positions(edges, len(products), "edges"),
+                     _buffer(w, "w"), _positions(at, min(len(w), len(total)), "at"), len(at), n,
+                     _buffer(total, "total"))
+
+
+class RegionSums:
+    """region_values' index arrays, checked once and kept as read-only copies: for k read-out
+    entries, each parent message entry's entry (parent_at) and message (parent_message), and
+    each message entry's child entry (child_at), over `messages` message entries."""
+
+    def __init__(self, k: int, parent_at, parent_message, child_at, messages: int):
+        if len(parent_at) != len(parent_message) or len(child_at) != messages:
+            raise ValueError(f"region_values: {len(parent_at)} parent entries for "
+                             f"{len(parent_message)} messages, {len(child_at)} child entries "
+                             f"for {messages}")
+        self.parent_at, self.parent_message, self.child_at = (
+            np.array(a, dtype=np.int64) for a in (parent_at, parent_message, child_at))
+        for a in (self.parent_at, self.parent_message, self.child_at):
+            a.setflags(write=False)
+        self._parent_at = _positions(self.parent_at, k, "parent_at")
+        self._parent_message = _positions(self.parent_message, messages, "parent_message")
+        self._child_at = _positions(self.child_at, k, "child_at")
+        self.k, self.messages = k, messages
+
+
+def region_values(kernels, plan: RegionSums, readout, lam, out) -> None:
+    """out = (readout + the parents' message sums) - the children's message sums, per read-out
+    entry (sums in np.bincount's order)."""
+    work = np.empty(plan.k)   # (held here: the kernel writes into it)
+    kernels.region_values(_buffer(readout, "readout", plan.k, 1), plan.k, plan._parent_at,
+                          plan._parent_message, len(plan.parent_at), plan._child_at,
+                          _buffer(lam, "lam", plan.messages, 1), plan.messages,
+                          _buffer(out, "out", plan.k, 1), work.ctypes.data)
+
+
+def row_softmax(kernels, values, scale):
+    """(beliefs, log partitions) of rows of values (rows, n): softmax of values / scale (scale
+    None: all 1) and scale (max + log sum exp) per row."""
+    if values.ndim != 2 or (scale is not None and len(scale) != len(values)):
+        raise ValueError(f"row_softmax: values of shape {values.shape}, scales for "
+                         f"{'all' if scale is None else len(scale)}")
+    rows, n = values.shape
+    beliefs, log_partition, work = np.empty((rows, n)), np.empty(rows), np.empty(rows)
+    if rows and n:
+        kernels.row_softmax(_buffer(values, "values", rows, n), rows, n,
+                            None if scale is None else _buffer(scale, "scale", rows, 1),
+                            beliefs.ctypes.data, log_partition.ctypes.data, work.ctypes.data)
+    return beliefs, log_partition
 
 
 class ColourUpdate:

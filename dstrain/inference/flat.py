@@ -375,6 +375,7 @@ class FlatBP:
         self._edge_plans = {}   # per (colour, fast group), edge_products' (_edge_rows)
         self._edge_offsets = {}   # and the edges' table offsets and order (_edge_kernel_plan)
         self._colour_updates = {}   # per colour, colour_update's plan (_colour_update)
+        self._weight_plans = {}   # per pair group and order, pair_weights' (_weight_starts)
         self._slots = [[None if p is not None else self._slot_plan(g) for g in c.fast]
                        for c, p in zip(batch.colours, self._binary)]
         self._unit_fast = [[bool(np.all(g.scale == 1.0)) for g in c.fast] for c in batch.colours]
@@ -422,12 +423,17 @@ class FlatBP:
         if plan is None or not state.products:
             return None
         total = np.empty(len(w_a))
+        kernels = cpu_kernels.library()
         for k, i, pairs, rows, edges, second in plan:
             products = state.products.get((k, i))
             if products is None:
                 return None
             at = rows if in_rows else pairs
-            total[at] = _row_dot(products[edges], (w_b if second else w_a)[at])
+            w = w_b if second else w_a
+            if kernels is not None and products.flags.c_contiguous and w.flags.c_contiguous:
+                cpu_kernels.row_dots(kernels, products, edges, w, at, total)   # (cpu_kernels.c)
+            else:
+                total[at] = _row_dot(products[edges], w[at])
         return total
 
     def _storage(self, group: int):
@@ -1099,7 +1105,14 @@ class FlatBP:
         in_rows = pt.stored is not None
         message_a, message_b, scale = self._stored_pairs[group] if in_rows \
             else (g.message_a, g.message_b, g.scale)
-        if self._unit_scale[group]:   # (x / 1 is x)
+        kernels = cpu_kernels.library()
+        starts = None if kernels is None else self._weight_starts(group, in_rows)
+        if starts is not None:   # one pass, one run of exps each (cpu_kernels.c)
+            a_at, b_at, scales = starts
+            w_a, w_b = np.empty(message_a.shape), np.empty(message_b.shape)
+            cpu_kernels.pair_weights(kernels, lam, a_at, b_at, message_a.shape[1],
+                                     message_b.shape[1], scales, w_a, w_b)
+        elif self._unit_scale[group]:   # (x / 1 is x)
             w_a, w_b = _exp(lam[message_a]), _exp(lam[message_b])
         else:
             w_a, w_b = _exp(lam[message_a] / scale[:, None]), _exp(lam[message_b] / scale[:, None])
@@ -1117,6 +1130,24 @@ class FlatBP:
             for v, pairs in state.sharing.variant_rows[group]:
                 total[pairs] = (_rows_matmul(w_b[pairs], pt.table[v].T) * w_a[pairs]).sum(axis=1)
         return w_a, w_b, total
+
+    def _weight_starts(self, group: int, in_rows: bool):
+        """pair_weights' (a_at, b_at, scales or None where all are 1) of pair group `group`, its
+        pairs in the tables' row order if `in_rows`; None where a message's entries are not a
+        run (cached)."""
+        key = (group, in_rows)
+        if key not in self._weight_plans:
+            g = self.batch.pair_groups[group]
+            message_a, message_b, scale = self._stored_pairs[group] if in_rows \
+                else (g.message_a, g.message_b, g.scale)
+            plan = None
+            if len(message_a) and all(np.array_equal(m, m[:, :1] + np.arange(m.shape[1]))
+                                      for m in (message_a, message_b)):
+                plan = (np.ascontiguousarray(message_a[:, 0], dtype=np.int64),
+                        np.ascontiguousarray(message_b[:, 0], dtype=np.int64),
+                        None if self._unit_scale[group] else np.ascontiguousarray(scale))
+            self._weight_plans[key] = plan
+        return self._weight_plans[key]
 
     def _pair_f(self, state: FlatState, group: int, pairs: np.ndarray) -> np.ndarray:
         """f of some fast pairs of pair group `group`, (len(pairs), n_a, n_b)."""
@@ -1140,10 +1171,22 @@ class FlatBP:
         and only for the entries read: fast pairs' fhat is never formed."""
         b, lam = self.batch, state.messages
         k = len(self._readout_entries)
-        flat = (state.readout
-                + np.bincount(self._compact_parent, lam[b.parent_entry_message], k)
-                - np.bincount(self._compact_child, lam, k))
+        if cpu_kernels.library() is not None:   # one pass (cpu_kernels.c)
+            flat = np.empty(k)
+            cpu_kernels.region_values(cpu_kernels.library(), self._region_sums, state.readout,
+                                      lam, flat)
+        else:
+            flat = (state.readout
+                    + np.bincount(self._compact_parent, lam[b.parent_entry_message], k)
+                    - np.bincount(self._compact_child, lam, k))
         return [flat[where].reshape(shape) for where, shape in self._blocks]
+
+    @functools.cached_property
+    def _region_sums(self):
+        """cpu_kernels.region_values' index arrays (checked once)."""
+        b = self.batch
+        return cpu_kernels.RegionSums(len(self._readout_entries), self._compact_parent,
+                                      b.parent_entry_message, self._compact_child, b.num_messages)
 
     def pair_sums(self, state: FlatState) -> list[tuple]:
         """_pair_sums of every pair group (shared by the dual and the beliefs)."""
@@ -1154,10 +1197,16 @@ class FlatBP:
         exp(fhat_r / (eps c_r)) normalised, their eps c_r log sum exp(fhat_r / (eps c_r))); the
         beliefs and the dual share it."""
         out = []
+        kernels = cpu_kernels.library()
         for (_, scale, _), block in zip(self.batch.regions_by_size, values):
             direct = scale > 0
             every = bool(direct.all())   # (then no copies of the rows)
             z, mine = (block, scale) if every else (block[direct], scale[direct])
+            if kernels is not None and z.flags.c_contiguous:   # one pass (cpu_kernels.c)
+                unit = bool(np.all(mine == 1.0))
+                out.append((direct, *cpu_kernels.row_softmax(
+                    kernels, z, None if unit else np.ascontiguousarray(mine, dtype=np.float64))))
+                continue
             if np.all(mine == 1.0):   # (z / 1 is z: the same bits without the division)
                 peak = _row_max(z)[:, None]
                 z = z - peak
