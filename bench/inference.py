@@ -26,7 +26,9 @@ OpenBLAS's and OpenMP's workers busy-wait for a while after a threaded call, on 
 engine would use.  The reference is timed once, on the first
 --reference-samples samples, per sample-sweep (it loops over samples and regions).  For (b), a
 floor: the layout copies alone that the dense path's samples-last arrays cost at start and at
-read-out (LayoutCopies), against which its start and read-out can be read.
+read-out (LayoutCopies), against which its start and read-out can be read; for (a), (c) and (d),
+the exps of the exp tables alone at start and the beliefs vector's bytes alone at read-out
+(TableWork).
 
 Before any timing: the engine's messages after two sweeps against the reference's; the engine on N
 threads bitwise against 1 thread (10 sweeps); the torch sweep's messages against the engine's; the
@@ -300,6 +302,36 @@ class LayoutCopies:
             self.messages[:, r:r + 128] = self.edge_rows[r:r + 128].T
 
 
+class TableWork:
+    """A floor for the flat path (workloads a, c, d), numpy on 1 thread: start, the exp of every
+    fast pair entry into an array of the exp tables' size (no max, no shift, no other start
+    work); read-out, the beliefs vector's bytes, one copy of a vector of its size into it (the
+    engine reads the exp tables and writes the beliefs: as many bytes, no arithmetic)."""
+
+    sweep = run10 = None
+
+    def __init__(self, graphs, potentials):
+        self.label, self.threads = "exp tables and beliefs' bytes alone", 1
+        batch = GraphBatch(graphs)
+        entries = np.concatenate([g.entries.ravel() for g in batch.pair_groups])
+        self.pairs, self.tables = potentials[entries], np.empty(len(entries))
+        self.potentials, self.beliefs = potentials, np.empty(batch.num_potentials)
+
+    def enter(self):
+        torch.set_num_threads(1)
+
+    def start(self):
+        np.exp(self.pairs, out=self.tables)
+
+    def readout(self, state):
+        np.copyto(self.beliefs, self.potentials)
+
+
+FLOORS = {"layout copies alone (no arithmetic)": "the floor of start and read-out in samples-last "
+          "arrays: layout copies alone", "exp tables and beliefs' bytes alone": "the floor of "
+          "start and read-out: the exp tables' exps alone, the beliefs' bytes alone"}
+
+
 def load_baseline(path: str):
     """The dstrain package of another checkout, imported as dstrain_baseline."""
     package = Path(path) / "dstrain"
@@ -443,12 +475,13 @@ def target_rows(key, medians, threads) -> list[str]:
                 mine["sweep"] <= TARGETS[key][0])
             row(f"2 threads: end to end <= {TARGETS[key][1]}", f"{mine['end to end']:.2f}",
                 mine["end to end"] <= TARGETS[key][1])
-    floor = medians.get(("layout copies alone (no arithmetic)", 1))
     one = medians.get(("dstrain, 1 thread", 1))
-    if floor and one and "in run sweep" in one:
-        rows.append(f"| ({key}) | the floor of start and read-out in samples-last arrays: layout "
-                    f"copies alone, against one sweep at 1 thread | {floor['start']:.2f} / "
-                    f"{floor['readout']:.2f} vs {one['in run sweep']:.2f} ms | - |")
+    for label, what in FLOORS.items():
+        floor = medians.get((label, 1))
+        if floor and one and "in run sweep" in one:
+            rows.append(f"| ({key}) | {what}, against one sweep at 1 thread | "
+                        f"{floor['start']:.2f} / {floor['readout']:.2f} vs "
+                        f"{one['in run sweep']:.2f} ms | - |")
     one, today = medians.get(("dstrain, 1 thread", 1)), medians.get(("baseline, torch on 1 thread", 1))
     if one and today:
         for k in ("sweep", "end to end"):
@@ -503,6 +536,8 @@ def main(argv=None):
             engines += [Fastmp(fastmp, graphs, flat, t) for t in threads]
         if key.startswith("b"):
             engines.append(LayoutCopies(graphs, flat))
+        elif sharing is None:
+            engines.append(TableWork(graphs, flat))
         print(f"({key}) {name}: checks", flush=True)
         check(key, graphs, flat, engines, args.reference_samples, print)
         reference = reference_us(graphs, flat, min(args.reference_samples, 5 if "b" in key
