@@ -1,12 +1,15 @@
 """Threads for the CPU engine: how many it may use, and one pool that runs a task per range of
 samples.  numpy releases the GIL inside its loops, so ranges of a batch run on several cores.
 
-While a call runs its tasks, each thread is held on a core of its own, from the cores the calling
-thread may use (``os.sched_getaffinity``), the way OMP_PROC_BIND holds OpenMP's threads: left to
-the scheduler, a pool thread woken after an idle spell was often put on the caller's core, and
-both then shared it for several ms (2nd-order words on a 2-core VM, a sweep after a 0.3 s pause:
-each range's CPU time half its wall time).  The calling thread's own affinity is restored when the
-call returns; ``DSTRAIN_PIN_THREADS=0`` turns this off.
+While a call runs its tasks, the calling thread is held on one core (the one it ran on at its first
+call, so that the ranges keep their caches from call to call) and the pool's threads on the
+caller's other cores (``os.sched_getaffinity``).  Left to the scheduler, a pool thread woken after
+an idle spell was often put on the caller's core, and both then shared it for several ms
+(2nd-order words on a 2-core VM, a sweep after a 0.3 s pause: each range's CPU time half its wall
+time).  The core comes from where the caller runs, not from the start of the allowed set (as
+OMP_PROC_BIND's would), so processes that share cores (ranks bound to a socket, say) do not all
+crowd onto the first ones.  The caller's affinity is restored when the call returns;
+``DSTRAIN_PIN_THREADS=0`` turns this off.
 
 The engine's ranges are its parallelism, so numpy's BLAS runs on one thread inside it
 (``blas_on_one_thread``): OpenBLAS's workers busy-wait after a threaded call, on the cores the
@@ -74,14 +77,21 @@ def run_parallel(tasks: list) -> list:
 
 
 _PINNED = threading.local()   # the cores a pool thread is held on
+_HOME = threading.local()     # the core a calling thread is held on during its calls
 
 
-def _cores(count: int, allowed: list[int]) -> list[int] | None:
-    """`count` of the calling thread's cores `allowed`, one per task; None where pinning is off
-    or there are fewer cores than tasks."""
-    if os.environ.get("DSTRAIN_PIN_THREADS", "1") == "0" or len(allowed) < count:
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None)
+
+
+def _current_core() -> int | None:
+    """The core the calling thread runs on (glibc's sched_getcpu), None where unknown."""
+    try:
+        core = _libc().sched_getcpu()
+    except (AttributeError, OSError):
         return None
-    return allowed[:count]
+    return core if core >= 0 else None
 
 
 def _on_cores(cores: frozenset, task):
@@ -98,14 +108,18 @@ def _run_parallel(tasks: list) -> list:
     if not hasattr(os, "sched_setaffinity"):
         return _run_tasks(tasks)
     saved = os.sched_getaffinity(0)
-    cores = _cores(len(tasks), sorted(saved))
-    # the pool's threads: each on a core of its own, else on the caller's cores
-    held = [frozenset(saved) if cores is None else frozenset({core})
-            for core in (cores or [None] * len(tasks))]
-    workers = [functools.partial(_on_cores, mine, task) for mine, task in zip(held, tasks[:-1])]
-    if cores is None:
+    here = None
+    if os.environ.get("DSTRAIN_PIN_THREADS", "1") != "0":   # (a caller's core: the first it ran
+        here = getattr(_HOME, "core", None)                  # on, while its affinity allows it)
+        if here not in saved:
+            here = _HOME.core = _current_core()
+    held = here is not None and here in saved and len(saved) > 1
+    # the pool's threads: on the caller's other cores, else on all of the caller's
+    others = frozenset(saved - {here}) if held else frozenset(saved)
+    workers = [functools.partial(_on_cores, others, task) for task in tasks[:-1]]
+    if not held:
         return _run_tasks(workers + tasks[-1:])
-    os.sched_setaffinity(0, {cores[-1]})   # (this thread runs the last task)
+    os.sched_setaffinity(0, {here})   # (this thread runs the last task)
     try:
         return _run_tasks(workers + tasks[-1:])
     finally:
