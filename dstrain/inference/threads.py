@@ -44,9 +44,11 @@ def engine_threads(threads: int | None = None) -> int:
 
 def _forget_pool():
     """In a forked child the pool's threads do not exist: start a new pool when needed (and the
-    BLAS blocks of the parent's other threads never end there: restore its thread count)."""
-    global _POOL, _POOL_SIZE, _LOCK, _BLAS_LOCK, _BLAS_USERS
+    BLAS blocks of the parent's other threads never end there: restore its thread count); its
+    calls take a core of their own, not the parent's."""
+    global _POOL, _POOL_SIZE, _LOCK, _BLAS_LOCK, _BLAS_USERS, _HOME
     _POOL, _POOL_SIZE, _LOCK = None, 0, threading.Lock()
+    _HOME = threading.local()
     if _BLAS_USERS:
         for (_, put), count in zip(_openblas(), _BLAS_SAVED):
             put(count)
