@@ -27,8 +27,8 @@ engine would use.  The reference is timed once, on the first
 --reference-samples samples, per sample-sweep (it loops over samples and regions).  For (b), a
 floor: the layout copies alone that the dense path's samples-last arrays cost at start and at
 read-out (LayoutCopies), against which its start and read-out can be read; for (a), (c) and (d),
-the exps of the exp tables alone at start and the beliefs vector's bytes alone at read-out
-(TableWork).
+at 1 and N threads, the exps of the exp tables alone at start and the beliefs vector's bytes
+alone at read-out (TableWork).
 
 Before any timing: the engine's messages after two sweeps against the reference's; the engine on N
 threads bitwise against 1 thread (10 sweeps); the torch sweep's messages against the engine's; the
@@ -87,6 +87,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dstrain.graph import GraphBatch, chain, fully_connected, grid  # noqa: E402
 from dstrain.inference import ConvexBP  # noqa: E402
 from dstrain.inference.reference import ReferenceBP  # noqa: E402
+from dstrain.inference.threads import run_parallel  # noqa: E402
 from dstrain.tasks.words.model import chain_layout  # noqa: E402
 from report import machine, write_report  # noqa: E402  (bench/report.py)
 from torch_sweep import TorchSweep  # noqa: E402
@@ -303,28 +304,36 @@ class LayoutCopies:
 
 
 class TableWork:
-    """A floor for the flat path (workloads a, c, d), numpy on 1 thread: start, the exp of every
-    fast pair entry into an array of the exp tables' size (no max, no shift, no other start
-    work); read-out, the beliefs vector's bytes, one copy of a vector of its size into it (the
-    engine reads the exp tables and writes the beliefs: as many bytes, no arithmetic)."""
+    """A floor for the flat path (workloads a, c, d), numpy on `threads` threads (contiguous parts,
+    through the engine's thread pool): start, the exp of every fast pair entry into an array of
+    the exp tables' size (no max, no shift, no other start work); read-out, the beliefs vector's
+    bytes, one copy of a vector of its size into it (the engine reads the exp tables and writes
+    the beliefs: as many bytes, no arithmetic)."""
 
     sweep = run10 = None
 
-    def __init__(self, graphs, potentials):
-        self.label, self.threads = "exp tables and beliefs' bytes alone", 1
+    def __init__(self, graphs, potentials, threads):
+        self.label, self.threads = "exp tables and beliefs' bytes alone", threads
         batch = GraphBatch(graphs)
         entries = np.concatenate([g.entries.ravel() for g in batch.pair_groups])
-        self.pairs, self.tables = potentials[entries], np.empty(len(entries))
-        self.potentials, self.beliefs = potentials, np.empty(batch.num_potentials)
+        # (pages touched here: the engine's in-run arrays are reused, their pages are mapped)
+        pairs, tables = potentials[entries], np.zeros(len(entries))
+        beliefs = np.zeros(batch.num_potentials)
+        self.exps = [(pairs[part], tables[part]) for part in self._parts(len(entries))]
+        self.copies = [(potentials[part], beliefs[part]) for part in self._parts(len(beliefs))]
+
+    def _parts(self, size):
+        cuts = np.linspace(0, size, self.threads + 1).astype(int)
+        return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
 
     def enter(self):
         torch.set_num_threads(1)
 
     def start(self):
-        np.exp(self.pairs, out=self.tables)
+        run_parallel([lambda x=x, y=y: np.exp(x, out=y) for x, y in self.exps])
 
     def readout(self, state):
-        np.copyto(self.beliefs, self.potentials)
+        run_parallel([lambda x=x, y=y: np.copyto(y, x) for x, y in self.copies])
 
 
 FLOORS = {"layout copies alone (no arithmetic)": "the floor of start and read-out in samples-last "
@@ -475,13 +484,14 @@ def target_rows(key, medians, threads) -> list[str]:
                 mine["sweep"] <= TARGETS[key][0])
             row(f"2 threads: end to end <= {TARGETS[key][1]}", f"{mine['end to end']:.2f}",
                 mine["end to end"] <= TARGETS[key][1])
-    one = medians.get(("dstrain, 1 thread", 1))
-    for label, what in FLOORS.items():
-        floor = medians.get((label, 1))
-        if floor and one and "in run sweep" in one:
-            rows.append(f"| ({key}) | {what}, against one sweep at 1 thread | "
-                        f"{floor['start']:.2f} / {floor['readout']:.2f} vs "
-                        f"{one['in run sweep']:.2f} ms | - |")
+    for t in threads:
+        mine = medians.get((f"dstrain, {t} thread{'s' * (t > 1)}", t))
+        for label, what in FLOORS.items():
+            floor = medians.get((label, t))
+            if floor and mine and "in run sweep" in mine:
+                rows.append(f"| ({key}) | {t} thread(s): {what}, against one sweep | "
+                            f"{floor['start']:.2f} / {floor['readout']:.2f} vs "
+                            f"{mine['in run sweep']:.2f} ms | - |")
     one, today = medians.get(("dstrain, 1 thread", 1)), medians.get(("baseline, torch on 1 thread", 1))
     if one and today:
         for k in ("sweep", "end to end"):
@@ -537,7 +547,7 @@ def main(argv=None):
         if key.startswith("b"):
             engines.append(LayoutCopies(graphs, flat))
         elif sharing is None:
-            engines.append(TableWork(graphs, flat))
+            engines += [TableWork(graphs, flat, t) for t in threads]
         print(f"({key}) {name}: checks", flush=True)
         check(key, graphs, flat, engines, args.reference_samples, print)
         reference = reference_us(graphs, flat, min(args.reference_samples, 5 if "b" in key

@@ -242,11 +242,15 @@ CLONED void pair_weights(const double *restrict lam, const int64_t *restrict a_a
                          const int64_t *restrict b_at, int64_t pairs, int64_t n_a, int64_t n_b,
                          const double *restrict scale, double *restrict w_a,
                          double *restrict w_b) {
-    for (int64_t p = 0; p < pairs; ++p) {   // (x / 1 is x: the same bits as no division)
+    for (int64_t p = 0; p < pairs; ++p) {
         const double *restrict x = lam + a_at[p], *restrict y = lam + b_at[p];
-        const double s = scale ? scale[p] : 1.0;
-        for (int64_t j = 0; j < n_a; ++j) w_a[p * n_a + j] = x[j] / s;
-        for (int64_t j = 0; j < n_b; ++j) w_b[p * n_b + j] = y[j] / s;
+        if (scale) {
+            for (int64_t j = 0; j < n_a; ++j) w_a[p * n_a + j] = x[j] / scale[p];
+            for (int64_t j = 0; j < n_b; ++j) w_b[p * n_b + j] = y[j] / scale[p];
+        } else {   // (x / 1 is x)
+            for (int64_t j = 0; j < n_a; ++j) w_a[p * n_a + j] = x[j];
+            for (int64_t j = 0; j < n_b; ++j) w_b[p * n_b + j] = y[j];
+        }
     }
     exp_run(w_a, w_a, pairs * n_a, 0.0, 1.0, 0);
     exp_run(w_b, w_b, pairs * n_b, 0.0, 1.0, 0);
