@@ -1225,33 +1225,43 @@ class FlatBP:
         values = self.region_values(state) if values is None else values
         sums = self.pair_sums(state) if sums is None else sums
         softmax = self.region_softmax(values) if softmax is None else softmax
-        per_region, samples = [], []
-        for (_, scale, sample), block, (direct, _, log_partition) in zip(
-                self.batch.regions_by_size, values, softmax):
+        kinds, samples = self._dual_plan
+        per_region = []
+        for (scale, every, zero, negative), block, (direct, _, log_partition) in zip(
+                kinds, values, softmax):
+            if every:   # (every row's term is its log partition)
+                per_region.append(log_partition)
+                continue
             out = np.empty(len(block))
             out[direct] = log_partition
-            zero = scale == 0   # (the max of rows with eps c_r > 0 is not read: not formed)
-            if zero.any():
+            if len(zero):   # (the max of rows with eps c_r > 0 is not read: not formed)
                 out[zero] = _row_max(block[zero])
-            negative = scale < 0
-            if negative.any():
+            if len(negative):
                 out[negative] = _log_sum_exp(block[negative], scale[negative, None], axis=1)
             per_region.append(out)
-            samples.append(sample)
         for group, (g, pt, (_, _, total)) in enumerate(zip(self.batch.pair_groups,
                                                            state.pair_tables, sums)):
             if pt.stored is not None:   # (sums in the tables' row order)
                 total = _spread(total, pt.stored)
             with np.errstate(divide="ignore"):
-                out = pt.pair_top() + g.scale * _log(total)
+                logs = _log(total)
+            out = pt.pair_top() + (logs if self._unit_scale[group] else g.scale * logs)
             low = np.flatnonzero(total < _UNDERFLOW)
             if len(low):
                 flat = self._pair_fhat(state, group, low).reshape(len(low), -1)
                 out[low] = _log_sum_exp(flat, g.scale[low, None], axis=1)
             per_region.append(out)
-            samples.append(g.sample)
-        return np.bincount(np.concatenate(samples), np.concatenate(per_region),
-                           self.batch.num_samples)
+        return np.bincount(samples, np.concatenate(per_region), self.batch.num_samples)
+
+    @functools.cached_property
+    def _dual_plan(self):
+        """Per regions_by_size block (its scales, all of them > 0, the rows with eps c_r = 0 and
+        < 0), and the sample of every dual term in the order dual() lists them."""
+        kinds = [(scale, bool(np.all(scale > 0)), np.flatnonzero(scale == 0),
+                  np.flatnonzero(scale < 0)) for _, scale, _ in self.batch.regions_by_size]
+        samples = [sample for _, _, sample in self.batch.regions_by_size] \
+            + [g.sample for g in self.batch.pair_groups]
+        return kinds, np.concatenate(samples) if samples else np.zeros(0, np.int64)
 
     def _exact_pair_beliefs(self, state: FlatState, group: int, pairs: np.ndarray) -> np.ndarray:
         """Beliefs of some fast pairs from their fhat: the path for sums that underflowed."""
