@@ -743,6 +743,35 @@ def test_the_compiled_kernels_equal_numpys_path_and_their_bits_do_not_depend_on_
         np.testing.assert_allclose(one.messages, numpy_run.messages, rtol=1e-9, atol=1e-9)
 
 
+def test_the_fused_pair_read_out_equals_its_three_kernels_bit_for_bit(monkeypatch):
+    # pair_readout forms the weights, the sums from the last sweep's products and the beliefs of
+    # a group with views in one pass, by the formulas of pair_weights, row_dots and pair_beliefs
+    from dstrain.inference.flat import FlatBP
+
+    rng = np.random.default_rng(5)
+    counting = [1.0] * 5 + [0.5, 1.0, 2.0, 1.5]
+    batches = [[chain(5, 26, order=2)] * 6, [grid(7, 8, 4)] * 3,
+               [RegionGraph([4] * 5, [(i,) for i in range(5)] + [(i, i + 1) for i in range(4)],
+                            counting_numbers=counting, eps=0.7)] * 5]
+    calls = []
+    fused = FlatBP._fused_pair_readout
+    monkeypatch.setattr(FlatBP, "_fused_pair_readout", lambda self, *a: (
+        lambda out: calls.append(out is not None) or out)(fused(self, *a)))
+    for graphs in batches:
+        batch = GraphBatch(graphs)
+        potentials = rng.normal(scale=3.0, size=batch.num_potentials)
+        messages = rng.normal(size=batch.num_messages)
+        before = len(calls)
+        one = ConvexBP(batch, threads=1).run(potentials, messages, max_sweeps=3, tol=0.0)
+        assert any(calls[before:])   # (the fused pass ran)
+        with monkeypatch.context() as m:
+            m.setattr(FlatBP, "_fused_pair_readout", lambda self, *a: None)
+            other = ConvexBP(batch, threads=1).run(potentials, messages, max_sweeps=3, tol=0.0)
+        np.testing.assert_array_equal(one.beliefs, other.beliefs)
+        np.testing.assert_array_equal(one.dual, other.dual)
+        assert np.isfinite(one.beliefs).all()
+
+
 def test_the_colour_update_kernel_equals_numpys_update_bit_for_bit(monkeypatch):
     # the same sums in the same order as np.bincount, the same products and max: the same bits,
     # the largest change included (NaN where a message is NaN; a NaN state's entry NaN and

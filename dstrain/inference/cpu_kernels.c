@@ -3,7 +3,7 @@
 // copy into the slots; outer products, a multiply, a copy out) and these make one; and a
 // sweep's messages from the fast pairs (weights, table products and logs, one call) and the end
 // of a colour's update (sums per region, new messages, their change), one call; and for the
-// read-out the regions' values and softmax, a pair group's weights and sums.  For
+// read-out the regions' values and softmax, a pair group's weights, sums and beliefs.  For
 // dense.py (one dense binary graph): its start, sweep, read-outs and messages, each one call.
 // Each pair's entries are contiguous wherever they lie, so a pair is given by the offset
 // of its first entry (in entries), whatever the layout: views of the potentials, slot-major
@@ -314,6 +314,63 @@ CLONED void row_softmax(const double *restrict values, int64_t rows, int64_t n,
     log_run(log_partition, rows);
     for (int64_t r = 0; r < rows; ++r)
         log_partition[r] = (scale ? scale[r] : 1.0) * (peak[r] + log_partition[r]);
+}
+
+// the read-out of a pair group from the last sweep's products, one pass a chunk of pairs at a
+// time (pair_weights, row_dots and pair_beliefs in one, the same numbers): for pair k, w_a[k]
+// (n_a) = exp(lam[a_at[k] + j] / s_k) and w_b[k] (n_b) likewise from b_at (scale NULL: all s are
+// 1; written out unless w_a is NULL), one run of exps over the chunk's weights; total[k] = products[source[k]][edge[k]] . (w_b[k]
+// if second[k], else w_a[k]), left to right; beliefs + belief_at[k] = t * ((w_a / total) w_b^T),
+// t the n_a x n_b table at tables + table_at[k].  `order`: the pairs in the order to take them
+// (NULL: as given).  work: chunk (n_a + n_b) entries.
+CLONED void pair_readout(const double *restrict lam, const int64_t *restrict a_at,
+                         const int64_t *restrict b_at, const double *restrict scale,
+                         int64_t pairs, int64_t n_a, int64_t n_b,
+                         const double *const *products, const int64_t *restrict source,
+                         const int64_t *restrict edge, const int64_t *restrict second,
+                         const double *restrict tables, const int64_t *restrict table_at,
+                         double *restrict beliefs, const int64_t *restrict belief_at,
+                         const int64_t *restrict order, double *restrict w_a,
+                         double *restrict w_b, double *restrict total, int64_t chunk,
+                         double *restrict work) {
+    for (int64_t n0 = 0; n0 < pairs; n0 += chunk) {
+        const int64_t n1 = n0 + chunk < pairs ? n0 + chunk : pairs, m = n1 - n0;
+        double *restrict x = work, *restrict y = work + chunk * n_a;
+        for (int64_t n = n0; n < n1; ++n) {
+            const int64_t k = order ? order[n] : n;
+            const double *restrict from_a = lam + a_at[k], *restrict from_b = lam + b_at[k];
+            double *restrict to_a = x + (n - n0) * n_a, *restrict to_b = y + (n - n0) * n_b;
+            if (scale) {
+                for (int64_t j = 0; j < n_a; ++j) to_a[j] = from_a[j] / scale[k];
+                for (int64_t j = 0; j < n_b; ++j) to_b[j] = from_b[j] / scale[k];
+            } else {   // (x / 1 is x)
+                for (int64_t j = 0; j < n_a; ++j) to_a[j] = from_a[j];
+                for (int64_t j = 0; j < n_b; ++j) to_b[j] = from_b[j];
+            }
+        }
+        exp_run(x, x, m * n_a, 0.0, 1.0, 0);
+        exp_run(y, y, m * n_b, 0.0, 1.0, 0);
+        for (int64_t n = n0; n < n1; ++n) {
+            const int64_t k = order ? order[n] : n;
+            const double *restrict a = x + (n - n0) * n_a, *restrict b = y + (n - n0) * n_b;
+            if (w_a) {
+                for (int64_t j = 0; j < n_a; ++j) w_a[k * n_a + j] = a[j];
+                for (int64_t j = 0; j < n_b; ++j) w_b[k * n_b + j] = b[j];
+            }
+            const int64_t size = second[k] ? n_b : n_a;
+            const double *restrict p = products[source[k]] + edge[k] * size;
+            const double *restrict w = second[k] ? b : a;
+            double sum = p[0] * w[0];
+            for (int64_t j = 1; j < size; ++j) sum += p[j] * w[j];
+            total[k] = sum;
+            const double *restrict t = tables + table_at[k];
+            double *restrict out = beliefs + belief_at[k];
+            for (int64_t r = 0; r < n_a; ++r) {
+                const double scaled = a[r] / sum;
+                for (int64_t j = 0; j < n_b; ++j) out[r * n_b + j] = t[r * n_b + j] * (scaled * b[j]);
+            }
+        }
+    }
 }
 
 // the end of a colour's update (FlatBP.update_colour: one fast group, childless regions), on its

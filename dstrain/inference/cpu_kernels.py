@@ -31,6 +31,8 @@ _SIGNATURES = {
     "colour_update": [_P, _P, _P, _P, _I, _I, _P, _I, _P, ctypes.c_int, _P],
     "pair_weights": [_P, _P, _P, _I, _I, _I, _P, _P, _P],
     "row_dots": [_P, _P, _P, _P, _I, _I, _P],
+    "pair_readout": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P,
+                     _I, _P],
     "region_values": [_P, _I, _P, _P, _I, _P, _P, _I, _P, _P],
     "row_softmax": [_P, _I, _I, _P, _P, _P, _P],
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P,
@@ -191,6 +193,64 @@ def row_dots(kernels, products, edges, w, at, total) -> None:
     kernels.row_dots(_buffer(products, "products"), _positions(edges, len(products), "edges"),
                      _buffer(w, "w"), _positions(at, min(len(w), len(total)), "at"), len(at), n,
                      _buffer(total, "total"))
+
+
+class PairReadout:
+    """pair_readout's per-pair arrays of one pair group, checked once and kept as read-only
+    copies: each pair's source (which of the products arrays given per call holds its row),
+    its row there, and whether r is its second variable; per source, its rows' width and the
+    rows it must have."""
+
+    def __init__(self, source, edge, second, n_a: int, n_b: int):
+        if not len(source) == len(edge) == len(second):
+            raise ValueError("pair_readout: sources, rows and sides of different lengths")
+        self.source, self.edge, self.second = (np.array(a, dtype=np.int64)
+                                               for a in (source, edge, second))
+        sources = int(self.source.max()) + 1 if len(self.source) else 0
+        if len(self.source) and (self.source.min() < 0 or self.edge.min() < 0
+                                 or not np.isin(self.second, (0, 1)).all()):
+            raise ValueError("pair_readout: negative sources or rows, or sides not 0 or 1")
+        self.width, self.rows = np.zeros(sources, np.int64), np.zeros(sources, np.int64)
+        for m in range(sources):
+            mine = self.source == m
+            sides = np.unique(self.second[mine])
+            if len(sides) != 1:   # (a source's rows are all of r's size: one side each)
+                raise ValueError(f"pair_readout: source {m} holds rows of both sides")
+            self.width[m] = n_b if sides[0] else n_a
+            self.rows[m] = self.edge[mine].max() + 1
+        for a in (self.source, self.edge, self.second, self.width, self.rows):
+            a.setflags(write=False)
+        self.n_a, self.n_b = n_a, n_b
+
+
+def pair_readout(kernels, plan: PairReadout, lam, a_at, b_at, scale, products, tables,
+                 table_at, beliefs, belief_at, order, w_a, w_b, total) -> None:
+    """A pair group's read-out in one pass (pair_weights, row_dots and pair_beliefs in one):
+    the weights into w_a (pairs, n_a) and w_b unless they are None, the sums into total from
+    the last sweep's `products` (one array per source of `plan`), the beliefs into `beliefs`
+    at belief_at."""
+    pairs, n_a, n_b = len(plan.source), plan.n_a, plan.n_b
+    if not len(a_at) == len(b_at) == len(table_at) == len(belief_at) == pairs \
+            or (scale is not None and len(scale) != pairs) or len(products) != len(plan.rows):
+        raise ValueError("pair_readout: offsets, scales or products of other lengths")
+    for m, (array, width, rows) in enumerate(zip(products, plan.width, plan.rows)):
+        if array.ndim != 2 or array.shape[1] != width or len(array) < rows:
+            raise ValueError(f"pair_readout: products {m} of shape {array.shape}, expected at "
+                             f"least {rows} rows of {width}")
+        _buffer(array, f"products {m}")
+    addresses = np.array([array.ctypes.data for array in products], dtype=np.uintp)
+    chunk = max(1, 2048 // (n_a + n_b))
+    work = np.empty(chunk * (n_a + n_b))   # (held here: the kernel writes into it)
+    kernels.pair_readout(
+        _buffer(lam, "lam"), _offsets(a_at, n_a, lam, "a_at"), _offsets(b_at, n_b, lam, "b_at"),
+        None if scale is None else _buffer(scale, "scale", pairs, 1), pairs, n_a, n_b,
+        addresses.ctypes.data, plan.source.ctypes.data, plan.edge.ctypes.data,
+        plan.second.ctypes.data, _buffer(tables, "tables"),
+        _offsets(table_at, n_a * n_b, tables, "table_at"), _buffer(beliefs, "beliefs"),
+        _offsets(belief_at, n_a * n_b, beliefs, "belief_at"), _order(order, pairs),
+        None if w_a is None else _buffer(w_a, "w_a", pairs, n_a),
+        None if w_a is None else _buffer(w_b, "w_b", pairs, n_b),
+        _buffer(total, "total", pairs, 1), chunk, work.ctypes.data)
 
 
 class RegionSums:

@@ -376,6 +376,7 @@ class FlatBP:
         self._edge_offsets = {}   # and the edges' table offsets and order (_edge_kernel_plan)
         self._colour_updates = {}   # per colour, colour_update's plan (_colour_update)
         self._weight_plans = {}   # per pair group and order, pair_weights' (_weight_starts)
+        self._readout_plans = {}   # per pair group, pair_readout's (_readout_plan)
         self._slots = [[None if p is not None else self._slot_plan(g) for g in c.fast]
                        for c, p in zip(batch.colours, self._binary)]
         self._unit_fast = [[bool(np.all(g.scale == 1.0)) for g in c.fast] for c in batch.colours]
@@ -1098,10 +1099,16 @@ class FlatBP:
         With the pair's fhat = f_p + lambda_a + lambda_b (it has no parents), its log-partition is
         top + eps c_p log(that sum), and its belief is table * w_a * w_b / sum.  Given the
         batch's `beliefs` and a group with views, the pairs' beliefs are written too, block by
-        block right after their sums: the tables are read from memory once (see _pair_beliefs).
+        block right after their sums: the tables are read from memory once (see _pair_beliefs);
+        with the CPU kernels, weights, sums and beliefs in one pass, and w_a, w_b then None
+        (_fused_pair_readout).
         """
         g, pt = self.batch.pair_groups[group], state.pair_tables[group]
         lam = state.messages
+        if beliefs is not None and pt.variant is None and self._pair_views[group] is not None:
+            fused = self._fused_pair_readout(state, group, beliefs)
+            if fused is not None:
+                return fused
         in_rows = pt.stored is not None
         message_a, message_b, scale = self._stored_pairs[group] if in_rows \
             else (g.message_a, g.message_b, g.scale)
@@ -1130,6 +1137,47 @@ class FlatBP:
             for v, pairs in state.sharing.variant_rows[group]:
                 total[pairs] = (_rows_matmul(w_b[pairs], pt.table[v].T) * w_a[pairs]).sum(axis=1)
         return w_a, w_b, total
+
+    def _fused_pair_readout(self, state: FlatState, group: int, beliefs):
+        """_pair_sums with the beliefs of a group with views in one kernel pass (weights, sums
+        from the last sweep's products, beliefs: cpu_kernels.pair_readout, the same numbers as
+        the three calls it replaces), as (None, None, the sums): the read-out needs no weights
+        once the group's beliefs are written; None where it cannot run."""
+        kernels = cpu_kernels.library()
+        if kernels is None or state.sharing is not None or not state.products:
+            return None
+        starts, plan = self._weight_starts(group, False), self._readout_plan(group)
+        if starts is None or plan is None:
+            return None
+        keys, readout = plan
+        products = [state.products.get(key) for key in keys]
+        if any(p is None or not p.flags.c_contiguous for p in products):
+            return None
+        g, table = self.batch.pair_groups[group], state.pair_tables[group].table
+        buffer, table_at, entry_at, order = self._kernel_offsets(group, table)
+        a_at, b_at, scales = starts
+        total = np.empty(len(g.entries))
+        cpu_kernels.pair_readout(kernels, readout, state.messages, a_at, b_at, scales, products,
+                                 buffer, table_at, beliefs, entry_at, order, None, None, total)
+        self._low_pair_beliefs(state, group, total, self._view(beliefs, group))
+        return None, None, total
+
+    def _readout_plan(self, group: int):
+        """(the products' keys, cpu_kernels.PairReadout) of pair group `group` from its last
+        updates (_last_update), its pairs in their own order; None without them (cached)."""
+        if group not in self._readout_plans:
+            last = self._last_updates[group]
+            plan = None
+            if last is not None:
+                g = self.batch.pair_groups[group]
+                source, edge = np.zeros(len(g.entries), np.int64), np.zeros(len(g.entries), np.int64)
+                second = np.zeros(len(g.entries), np.int64)
+                for m, (_, _, pairs, _, edges, flag) in enumerate(last):
+                    source[pairs], edge[pairs], second[pairs] = m, edges, int(flag)
+                plan = ([(k, i) for k, i, *_ in last],
+                        cpu_kernels.PairReadout(source, edge, second, *self._pair_shape(g)))
+            self._readout_plans[group] = plan
+        return self._readout_plans[group]
 
     def _weight_starts(self, group: int, in_rows: bool):
         """pair_weights' (a_at, b_at, scales or None where all are 1) of pair group `group`, its
