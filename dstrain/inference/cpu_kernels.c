@@ -151,6 +151,33 @@ CLONED void pair_tables(const double *potentials, const int64_t *potential_at, d
     }
 }
 
+// n entries of `from` into `to`, each divided by *scale unless scale is NULL (x / 1 is x)
+static inline void take_run(const double *restrict from, const double *scale, int64_t n,
+                            double *restrict to) {
+    if (scale)
+        for (int64_t j = 0; j < n; ++j) to[j] = from[j] / *scale;
+    else
+        for (int64_t j = 0; j < n; ++j) to[j] = from[j];
+}
+
+// x . y over n entries, left to right
+static inline double dot_run(const double *restrict x, const double *restrict y, int64_t n) {
+    double sum = x[0] * y[0];
+    for (int64_t j = 1; j < n; ++j) sum += x[j] * y[j];
+    return sum;
+}
+
+// one pair's beliefs: out = t * ((a / sum) b^T), t and out n_a x n_b, the products in the order
+// numpy's path makes them
+static inline void pair_belief(const double *restrict t, const double *restrict a,
+                               const double *restrict b, double sum, int64_t n_a, int64_t n_b,
+                               double *restrict out) {
+    for (int64_t r = 0; r < n_a; ++r) {
+        const double scaled = a[r] / sum;
+        for (int64_t j = 0; j < n_b; ++j) out[r * n_b + j] = t[r * n_b + j] * (scaled * b[j]);
+    }
+}
+
 // beliefs + belief_at[k] = t * (w_a / sum) w_b^T for each pair k: t its n_a x n_b table at
 // tables + table_at[k], w_a[k] (n_a), w_b[k] (n_b) its weights, sums[k] its sum; each entry
 // t * ((w_a / sum) * w_b), the products in the order numpy's path makes them (the same bits).
@@ -160,13 +187,8 @@ CLONED void pair_beliefs(const double *tables, const int64_t *table_at, double *
                          const int64_t *order) {
     for (int64_t i = 0; i < pairs; ++i) {
         const int64_t k = order ? order[i] : i;
-        const double *t = tables + table_at[k];
-        const double *a = w_a + k * n_a, *b = w_b + k * n_b;
-        double *out = beliefs + belief_at[k];
-        for (int64_t r = 0; r < n_a; ++r) {
-            const double scaled = a[r] / sums[k];
-            for (int64_t j = 0; j < n_b; ++j) out[r * n_b + j] = t[r * n_b + j] * (scaled * b[j]);
-        }
+        pair_belief(tables + table_at[k], w_a + k * n_a, w_b + k * n_b, sums[k], n_a, n_b,
+                    beliefs + belief_at[k]);
     }
 }
 
@@ -243,14 +265,8 @@ CLONED void pair_weights(const double *restrict lam, const int64_t *restrict a_a
                          const double *restrict scale, double *restrict w_a,
                          double *restrict w_b) {
     for (int64_t p = 0; p < pairs; ++p) {
-        const double *restrict x = lam + a_at[p], *restrict y = lam + b_at[p];
-        if (scale) {
-            for (int64_t j = 0; j < n_a; ++j) w_a[p * n_a + j] = x[j] / scale[p];
-            for (int64_t j = 0; j < n_b; ++j) w_b[p * n_b + j] = y[j] / scale[p];
-        } else {   // (x / 1 is x)
-            for (int64_t j = 0; j < n_a; ++j) w_a[p * n_a + j] = x[j];
-            for (int64_t j = 0; j < n_b; ++j) w_b[p * n_b + j] = y[j];
-        }
+        take_run(lam + a_at[p], scale ? scale + p : NULL, n_a, w_a + p * n_a);
+        take_run(lam + b_at[p], scale ? scale + p : NULL, n_b, w_b + p * n_b);
     }
     exp_run(w_a, w_a, pairs * n_a, 0.0, 1.0, 0);
     exp_run(w_b, w_b, pairs * n_b, 0.0, 1.0, 0);
@@ -262,12 +278,8 @@ CLONED void pair_weights(const double *restrict lam, const int64_t *restrict a_a
 CLONED void row_dots(const double *restrict products, const int64_t *restrict edges,
                      const double *restrict w, const int64_t *restrict at, int64_t count,
                      int64_t n, double *restrict total) {
-    for (int64_t m = 0; m < count; ++m) {
-        const double *restrict x = products + edges[m] * n, *restrict y = w + at[m] * n;
-        double sum = x[0] * y[0];
-        for (int64_t j = 1; j < n; ++j) sum += x[j] * y[j];
-        total[at[m]] = sum;
-    }
+    for (int64_t m = 0; m < count; ++m)
+        total[at[m]] = dot_run(products + edges[m] * n, w + at[m] * n, n);
 }
 
 // the regions' fhat at the read-out entries (FlatBP.region_values): out (k) = (f + A) - B, f
@@ -317,12 +329,12 @@ CLONED void row_softmax(const double *restrict values, int64_t rows, int64_t n,
 }
 
 // the read-out of a pair group from the last sweep's products, one pass a chunk of pairs at a
-// time (pair_weights, row_dots and pair_beliefs in one, the same numbers): for pair k, w_a[k]
-// (n_a) = exp(lam[a_at[k] + j] / s_k) and w_b[k] (n_b) likewise from b_at (scale NULL: all s are
-// 1; written out unless w_a is NULL), one run of exps over the chunk's weights; total[k] = products[source[k]][edge[k]] . (w_b[k]
-// if second[k], else w_a[k]), left to right; beliefs + belief_at[k] = t * ((w_a / total) w_b^T),
-// t the n_a x n_b table at tables + table_at[k].  `order`: the pairs in the order to take them
-// (NULL: as given).  work: chunk (n_a + n_b) entries.
+// time (pair_weights, row_dots and pair_beliefs in one, the same numbers): for pair k, weights
+// w_a (n_a) = exp(lam[a_at[k] + j] / s_k) and w_b (n_b) likewise from b_at (scale NULL: all s
+// are 1; kept in `work` only), one run of exps over the chunk's weights; total[k] =
+// products[source[k]][edge[k]] . (w_b if second[k], else w_a), left to right; beliefs +
+// belief_at[k] = t * ((w_a / total[k]) w_b^T), t the n_a x n_b table at tables + table_at[k].
+// `order`: the pairs in the order to take them (NULL: as given).  work: chunk (n_a + n_b).
 CLONED void pair_readout(const double *restrict lam, const int64_t *restrict a_at,
                          const int64_t *restrict b_at, const double *restrict scale,
                          int64_t pairs, int64_t n_a, int64_t n_b,
@@ -330,45 +342,24 @@ CLONED void pair_readout(const double *restrict lam, const int64_t *restrict a_a
                          const int64_t *restrict edge, const int64_t *restrict second,
                          const double *restrict tables, const int64_t *restrict table_at,
                          double *restrict beliefs, const int64_t *restrict belief_at,
-                         const int64_t *restrict order, double *restrict w_a,
-                         double *restrict w_b, double *restrict total, int64_t chunk,
+                         const int64_t *restrict order, double *restrict total, int64_t chunk,
                          double *restrict work) {
     for (int64_t n0 = 0; n0 < pairs; n0 += chunk) {
         const int64_t n1 = n0 + chunk < pairs ? n0 + chunk : pairs, m = n1 - n0;
         double *restrict x = work, *restrict y = work + chunk * n_a;
         for (int64_t n = n0; n < n1; ++n) {
             const int64_t k = order ? order[n] : n;
-            const double *restrict from_a = lam + a_at[k], *restrict from_b = lam + b_at[k];
-            double *restrict to_a = x + (n - n0) * n_a, *restrict to_b = y + (n - n0) * n_b;
-            if (scale) {
-                for (int64_t j = 0; j < n_a; ++j) to_a[j] = from_a[j] / scale[k];
-                for (int64_t j = 0; j < n_b; ++j) to_b[j] = from_b[j] / scale[k];
-            } else {   // (x / 1 is x)
-                for (int64_t j = 0; j < n_a; ++j) to_a[j] = from_a[j];
-                for (int64_t j = 0; j < n_b; ++j) to_b[j] = from_b[j];
-            }
+            take_run(lam + a_at[k], scale ? scale + k : NULL, n_a, x + (n - n0) * n_a);
+            take_run(lam + b_at[k], scale ? scale + k : NULL, n_b, y + (n - n0) * n_b);
         }
         exp_run(x, x, m * n_a, 0.0, 1.0, 0);
         exp_run(y, y, m * n_b, 0.0, 1.0, 0);
         for (int64_t n = n0; n < n1; ++n) {
             const int64_t k = order ? order[n] : n;
             const double *restrict a = x + (n - n0) * n_a, *restrict b = y + (n - n0) * n_b;
-            if (w_a) {
-                for (int64_t j = 0; j < n_a; ++j) w_a[k * n_a + j] = a[j];
-                for (int64_t j = 0; j < n_b; ++j) w_b[k * n_b + j] = b[j];
-            }
             const int64_t size = second[k] ? n_b : n_a;
-            const double *restrict p = products[source[k]] + edge[k] * size;
-            const double *restrict w = second[k] ? b : a;
-            double sum = p[0] * w[0];
-            for (int64_t j = 1; j < size; ++j) sum += p[j] * w[j];
-            total[k] = sum;
-            const double *restrict t = tables + table_at[k];
-            double *restrict out = beliefs + belief_at[k];
-            for (int64_t r = 0; r < n_a; ++r) {
-                const double scaled = a[r] / sum;
-                for (int64_t j = 0; j < n_b; ++j) out[r * n_b + j] = t[r * n_b + j] * (scaled * b[j]);
-            }
+            total[k] = dot_run(products[source[k]] + edge[k] * size, second[k] ? b : a, size);
+            pair_belief(tables + table_at[k], a, b, total[k], n_a, n_b, beliefs + belief_at[k]);
         }
     }
 }

@@ -31,8 +31,8 @@ _SIGNATURES = {
     "colour_update": [_P, _P, _P, _P, _I, _I, _P, _I, _P, ctypes.c_int, _P],
     "pair_weights": [_P, _P, _P, _I, _I, _I, _P, _P, _P],
     "row_dots": [_P, _P, _P, _P, _I, _I, _P],
-    "pair_readout": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P,
-                     _I, _P],
+    "pair_readout": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I,
+                     _P],
     "region_values": [_P, _I, _P, _P, _I, _P, _P, _I, _P, _P],
     "row_softmax": [_P, _I, _I, _P, _P, _P, _P],
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P,
@@ -42,8 +42,9 @@ _SIGNATURES = {
     "dense_unaries": [_P, _P, _P, _I, _I, _I, _I, _P, _P, _I, _P, _P],
     "dense_messages": [_P, _P, _I, _I, _P, _I, _P, _I, _P],
 }
-_RETURNS = {"edge_products": ctypes.c_double, "colour_update": ctypes.c_double, "dense_start": ctypes.c_double,
-            "dense_pairs": ctypes.c_int, "dense_sweep": ctypes.c_double}
+_RETURNS = {"edge_products": ctypes.c_double, "colour_update": ctypes.c_double,
+            "dense_start": ctypes.c_double, "dense_pairs": ctypes.c_int,
+            "dense_sweep": ctypes.c_double}
 
 
 @functools.lru_cache(maxsize=None)
@@ -224,11 +225,10 @@ class PairReadout:
 
 
 def pair_readout(kernels, plan: PairReadout, lam, a_at, b_at, scale, products, tables,
-                 table_at, beliefs, belief_at, order, w_a, w_b, total) -> None:
+                 table_at, beliefs, belief_at, order, total) -> None:
     """A pair group's read-out in one pass (pair_weights, row_dots and pair_beliefs in one):
-    the weights into w_a (pairs, n_a) and w_b unless they are None, the sums into total from
-    the last sweep's `products` (one array per source of `plan`), the beliefs into `beliefs`
-    at belief_at."""
+    the sums into total from the last sweep's `products` (one array per source of `plan`),
+    the beliefs into `beliefs` at belief_at (the weights stay in the kernel)."""
     pairs, n_a, n_b = len(plan.source), plan.n_a, plan.n_b
     if not len(a_at) == len(b_at) == len(table_at) == len(belief_at) == pairs \
             or (scale is not None and len(scale) != pairs) or len(products) != len(plan.rows):
@@ -248,8 +248,6 @@ def pair_readout(kernels, plan: PairReadout, lam, a_at, b_at, scale, products, t
         plan.second.ctypes.data, _buffer(tables, "tables"),
         _offsets(table_at, n_a * n_b, tables, "table_at"), _buffer(beliefs, "beliefs"),
         _offsets(belief_at, n_a * n_b, beliefs, "belief_at"), _order(order, pairs),
-        None if w_a is None else _buffer(w_a, "w_a", pairs, n_a),
-        None if w_a is None else _buffer(w_b, "w_b", pairs, n_b),
         _buffer(total, "total", pairs, 1), chunk, work.ctypes.data)
 
 

@@ -1158,7 +1158,7 @@ class FlatBP:
         a_at, b_at, scales = starts
         total = np.empty(len(g.entries))
         cpu_kernels.pair_readout(kernels, readout, state.messages, a_at, b_at, scales, products,
-                                 buffer, table_at, beliefs, entry_at, order, None, None, total)
+                                 buffer, table_at, beliefs, entry_at, order, total)
         self._low_pair_beliefs(state, group, total, self._view(beliefs, group))
         return None, None, total
 
@@ -1170,8 +1170,7 @@ class FlatBP:
             plan = None
             if last is not None:
                 g = self.batch.pair_groups[group]
-                source, edge = np.zeros(len(g.entries), np.int64), np.zeros(len(g.entries), np.int64)
-                second = np.zeros(len(g.entries), np.int64)
+                source, edge, second = np.zeros((3, len(g.entries)), np.int64)
                 for m, (_, _, pairs, _, edges, flag) in enumerate(last):
                     source[pairs], edge[pairs], second[pairs] = m, edges, int(flag)
                 plan = ([(k, i) for k, i, *_ in last],
@@ -1219,10 +1218,10 @@ class FlatBP:
         and only for the entries read: fast pairs' fhat is never formed."""
         b, lam = self.batch, state.messages
         k = len(self._readout_entries)
-        if cpu_kernels.library() is not None:   # one pass (cpu_kernels.c)
+        kernels = cpu_kernels.library()
+        if kernels is not None:   # one pass (cpu_kernels.c)
             flat = np.empty(k)
-            cpu_kernels.region_values(cpu_kernels.library(), self._region_sums, state.readout,
-                                      lam, flat)
+            cpu_kernels.region_values(kernels, self._region_sums, state.readout, lam, flat)
         else:
             flat = (state.readout
                     + np.bincount(self._compact_parent, lam[b.parent_entry_message], k)
