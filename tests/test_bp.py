@@ -745,14 +745,16 @@ def test_the_compiled_kernels_equal_numpys_path_and_their_bits_do_not_depend_on_
 
 def test_the_fused_pair_read_out_equals_its_three_kernels_bit_for_bit(monkeypatch):
     # pair_readout forms the weights, the sums from the last sweep's products and the beliefs of
-    # a group with views in one pass, by the formulas of pair_weights, row_dots and pair_beliefs
+    # a group with views (words, grids) or in reordered rows (chains of several lengths) in one
+    # pass, by the formulas of pair_weights, row_dots and pair_beliefs
     from dstrain.inference.flat import FlatBP
 
     rng = np.random.default_rng(5)
     counting = [1.0] * 5 + [0.5, 1.0, 2.0, 1.5]
     batches = [[chain(5, 26, order=2)] * 6, [grid(7, 8, 4)] * 3,
                [RegionGraph([4] * 5, [(i,) for i in range(5)] + [(i, i + 1) for i in range(4)],
-                            counting_numbers=counting, eps=0.7)] * 5]
+                            counting_numbers=counting, eps=0.7)] * 5,
+               [chain(int(n), 6) for n in rng.integers(2, 9, 12)]]
     calls = []
     fused = FlatBP._fused_pair_readout
     monkeypatch.setattr(FlatBP, "_fused_pair_readout", lambda self, *a: (
@@ -766,6 +768,37 @@ def test_the_fused_pair_read_out_equals_its_three_kernels_bit_for_bit(monkeypatc
         assert any(calls[before:])   # (the fused pass ran)
         with monkeypatch.context() as m:
             m.setattr(FlatBP, "_fused_pair_readout", lambda self, *a: None)
+            other = ConvexBP(batch, threads=1).run(potentials, messages, max_sweeps=3, tol=0.0)
+        np.testing.assert_array_equal(one.beliefs, other.beliefs)
+        np.testing.assert_array_equal(one.dual, other.dual)
+        assert np.isfinite(one.beliefs).all()
+
+
+def test_the_fused_region_read_out_equals_region_values_and_softmax_bit_for_bit(monkeypatch):
+    # region_readout forms the read-out regions' fhat (from runs of child messages in
+    # np.bincount's order), their softmax and beliefs in one pass, by the formulas of
+    # region_values and row_softmax: words, a grid, chains of several lengths, unequal scales;
+    # regions with parent messages (pairs under triples) are left to those two
+    from dstrain.inference.flat import FlatBP
+
+    rng = np.random.default_rng(8)
+    triples = RegionGraph([3] * 5, [(i,) for i in range(5)] + [(i, i + 1) for i in range(4)]
+                          + [(i, i + 1, i + 2) for i in range(3)], eps=0.8)
+    assert FlatBP(GraphBatch([triples] * 2))._region_readout is None
+    batches = _kernel_batches(rng)[3:]
+    calls = []
+    fused = FlatBP._fused_region_readout
+    monkeypatch.setattr(FlatBP, "_fused_region_readout", lambda self, *a: (
+        lambda out: calls.append(out is not None) or out)(fused(self, *a)))
+    for graphs in batches:
+        batch = GraphBatch(graphs)
+        potentials = rng.normal(scale=3.0, size=batch.num_potentials)
+        messages = rng.normal(size=batch.num_messages)
+        before = len(calls)
+        one = ConvexBP(batch, threads=1).run(potentials, messages, max_sweeps=3, tol=0.0)
+        assert any(calls[before:])   # (the fused pass ran)
+        with monkeypatch.context() as m:
+            m.setattr(FlatBP, "_fused_region_readout", lambda self, *a: None)
             other = ConvexBP(batch, threads=1).run(potentials, messages, max_sweeps=3, tol=0.0)
         np.testing.assert_array_equal(one.beliefs, other.beliefs)
         np.testing.assert_array_equal(one.dual, other.dual)

@@ -3,7 +3,7 @@
 // copy into the slots; outer products, a multiply, a copy out) and these make one; and a
 // sweep's messages from the fast pairs (weights, table products and logs, one call) and the end
 // of a colour's update (sums per region, new messages, their change), one call; and for the
-// read-out the regions' values and softmax, a pair group's weights, sums and beliefs.  For
+// read-out the regions' values, softmax and beliefs, a pair group's weights, sums and beliefs.  For
 // dense.py (one dense binary graph): its start, sweep, read-outs and messages, each one call.
 // Each pair's entries are contiguous wherever they lie, so a pair is given by the offset
 // of its first entry (in entries), whatever the layout: views of the potentials, slot-major
@@ -31,6 +31,19 @@ static double largest_of(const double *x, int64_t n) {
     double m = x[0];
     for (int64_t i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
     return m;
+}
+
+// the largest of a row's n > 0 values as numpy's max gives it, but for which zero where +0 and
+// -0 tie (no caller's output depends on it: x - 0 and x + 0 have the same bits for x != 0, and
+// e^+-0 is 1): NaN where one is, else the largest, in vector compares
+static double row_top(const double *x, int64_t n) {
+    int nan = 0;
+    for (int64_t j = 0; j < n; ++j) nan |= x[j] != x[j];
+    if (!nan) return largest_of(x, n);
+    double top = x[0];
+    for (int64_t j = 1; j < n; ++j)
+        if (top == top && !(x[j] <= top)) top = x[j];   // (the first NaN)
+    return top;
 }
 
 // exp((x - shift) * factor), or with `divide` exp((x - shift) / factor), of n entries of x into
@@ -307,11 +320,8 @@ CLONED void row_softmax(const double *restrict values, int64_t rows, int64_t n,
     for (int64_t r = 0; r < rows; ++r) {   // (x / 1 is x: no division where all s are 1)
         const double *restrict x = values + r * n;
         double *restrict z = beliefs + r * n;
-        double top = 0.0;
-        for (int64_t j = 0; j < n; ++j) {
-            z[j] = scale ? x[j] / scale[r] : x[j];
-            if (j == 0 || (top == top && !(z[j] <= top))) top = z[j];   // (numpy's max)
-        }
+        for (int64_t j = 0; j < n; ++j) z[j] = scale ? x[j] / scale[r] : x[j];
+        const double top = row_top(z, n);
         for (int64_t j = 0; j < n; ++j) z[j] -= top;
         peak[r] = top;
     }
@@ -326,6 +336,55 @@ CLONED void row_softmax(const double *restrict values, int64_t rows, int64_t n,
     log_run(log_partition, rows);
     for (int64_t r = 0; r < rows; ++r)
         log_partition[r] = (scale ? scale[r] : 1.0) * (peak[r] + log_partition[r]);
+}
+
+// the read-out of a block of read-out regions, `rows` regions of n entries all with eps c_r > 0
+// and no parent messages (FlatBP.readout; region_values, row_softmax and the beliefs' copy in
+// one pass, the same numbers): for entry j of region r, fhat = f - B with f readout[r n + j] and
+// B the sum of lam[run[m] + j] over m in [start[r], start[r + 1]) from 0 in that order (the
+// runs of its child messages' n entries, in np.bincount's order: its bits; region_values adds
+// f and an empty sum of parents first, f + 0 is f); then row_softmax's beliefs, written to
+// beliefs + belief_at[r] + j, and its log partitions.  A chunk of rows at a time, one run of
+// exps and one of logs each.  work: chunk (n + 2) entries.
+CLONED void region_readout(const double *restrict readout, int64_t rows, int64_t n,
+                           const int64_t *restrict start, const int64_t *restrict run,
+                           const double *restrict lam, const double *restrict scale,
+                           double *restrict beliefs, const int64_t *restrict belief_at,
+                           double *restrict log_partition, int64_t chunk,
+                           double *restrict work) {
+    double *restrict z = work, *restrict peak = work + chunk * n, *restrict sums = peak + chunk;
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const int64_t count = rows - r0 < chunk ? rows - r0 : chunk;
+        for (int64_t i = 0; i < count; ++i) {
+            const int64_t r = r0 + i;
+            double *restrict x = z + i * n;   // (the children's sums, then fhat, in place)
+            for (int64_t j = 0; j < n; ++j) x[j] = 0.0;
+            for (int64_t m = start[r]; m < start[r + 1]; ++m) {
+                const double *restrict from = lam + run[m];
+                for (int64_t j = 0; j < n; ++j) x[j] += from[j];
+            }
+            const double *restrict f = readout + r * n;
+            if (scale)
+                for (int64_t j = 0; j < n; ++j) x[j] = (f[j] - x[j]) / scale[r];
+            else
+                for (int64_t j = 0; j < n; ++j) x[j] = f[j] - x[j];
+            const double top = row_top(x, n);
+            for (int64_t j = 0; j < n; ++j) x[j] -= top;
+            peak[i] = top;
+        }
+        exp_run(z, z, count * n, 0.0, 1.0, 0);
+        for (int64_t i = 0; i < count; ++i) {
+            const double *restrict e = z + i * n;
+            double sum = e[0];
+            for (int64_t j = 1; j < n; ++j) sum += e[j];
+            double *restrict out = beliefs + belief_at[r0 + i];
+            for (int64_t j = 0; j < n; ++j) out[j] = e[j] / sum;
+            sums[i] = sum;
+        }
+        log_run(sums, count);
+        for (int64_t i = 0; i < count; ++i)
+            log_partition[r0 + i] = (scale ? scale[r0 + i] : 1.0) * (peak[i] + sums[i]);
+    }
 }
 
 // the read-out of a pair group from the last sweep's products, one pass a chunk of pairs at a

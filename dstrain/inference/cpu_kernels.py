@@ -35,6 +35,7 @@ _SIGNATURES = {
                      _P],
     "region_values": [_P, _I, _P, _P, _I, _P, _P, _I, _P, _P],
     "row_softmax": [_P, _I, _I, _P, _P, _P, _P],
+    "region_readout": [_P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _I, _P],
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P,
                     _P, _I, _P],
     "dense_sweep": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _I, ctypes.c_int, _P],
@@ -279,6 +280,62 @@ def region_values(kernels, plan: RegionSums, readout, lam, out) -> None:
                           plan._parent_message, len(plan.parent_at), plan._child_at,
                           _buffer(lam, "lam", plan.messages, 1), plan.messages,
                           _buffer(out, "out", plan.k, 1), work.ctypes.data)
+
+
+class RegionReadout:
+    """region_readout's runs of one block of `rows` read-out regions of n entries with no parent
+    messages, from RegionSums' arrays, checked once and kept as read-only copies: each region's
+    child messages as the first entries of runs of n (entry j of the region reads entry j of
+    each), a CSR list over the regions in np.bincount's order.  Build with `of`, which gives
+    None where some region has parent messages or its child messages do not form such runs."""
+
+    def __init__(self, first: int, rows: int, n: int, start, run, messages: int):
+        self.first, self.rows, self.n, self.messages = first, rows, n, messages
+        self.start, self.run = (np.ascontiguousarray(a, dtype=np.int64) for a in (start, run))
+        for a in (self.start, self.run):
+            a.setflags(write=False)
+        if len(self.start) != rows + 1 or self.start[0] != 0 or self.start[-1] != len(self.run) \
+                or np.any(np.diff(self.start) < 0):
+            raise ValueError(f"region_readout: child lists that do not cover {rows} regions")
+        _positions(self.run, max(messages - n + 1, 0), "child runs")
+
+    @classmethod
+    def of(cls, sums: RegionSums, first: int, rows: int, n: int) -> "RegionReadout | None":
+        """The runs of read-out entries first .. first + rows n, or None."""
+        last = first + rows * n
+        if np.any((sums.parent_at >= first) & (sums.parent_at < last)):
+            return None
+        at = sums.child_at
+        mine = np.flatnonzero((at >= first) & (at < last))
+        heads = mine[(at[mine] - first) % n == 0]
+        steps = heads[:, None] + np.arange(n)
+        if len(mine) != len(heads) * n or (len(heads) and steps[:, -1].max() >= len(at)) \
+                or not np.array_equal(at[steps], at[heads][:, None] + np.arange(n)):
+            return None
+        region = (at[heads] - first) // n   # (heads ascend: each region's runs in e's order)
+        order = np.argsort(region, kind="stable")
+        return cls(first, rows, n, np.searchsorted(region[order], np.arange(rows + 1)),
+                   heads[order], sums.messages)
+
+
+def region_readout(kernels, plan: RegionReadout, readout, lam, scale, beliefs, belief_at,
+                   log_partition) -> None:
+    """The read-out of plan's regions (region_values, row_softmax and the beliefs' copy in one
+    pass): their beliefs into `beliefs` from belief_at[r], their log partitions into
+    log_partition; `readout` the read-out entries' f (all of them); scale None: all 1."""
+    rows, n = plan.rows, plan.n
+    if len(belief_at) != rows or readout.size < plan.first + rows * n:
+        raise ValueError(f"region_readout: {len(belief_at)} offsets for {rows} regions, "
+                         f"{readout.size} read-out entries for {plan.first + rows * n}")
+    chunk = max(1, 2048 // max(n, 1))
+    work = np.empty(chunk * (n + 2))   # (held here: the kernel writes into it)
+    if rows and n:
+        kernels.region_readout(
+            _buffer(readout, "readout") + 8 * plan.first, rows, n, plan.start.ctypes.data,
+            plan.run.ctypes.data, _buffer(lam, "lam", plan.messages, 1),
+            None if scale is None else _buffer(scale, "scale", rows, 1),
+            _buffer(beliefs, "beliefs"), _offsets(belief_at, n, beliefs, "belief_at"),
+            _buffer(log_partition, "log_partition", rows, 1), chunk, work.ctypes.data)
 
 
 def row_softmax(kernels, values, scale):

@@ -1105,7 +1105,7 @@ class FlatBP:
         """
         g, pt = self.batch.pair_groups[group], state.pair_tables[group]
         lam = state.messages
-        if beliefs is not None and pt.variant is None and self._pair_views[group] is not None:
+        if beliefs is not None:   # (not with shared tables: _fused_pair_readout says)
             fused = self._fused_pair_readout(state, group, beliefs)
             if fused is not None:
                 return fused
@@ -1139,40 +1139,52 @@ class FlatBP:
         return w_a, w_b, total
 
     def _fused_pair_readout(self, state: FlatState, group: int, beliefs):
-        """_pair_sums with the beliefs of a group with views in one kernel pass (weights, sums
-        from the last sweep's products, beliefs: cpu_kernels.pair_readout, the same numbers as
-        the three calls it replaces), as (None, None, the sums): the read-out needs no weights
-        once the group's beliefs are written; None where it cannot run."""
+        """_pair_sums with the beliefs of a group with views or in _storage's rows in one kernel
+        pass (weights, sums from the last sweep's products, beliefs: cpu_kernels.pair_readout,
+        the same numbers as the three calls it replaces), as (None, None, the sums in the
+        tables' row order): the read-out needs no weights once the group's beliefs are written;
+        None where it cannot run."""
         kernels = cpu_kernels.library()
-        if kernels is None or state.sharing is not None or not state.products:
+        pt = state.pair_tables[group]
+        in_rows = pt.stored is not None
+        if kernels is None or state.sharing is not None or not state.products \
+                or not (in_rows or self._pair_views[group] is not None):
             return None
-        starts, plan = self._weight_starts(group, False), self._readout_plan(group)
+        starts, plan = self._weight_starts(group, in_rows), self._readout_plan(group)
         if starts is None or plan is None:
             return None
         keys, readout = plan
         products = [state.products.get(key) for key in keys]
         if any(p is None or not p.flags.c_contiguous for p in products):
             return None
-        g, table = self.batch.pair_groups[group], state.pair_tables[group].table
-        buffer, table_at, entry_at, order = self._kernel_offsets(group, table)
+        g = self.batch.pair_groups[group]
+        buffer, table_at, entry_at, order = self._kernel_offsets(group, pt.table)
         a_at, b_at, scales = starts
         total = np.empty(len(g.entries))
         cpu_kernels.pair_readout(kernels, readout, state.messages, a_at, b_at, scales, products,
                                  buffer, table_at, beliefs, entry_at, order, total)
-        self._low_pair_beliefs(state, group, total, self._view(beliefs, group))
+        if not in_rows:
+            self._low_pair_beliefs(state, group, total, self._view(beliefs, group))
+            return None, None, total
+        low = np.flatnonzero(total < _UNDERFLOW)   # (rows: each one's pair is pt.stored[row])
+        if len(low):
+            size = g.entries.shape[1]
+            _window_rows(beliefs, size)[entry_at[low]] = self._exact_pair_beliefs(
+                state, group, pt.stored[low]).reshape(len(low), size)
         return None, None, total
 
     def _readout_plan(self, group: int):
         """(the products' keys, cpu_kernels.PairReadout) of pair group `group` from its last
-        updates (_last_update), its pairs in their own order; None without them (cached)."""
+        updates (_last_update), its pairs in the tables' row order (their own, or _storage's);
+        None without them (cached)."""
         if group not in self._readout_plans:
             last = self._last_updates[group]
             plan = None
             if last is not None:
                 g = self.batch.pair_groups[group]
                 source, edge, second = np.zeros((3, len(g.entries)), np.int64)
-                for m, (_, _, pairs, _, edges, flag) in enumerate(last):
-                    source[pairs], edge[pairs], second[pairs] = m, edges, int(flag)
+                for m, (_, _, _, rows, edges, flag) in enumerate(last):
+                    source[rows], edge[rows], second[rows] = m, edges, int(flag)
                 plan = ([(k, i) for k, i, *_ in last],
                         cpu_kernels.PairReadout(source, edge, second, *self._pair_shape(g)))
             self._readout_plans[group] = plan
@@ -1234,6 +1246,41 @@ class FlatBP:
         b = self.batch
         return cpu_kernels.RegionSums(len(self._readout_entries), self._compact_parent,
                                       b.parent_entry_message, self._compact_child, b.num_messages)
+
+    @functools.cached_property
+    def _region_readout(self):
+        """Per regions_by_size block, (cpu_kernels.RegionReadout, its regions' scales or None
+        where all are 1, their first entries), if every region read out has eps c_r > 0,
+        consecutive entries and messages in runs; else None."""
+        plan, start = [], 0
+        for entries, scale, _ in self.batch.regions_by_size:
+            rows, n = entries.shape
+            if not (np.all(scale > 0) and np.array_equal(entries, entries[:, :1] + np.arange(n))):
+                return None
+            runs = cpu_kernels.RegionReadout.of(self._region_sums, start, rows, n)
+            if runs is None:
+                return None
+            plan.append((runs, None if np.all(scale == 1.0)
+                         else np.ascontiguousarray(scale, dtype=np.float64),
+                         np.ascontiguousarray(entries[:, 0], dtype=np.int64)))
+            start += entries.size
+        return plan
+
+    def _fused_region_readout(self, state: FlatState, beliefs):
+        """region_values, region_softmax and the regions' beliefs in one kernel pass per block
+        (cpu_kernels.region_readout, the same numbers), the beliefs written into `beliefs`;
+        returns region_softmax's list without the beliefs, or None where it cannot run."""
+        kernels = cpu_kernels.library()
+        plan = self._region_readout if kernels is not None and state.sharing is None else None
+        if plan is None:
+            return None
+        out = []
+        for runs, scale, belief_at in plan:
+            log_partition = np.empty(runs.rows)
+            cpu_kernels.region_readout(kernels, runs, state.readout, state.messages, scale,
+                                       beliefs, belief_at, log_partition)
+            out.append((np.ones(runs.rows, bool), None, log_partition))
+        return out
 
     def pair_sums(self, state: FlatState) -> list[tuple]:
         """_pair_sums of every pair group (shared by the dual and the beliefs)."""
@@ -1318,14 +1365,16 @@ class FlatBP:
         return (z / z.sum(axis=1, keepdims=True)).reshape(len(pairs), *self._pair_shape(g))
 
     def beliefs(self, state: FlatState, values=None, sums=None, softmax=None,
-                out=None, done=()) -> np.ndarray:
+                out=None, done=(), regions: bool = True) -> np.ndarray:
         """b_r ∝ exp(fhat_r / (eps c_r)) where eps c_r > 0; otherwise marginalised from a parent
-        (written into `out` if given; the fast pairs of the groups in `done` are already).
+        (written into `out` if given; the fast pairs of the groups in `done` are already, and
+        with `regions` False the regions read out by region_softmax).
 
         With shared tables the fast pairs' entries are NaN: their beliefs are not formed (see
         ConvexBP.table_beliefs)."""
-        values = self.region_values(state) if values is None else values
-        softmax = self.region_softmax(values) if softmax is None else softmax
+        if regions or state.sharing is not None:
+            values = self.region_values(state) if values is None else values
+            softmax = self.region_softmax(values) if softmax is None else softmax
         if state.sharing is not None:
             spread = state.sharing.spread(self.rest_beliefs(state, values, softmax))
             if out is None:
@@ -1337,7 +1386,7 @@ class FlatBP:
         # 1000 words' read-outs)
         beliefs = np.empty(self.batch.num_potentials) if out is None else out
         for (entries, _, _), (direct, normalised, _), consecutive in zip(
-                self.batch.regions_by_size, softmax, self._consecutive):
+                self.batch.regions_by_size, softmax if regions else (), self._consecutive):
             if not direct.all():
                 beliefs[entries[direct]] = normalised
             elif consecutive:   # a region's entries are consecutive: rows of a sliding window
@@ -1480,15 +1529,21 @@ class FlatBP:
         """A run's read-outs from one computation of the regions' fhat and the pairs' sums:
         (the dual per sample, with shared tables the rest beliefs, with `exports` pair_exports);
         without shared tables the beliefs are written into `beliefs_out` if given."""
-        values = self.region_values(state)
         fused = beliefs_out if state.sharing is None else None
+        softmax = None if fused is None else self._fused_region_readout(state, fused)
+        # (read out by the fused pass: no block of fhat is formed, the dual takes the log
+        # partitions alone)
+        values = self.region_values(state) if softmax is None else [None] * len(self._blocks)
         sums = [self._pair_sums(state, group, fused) for group in range(len(self.batch.pair_groups))]
-        softmax = self.region_softmax(values)
+        regions = softmax is None
+        softmax = self.region_softmax(values) if regions else softmax
         dual = self.dual(state, values, sums, softmax)
         if state.sharing is None:
-            if beliefs_out is not None:
-                done = {g for g, v in enumerate(self._pair_views) if v is not None}
-                self.beliefs(state, values, sums, softmax, out=beliefs_out, done=done)
+            if beliefs_out is not None:   # (groups with views, and those the fused pass wrote)
+                done = {g for g, (v, (w_a, _, _)) in enumerate(zip(self._pair_views, sums))
+                        if v is not None or w_a is None}
+                self.beliefs(state, values, sums, softmax, out=beliefs_out, done=done,
+                             regions=regions)
             return dual, None, None
         return (dual, self.rest_beliefs(state, values, softmax),
                 self.pair_exports(state, sums) if exports else None)
