@@ -204,8 +204,9 @@ class ConvexBP:
 
     # --- state ----------------------------------------------------------------------------
     def _inputs(self, potentials, messages, sharing, reuse: bool = False):
-        """(theta, the run's messages, its ranges); `reuse`: the messages may go into the last
-        run's array (see _result_array)."""
+        """(theta, the run's messages array (each range fills its part: _part_start), the
+        messages given or None, its ranges); `reuse`: the messages may go into the last run's
+        array (see _result_array)."""
         b = self.batch
         theta = np.ascontiguousarray(potentials, dtype=np.float64)
         expected = b.num_potentials if sharing is None else sharing.source_size
@@ -219,25 +220,27 @@ class ConvexBP:
                 raise ValueError(f"messages: expected {b.num_messages} entries for this batch, "
                                  f"got shape {messages.shape}")
         lam = self._result_array("messages", b.num_messages, reuse)
-        if messages is None:
-            lam.fill(0.0)
-        else:
-            np.copyto(lam, messages)
         parts = self._parts
         if sharing is not None and sharing.parts is None:   # shared tables over the whole batch
             parts = [self._whole]
-        return theta, lam, parts
+        return theta, lam, messages, parts
 
     @staticmethod
-    def _part_start(part: _Part, i: int, theta, lam, warm, sweeps, sharing, reuse=False):
-        """(the range's engine, its state); `reuse`: the state may take the engine's Workspace."""
+    def _part_start(part: _Part, i: int, theta, lam, messages, sweeps, sharing, reuse=False):
+        """(the range's engine, its state), the range's part of `lam` filled first (zeros, or
+        `messages`: warm); `reuse`: the state may take the engine's Workspace."""
+        mine = lam[part.m0:part.m1]   # (filled in the range's own thread)
+        if messages is None:
+            mine.fill(0.0)
+        else:
+            np.copyto(mine, messages[part.m0:part.m1])
+        warm = messages is not None
         engine = part.engine(sharing)
         extra = {"workspace": engine.workspace} if reuse else {}
         if sharing is None:
-            return engine, engine.start(theta[part.p0:part.p1], lam[part.m0:part.m1], warm,
-                                        sweeps, **extra)
-        mine = sharing if sharing.parts is None else sharing.parts[i]
-        return engine, engine.start(theta, lam[part.m0:part.m1], warm, sweeps, mine, **extra)
+            return engine, engine.start(theta[part.p0:part.p1], mine, warm, sweeps, **extra)
+        shared = sharing if sharing.parts is None else sharing.parts[i]
+        return engine, engine.start(theta, mine, warm, sweeps, shared, **extra)
 
     def start(self, potentials, messages=None, sweeps: int | None = None,
               sharing: PairSharing | None = None) -> BPState:
@@ -245,9 +248,9 @@ class ConvexBP:
         not need it).
 
         `sharing` (from ``self.sharing``): `potentials` is then the source vector it indexes."""
-        theta, lam, parts = self._inputs(potentials, messages, sharing)
+        theta, lam, messages, parts = self._inputs(potentials, messages, sharing)
         started = self._each(parts, lambda i, part: self._part_start(
-            part, i, theta, lam, messages is not None, sweeps, sharing))
+            part, i, theta, lam, messages, sweeps, sharing))
         return BPState(parts, [e for e, _ in started], [s for _, s in started], lam, sharing)
 
     # --- sweeps ---------------------------------------------------------------------------
@@ -354,7 +357,7 @@ class ConvexBP:
         # another thread is running this engine now)
         reuse = self._running.acquire(blocking=False)
         try:
-            theta, lam, parts = self._inputs(potentials, messages, sharing, reuse)
+            theta, lam, messages, parts = self._inputs(potentials, messages, sharing, reuse)
         except BaseException:
             if reuse:
                 self._running.release()
@@ -369,8 +372,8 @@ class ConvexBP:
 
         def begin(i, part):
             start = time.perf_counter()
-            engines[i], state = self._part_start(part, i, theta, lam, messages is not None,
-                                                 max_sweeps, sharing, reuse)
+            engines[i], state = self._part_start(part, i, theta, lam, messages, max_sweeps,
+                                                 sharing, reuse)
             states[i] = state
             middle = time.perf_counter()
             change = float("inf") if engines[i].batch.colours else 0.0
