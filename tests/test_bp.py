@@ -843,10 +843,12 @@ def test_the_colour_update_kernel_equals_numpys_update_bit_for_bit(monkeypatch):
     assert taken >= 5
 
 
+@pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("size", [3, 13, 676])
-def test_a_pair_tables_bits_do_not_depend_on_where_it_sits(size):
+def test_a_pair_tables_bits_do_not_depend_on_where_it_sits(size, streamed):
     # the kernels' vector exp differs from a scalar one in the last bit: every entry takes the
-    # vector function, whatever the pair's address, its length and the entry's place in it
+    # vector function, whatever the pair's address, its length and the entry's place in it, and
+    # whether the tables are written with streaming stores (heads, cache lines and tails)
     from dstrain.inference import cpu_kernels
 
     kernels = cpu_kernels.library()
@@ -859,15 +861,22 @@ def test_a_pair_tables_bits_do_not_depend_on_where_it_sits(size):
     tables = np.full(len(at) * size + 3, np.nan)
     top = np.empty(len(at))
     cpu_kernels.pair_tables(kernels, potentials, at, tables[3:], np.arange(len(at)) * size,
-                            size, np.ones(len(at)), True, top, 50.0, 100.0)
+                            size, np.ones(len(at)), True, top, 50.0, 100.0, streamed=streamed)
     made = tables[3:].reshape(len(at), size)
-    assert (made == made[0]).all() and not np.isnan(tables[3:]).any()
+    assert not np.isnan(tables[3:]).any() and np.isnan(tables[:3]).all()   # (nothing outside)
+    assert (made == made[0]).all()
     np.testing.assert_allclose(made[0], np.exp(pair), rtol=1e-15, atol=0)   # (a few ulps)
+    plain = np.empty(size)
+    cpu_kernels.pair_tables(kernels, potentials, at[:1], plain, np.zeros(1, np.int64), size,
+                            np.ones(1), True, top[:1], 50.0, 100.0)
+    np.testing.assert_array_equal(made[0], plain)
     for length in {n for n in (1, 2, 5, 8, 9, size - 1) if 0 < n < size}:   # shorter runs
-        part = np.empty(length)
-        cpu_kernels.pair_tables(kernels, potentials, at[1:2], part, np.zeros(1, np.int64),
-                                length, np.ones(1), True, top[:1], 50.0, 100.0)
-        np.testing.assert_array_equal(part, made[0, :length])
+        part = np.full(length + 9, np.nan)
+        for shift in (0, 3):
+            cpu_kernels.pair_tables(kernels, potentials, at[1:2], part[shift:shift + length],
+                                    np.zeros(1, np.int64), length, np.ones(1), True, top[:1],
+                                    50.0, 100.0, streamed=streamed)
+            np.testing.assert_array_equal(part[shift:shift + length], made[0, :length])
 
 
 def test_the_kernels_refuse_offsets_outside_their_arrays():

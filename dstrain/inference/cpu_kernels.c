@@ -123,7 +123,35 @@ VECTOR_RUNS("sse2", __m128d, 2, _mm_loadu_pd, _mm_storeu_pd, _mm_set1_pd, _mm_su
             _mm_mul_pd, _mm_div_pd, _ZGVbN2v_)
 #endif
 
-static ScaledExp exp_run = exp_scalar;
+#if VECTOR_MATH
+// exp_8 writing y with streaming (non-temporal) stores where a vector fills a cache line: for
+// exp tables larger than the cache, which a sweep reads back from memory either way, the lines
+// are not first read in for the write (a third of the start's memory traffic).  The same vector
+// function for every entry (the head through a masked store, the tail by exp_8): exp_8's bits.
+__attribute__((target("avx512f"))) static void exp_8_streamed(const double *x, double *y,
+                                                            int64_t n, double shift,
+                                                            double factor, int divide) {
+    const __m512d s = _mm512_set1_pd(shift), f = _mm512_set1_pd(factor);
+    int64_t i = 0;
+    const int64_t head = (int64_t)(((64 - ((uintptr_t)y & 63)) & 63) / sizeof(double));
+    for (int first = 1; i + 8 <= n; first = 0) {
+        const __m512d z = _mm512_loadu_pd(x + i);
+        const __m512d e = _ZGVeN8v_exp(divide ? _mm512_div_pd(_mm512_sub_pd(z, s), f)
+                                              : _mm512_mul_pd(_mm512_sub_pd(z, s), f));
+        if (first && head) {   // (up to the first cache line: y's alignment is a double's)
+            _mm512_mask_storeu_pd(y, (__mmask8)((1u << head) - 1u), e);
+            i = head;
+        } else {
+            if ((uintptr_t)(y + i) & 63) _mm512_storeu_pd(y + i, e);
+            else _mm512_stream_pd(y + i, e);
+            i += 8;
+        }
+    }
+    if (i < n) exp_8(x + i, y + i, n - i, shift, factor, divide);
+}
+#endif
+
+static ScaledExp exp_run = exp_scalar, streamed_exp_run = exp_scalar;
 static Elementwise expm1_run = expm1_scalar, log1p_run = log1p_scalar, log_run = log_scalar;
 
 __attribute__((constructor)) static void pick_runs(void) {
@@ -131,6 +159,7 @@ __attribute__((constructor)) static void pick_runs(void) {
     __builtin_cpu_init();
     const int wide = __builtin_cpu_supports("avx512f"), middle = __builtin_cpu_supports("avx2");
     exp_run = wide ? exp_8 : middle ? exp_4 : exp_2;
+    streamed_exp_run = wide ? exp_8_streamed : exp_run;
     log_run = wide ? log_8 : middle ? log_4 : log_2;
 #if __GLIBC_PREREQ(2, 35)
     expm1_run = wide ? expm1_8 : middle ? expm1_4 : expm1_2;
@@ -142,11 +171,14 @@ __attribute__((constructor)) static void pick_runs(void) {
 // tables + table_at[k] = exp(f / c) for each pair k, f its `size` potentials at potentials +
 // potential_at[k], c = scale[k], where the pair's largest f / c lies in [-below, above] (then
 // top[k] = 0), else exp((f - max f) / c) (top[k] = max f).  With one_scale every c is the same
-// and the division is a multiplication by inverse = 1 / c (as numpy's path does).
+// and the division is a multiplication by inverse = 1 / c (as numpy's path does).  With
+// `streamed`, the tables are written with streaming stores where the CPU has them (the same
+// bits; see exp_8_streamed).
 CLONED void pair_tables(const double *potentials, const int64_t *potential_at, double *tables,
                         const int64_t *table_at, int64_t pairs, int64_t size, const double *scale,
                         int one_scale, double inverse, double above, double below, double *top,
-                        const int64_t *order) {
+                        const int64_t *order, int streamed) {
+    const ScaledExp table_exp = streamed ? streamed_exp_run : exp_run;
     for (int64_t i = 0; i < pairs; ++i) {
         const int64_t k = order ? order[i] : i;
         const double *f = potentials + potential_at[k];
@@ -156,12 +188,15 @@ CLONED void pair_tables(const double *potentials, const int64_t *potential_at, d
         // (x - 0 is x: the unshifted pairs' bits are those of exp(f * inverse), exp(f / c))
         if (m > above * c || m < -below * c) {
             top[k] = m;
-            exp_run(f, t, size, m, c, 1);
+            table_exp(f, t, size, m, c, 1);
         } else {
             top[k] = 0.0;
-            exp_run(f, t, size, 0.0, one_scale ? inverse : c, !one_scale);
+            table_exp(f, t, size, 0.0, one_scale ? inverse : c, !one_scale);
         }
     }
+#if VECTOR_MATH
+    if (streamed) _mm_sfence();   // (streaming stores are ordered before the caller goes on)
+#endif
 }
 
 // n entries of `from` into `to`, each divided by *scale unless scale is NULL (x / 1 is x)

@@ -25,7 +25,7 @@ from ..native import BuildError, shared_library
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
-    "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P, _P],
+    "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P, _P, ctypes.c_int],
     "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P],
     "edge_products": [_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _I, _P],
     "colour_update": [_P, _P, _P, _P, _I, _I, _P, _I, _P, ctypes.c_int, _P],
@@ -117,12 +117,14 @@ def _order(order, pairs: int):
 
 
 def pair_tables(kernels, potentials, potential_at, tables, table_at, size: int, scale,
-                one_scale: bool, top, above: float, below: float, order=None) -> None:
+                one_scale: bool, top, above: float, below: float, order=None,
+                streamed: bool = False) -> None:
     """For each pair k: the `size` entries of `tables` from table_at[k] = exp(f / scale[k]), f the
     entries of `potentials` from potential_at[k], or exp((f - max f) / scale[k]) where the max f /
     scale[k] lies outside [-below, above] (its max into top[k], else 0 there); with `one_scale` a
     multiplication by 1 / scale[0] instead of the divisions.  `order`: the order to take the
-    pairs in (a permutation; the results do not depend on it), default as given."""
+    pairs in (a permutation; the results do not depend on it), default as given.  `streamed`:
+    the tables written with streaming stores, where the CPU has them (the same bits)."""
     pairs = len(potential_at)
     if not len(table_at) == len(scale) == len(top) == pairs:
         raise ValueError("pair_tables: offsets, scales and tops of different lengths")
@@ -131,7 +133,7 @@ def pair_tables(kernels, potentials, potential_at, tables, table_at, size: int, 
                         _buffer(tables, "tables"), _offsets(table_at, size, tables, "table_at"),
                         pairs, size, _buffer(scale, "scale"), int(one_scale),
                         1.0 / scale[0] if pairs else 1.0, above, below, _buffer(top, "top"),
-                        _order(order, pairs))
+                        _order(order, pairs), int(streamed))
 
 
 def pair_beliefs(kernels, tables, table_at, beliefs, belief_at, n_a: int, n_b: int, w_a, w_b,

@@ -58,6 +58,11 @@ _SLOT_BLOCK_ENTRIES = 1 << 19
 # views' pair tables are exp(f_p / (eps c_p)) as they are where max f_p / (eps c_p) lies in
 # [-_SHIFT_BELOW, _SHIFT_ABOVE], else exp((f_p - max f_p) / (eps c_p)) (FlatBP._view_tables)
 _SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
+# a range's exp tables of at least this many bytes are written with streaming stores
+# (cpu_kernels.pair_tables): larger than a core's share of the cache, a sweep reads them back
+# from memory either way (measured, see cpu_kernels.c's exp_8_streamed: 1000 words' 38 MB in
+# two ranges, start faster with no slower sweep; a 20-grid batch's 8 MB, no gain)
+_STREAM_TABLE_BYTES = 8 << 20
 
 # rows of a sliding window are copied faster than entries are scattered from this length
 # (measured: rows of 26, 0.14 against 0.24 ms for 5000; rows of 5, 0.38 against 0.18 for 20480)
@@ -719,7 +724,8 @@ class FlatBP:
             scale = np.ascontiguousarray(g.scale)
             cpu_kernels.pair_tables(kernels, theta, entry_at, buffer, table_at, size, scale,
                                     unit or bool(np.all(scale == scale[:1])), top.reshape(-1),
-                                    _SHIFT_ABOVE, _SHIFT_BELOW, order)
+                                    _SHIFT_ABOVE, _SHIFT_BELOW, order,
+                                    streamed=buffer.nbytes >= _STREAM_TABLE_BYTES)
             return PairTable(table, top.ravel())
         if by_slot:
             work = workspace.get(("pairs block", group), (min(step, samples), per, size))
@@ -779,7 +785,8 @@ class FlatBP:
             table = table.reshape(len(stored), *self._pair_shape(g))
             buffer, table_at, entry_at, order = self._kernel_offsets(group, table)
             cpu_kernels.pair_tables(kernels, theta, entry_at, buffer, table_at, size, scale, unit,
-                                    top, _SHIFT_ABOVE, _SHIFT_BELOW, order)
+                                    top, _SHIFT_ABOVE, _SHIFT_BELOW, order,
+                                    streamed=buffer.nbytes >= _STREAM_TABLE_BYTES)
             return PairTable(table, top, row, stored)
         step = max(1, _BLOCK_ENTRIES // size)
         for s in range(0, len(stored), step):
