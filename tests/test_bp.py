@@ -805,6 +805,33 @@ def test_the_fused_region_read_out_equals_region_values_and_softmax_bit_for_bit(
         assert np.isfinite(one.beliefs).all()
 
 
+def test_streamed_exp_tables_and_beliefs_give_the_same_bits(monkeypatch):
+    # ranges with large tables write them, and the beliefs, with streaming stores: with the
+    # threshold at 0 every range does; the run's numbers are those of plain stores
+    from dstrain.inference import cpu_kernels, flat
+
+    rng = np.random.default_rng(21)
+    streamed = []
+    for name in ("pair_tables", "pair_readout"):
+        kernel = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, _k=kernel, **kw: (
+            streamed.append(kw.get("streamed", False)), _k(*a, **kw))[1])
+    for graphs in _kernel_batches(rng)[3:]:   # (the flat engine's batches)
+        batch = GraphBatch(graphs)
+        potentials = rng.normal(scale=3.0, size=batch.num_potentials)
+        messages = rng.normal(size=batch.num_messages)
+        runs = []
+        for threshold in (1 << 62, 0):
+            monkeypatch.setattr(flat, "_STREAM_TABLE_BYTES", threshold)
+            streamed.clear()
+            runs.append(ConvexBP(batch, threads=2).run(potentials, messages, max_sweeps=3,
+                                                       tol=0.0))
+            assert streamed and all(streamed) == bool(threshold == 0) and any(streamed) == all(
+                streamed)
+        for key in ("messages", "dual", "beliefs"):
+            np.testing.assert_array_equal(getattr(runs[0], key), getattr(runs[1], key))
+
+
 def test_the_colour_update_kernel_equals_numpys_update_bit_for_bit(monkeypatch):
     # the same sums in the same order as np.bincount, the same products and max: the same bits,
     # the largest change included (NaN where a message is NaN; a NaN state's entry NaN and

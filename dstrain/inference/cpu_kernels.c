@@ -149,7 +149,28 @@ __attribute__((target("avx512f"))) static void exp_8_streamed(const double *x, d
     }
     if (i < n) exp_8(x + i, y + i, n - i, shift, factor, divide);
 }
+
+// n entries of `from` into `to` with streaming stores where a vector fills a cache line (the
+// head and the tail through masked stores): for results larger than the cache, not first read in
+__attribute__((target("avx512f"))) static void copy_8_streamed(const double *restrict from,
+                                                             double *restrict to, int64_t n) {
+    int64_t i = (int64_t)(((64 - ((uintptr_t)to & 63)) & 63) / sizeof(double));
+    i = i < n ? i : n;
+    if (i) _mm512_mask_storeu_pd(to, (__mmask8)((1u << i) - 1u), _mm512_maskz_loadu_pd(
+                                     (__mmask8)((1u << i) - 1u), from));
+    for (; i + 8 <= n; i += 8) _mm512_stream_pd(to + i, _mm512_loadu_pd(from + i));
+    if (i < n) {
+        const __mmask8 rest = (__mmask8)((1u << (n - i)) - 1u);
+        _mm512_mask_storeu_pd(to + i, rest, _mm512_maskz_loadu_pd(rest, from + i));
+    }
+}
 #endif
+
+static void copy_plain(const double *restrict from, double *restrict to, int64_t n) {
+    memcpy(to, from, (size_t)n * sizeof(double));
+}
+typedef void (*Copy)(const double *restrict, double *restrict, int64_t);
+static Copy streamed_copy = copy_plain;
 
 static ScaledExp exp_run = exp_scalar, streamed_exp_run = exp_scalar;
 static Elementwise expm1_run = expm1_scalar, log1p_run = log1p_scalar, log_run = log_scalar;
@@ -160,6 +181,7 @@ __attribute__((constructor)) static void pick_runs(void) {
     const int wide = __builtin_cpu_supports("avx512f"), middle = __builtin_cpu_supports("avx2");
     exp_run = wide ? exp_8 : middle ? exp_4 : exp_2;
     streamed_exp_run = wide ? exp_8_streamed : exp_run;
+    streamed_copy = wide ? copy_8_streamed : copy_plain;
     log_run = wide ? log_8 : middle ? log_4 : log_2;
 #if __GLIBC_PREREQ(2, 35)
     expm1_run = wide ? expm1_8 : middle ? expm1_4 : expm1_2;
@@ -428,7 +450,9 @@ CLONED void region_readout(const double *restrict readout, int64_t rows, int64_t
 // are 1; kept in `work` only), one run of exps over the chunk's weights; total[k] =
 // products[source[k]][edge[k]] . (w_b if second[k], else w_a), left to right; beliefs +
 // belief_at[k] = t * ((w_a / total[k]) w_b^T), t the n_a x n_b table at tables + table_at[k].
-// `order`: the pairs in the order to take them (NULL: as given).  work: chunk (n_a + n_b).
+// `order`: the pairs in the order to take them (NULL: as given).  `streamed`: the beliefs
+// written with streaming stores where the CPU has them (the same bits, for results larger than
+// the cache).  work: chunk (n_a + n_b) + n_a n_b entries.
 CLONED void pair_readout(const double *restrict lam, const int64_t *restrict a_at,
                          const int64_t *restrict b_at, const double *restrict scale,
                          int64_t pairs, int64_t n_a, int64_t n_b,
@@ -437,7 +461,8 @@ CLONED void pair_readout(const double *restrict lam, const int64_t *restrict a_a
                          const double *restrict tables, const int64_t *restrict table_at,
                          double *restrict beliefs, const int64_t *restrict belief_at,
                          const int64_t *restrict order, double *restrict total, int64_t chunk,
-                         double *restrict work) {
+                         int streamed, double *restrict work) {
+    double *restrict pair = work + chunk * (n_a + n_b);   // (streamed: a pair's, then copied)
     for (int64_t n0 = 0; n0 < pairs; n0 += chunk) {
         const int64_t n1 = n0 + chunk < pairs ? n0 + chunk : pairs, m = n1 - n0;
         double *restrict x = work, *restrict y = work + chunk * n_a;
@@ -453,9 +478,18 @@ CLONED void pair_readout(const double *restrict lam, const int64_t *restrict a_a
             const double *restrict a = x + (n - n0) * n_a, *restrict b = y + (n - n0) * n_b;
             const int64_t size = second[k] ? n_b : n_a;
             total[k] = dot_run(products[source[k]] + edge[k] * size, second[k] ? b : a, size);
-            pair_belief(tables + table_at[k], a, b, total[k], n_a, n_b, beliefs + belief_at[k]);
+            if (!streamed) {
+                pair_belief(tables + table_at[k], a, b, total[k], n_a, n_b,
+                            beliefs + belief_at[k]);
+                continue;
+            }
+            pair_belief(tables + table_at[k], a, b, total[k], n_a, n_b, pair);
+            streamed_copy(pair, beliefs + belief_at[k], n_a * n_b);
         }
     }
+#if VECTOR_MATH
+    if (streamed) _mm_sfence();
+#endif
 }
 
 // the end of a colour's update (FlatBP.update_colour: one fast group, childless regions), on its

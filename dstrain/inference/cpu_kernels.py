@@ -32,7 +32,7 @@ _SIGNATURES = {
     "pair_weights": [_P, _P, _P, _I, _I, _I, _P, _P, _P],
     "row_dots": [_P, _P, _P, _P, _I, _I, _P],
     "pair_readout": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I,
-                     _P],
+                     ctypes.c_int, _P],
     "region_values": [_P, _I, _P, _P, _I, _P, _P, _I, _P, _P],
     "row_softmax": [_P, _I, _I, _P, _P, _P, _P],
     "region_readout": [_P, _I, _I, _P, _P, _P, _P, _P, _P, _P, _I, _P],
@@ -228,10 +228,11 @@ class PairReadout:
 
 
 def pair_readout(kernels, plan: PairReadout, lam, a_at, b_at, scale, products, tables,
-                 table_at, beliefs, belief_at, order, total) -> None:
+                 table_at, beliefs, belief_at, order, total, streamed: bool = False) -> None:
     """A pair group's read-out in one pass (pair_weights, row_dots and pair_beliefs in one):
     the sums into total from the last sweep's `products` (one array per source of `plan`),
-    the beliefs into `beliefs` at belief_at (the weights stay in the kernel)."""
+    the beliefs into `beliefs` at belief_at (the weights stay in the kernel); `streamed`: the
+    beliefs written with streaming stores, where the CPU has them (the same bits)."""
     pairs, n_a, n_b = len(plan.source), plan.n_a, plan.n_b
     if not len(a_at) == len(b_at) == len(table_at) == len(belief_at) == pairs \
             or (scale is not None and len(scale) != pairs) or len(products) != len(plan.rows):
@@ -243,7 +244,7 @@ def pair_readout(kernels, plan: PairReadout, lam, a_at, b_at, scale, products, t
         _buffer(array, f"products {m}")
     addresses = np.array([array.ctypes.data for array in products], dtype=np.uintp)
     chunk = max(1, 2048 // (n_a + n_b))
-    work = np.empty(chunk * (n_a + n_b))   # (held here: the kernel writes into it)
+    work = np.empty(chunk * (n_a + n_b) + n_a * n_b)   # (held here: the kernel writes into it)
     kernels.pair_readout(
         _buffer(lam, "lam"), _offsets(a_at, n_a, lam, "a_at"), _offsets(b_at, n_b, lam, "b_at"),
         None if scale is None else _buffer(scale, "scale", pairs, 1), pairs, n_a, n_b,
@@ -251,7 +252,7 @@ def pair_readout(kernels, plan: PairReadout, lam, a_at, b_at, scale, products, t
         plan.second.ctypes.data, _buffer(tables, "tables"),
         _offsets(table_at, n_a * n_b, tables, "table_at"), _buffer(beliefs, "beliefs"),
         _offsets(belief_at, n_a * n_b, beliefs, "belief_at"), _order(order, pairs),
-        _buffer(total, "total", pairs, 1), chunk, work.ctypes.data)
+        _buffer(total, "total", pairs, 1), chunk, int(streamed), work.ctypes.data)
 
 
 class RegionSums:

@@ -58,10 +58,11 @@ _SLOT_BLOCK_ENTRIES = 1 << 19
 # views' pair tables are exp(f_p / (eps c_p)) as they are where max f_p / (eps c_p) lies in
 # [-_SHIFT_BELOW, _SHIFT_ABOVE], else exp((f_p - max f_p) / (eps c_p)) (FlatBP._view_tables)
 _SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
-# a range's exp tables of at least this many bytes are written with streaming stores
-# (cpu_kernels.pair_tables): larger than a core's share of the cache, a sweep reads them back
-# from memory either way (measured, see cpu_kernels.c's exp_8_streamed: 1000 words' 38 MB in
-# two ranges, start faster with no slower sweep; a 20-grid batch's 8 MB, no gain)
+# a range's exp tables of at least this many bytes, and then its fast pairs' beliefs, are written
+# with streaming stores (cpu_kernels.pair_tables, pair_readout): larger than a core's share of
+# the cache, they are read back from memory either way, by the sweeps and by the caller (an A/B
+# of 1000 words or chains on two threads: start and read-out faster, sweeps and a read of the
+# beliefs after the run not slower; a 20-grid batch's 8 MB: no gain)
 _STREAM_TABLE_BYTES = 8 << 20
 
 # rows of a sliding window are copied faster than entries are scattered from this length
@@ -1169,7 +1170,8 @@ class FlatBP:
         a_at, b_at, scales = starts
         total = np.empty(len(g.entries))
         cpu_kernels.pair_readout(kernels, readout, state.messages, a_at, b_at, scales, products,
-                                 buffer, table_at, beliefs, entry_at, order, total)
+                                 buffer, table_at, beliefs, entry_at, order, total,
+                                 streamed=buffer.nbytes >= _STREAM_TABLE_BYTES)
         if not in_rows:
             self._low_pair_beliefs(state, group, total, self._view(beliefs, group))
             return None, None, total
