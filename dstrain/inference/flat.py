@@ -355,6 +355,8 @@ class FlatBP:
             else np.zeros(0, np.int64)
         compact = np.full(batch.num_potentials, -1, dtype=np.int64)
         compact[self._readout_entries] = np.arange(len(self._readout_entries))
+        self._inner_rows = [self._inner_plan(c, compact, blocks) if c.childless else None
+                            for c in batch.colours]
         self._compact_parent = compact[batch.parent_entry]          # generic parents: never fast
         self._compact_child = compact[batch.message_child_entry]    # children: never fast pairs
         # each pair group's potential entries as one flat index (faster to gather and scatter than
@@ -392,6 +394,22 @@ class FlatBP:
         for child, parent in batch.belief_levels:
             entries, position = np.unique(child, return_inverse=True)
             self._levels.append((entries, position, parent))
+
+    @staticmethod
+    def _inner_plan(colour, compact, blocks):
+        """(block, rows) if a childless colour's region entries are whole rows of one read-out
+        block (then start takes them from the read-out's copy of the potentials, a row at a
+        time, instead of an index per entry from the potentials), else None."""
+        q, first = compact[colour.region_entries], 0
+        for b, entries in enumerate(blocks):
+            rows, n = entries.shape
+            if len(q) and n and len(q) % n == 0 and first <= q.min() and q.max() < first + rows * n:
+                by_row = q.reshape(-1, n)
+                row = (by_row[:, 0] - first) // n
+                if np.array_equal(by_row, first + row[:, None] * n + np.arange(n)):
+                    return b, row
+            first += entries.size
+        return None
 
     def _last_update(self, group: int):
         """Where a sweep updates each pair of pair group `group` last (the edge of its endpoint
@@ -617,7 +635,10 @@ class FlatBP:
             inner = [source[where] if where is not None else None for where in sharing.inner_source]
         else:
             readout = theta[self._readout_entries]
-            inner = [theta[c.region_entries] if c.childless else None for c in b.colours]
+            inner = [None if not c.childless else theta[c.region_entries] if rows is None
+                     else np.take(readout[self._blocks[rows[0]][0]].reshape(
+                         self._blocks[rows[0]][1]), rows[1], axis=0).ravel()
+                     for c, rows in zip(b.colours, self._inner_rows)]
         if warm and len(lam):   # shift every message to max 0: the dual is unchanged
             starts, edge_of_entry = self._message_edges
             lam -= np.maximum.reduceat(lam, starts)[edge_of_entry]
