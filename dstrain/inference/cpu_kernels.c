@@ -46,6 +46,18 @@ static double row_top(const double *x, int64_t n) {
     return top;
 }
 
+// row_top for short rows, inline: one pass, the NaN check beside a plain max (the same result:
+// NaN-free, the largest is the largest, but for which zero where +0 and -0 tie)
+static inline __attribute__((always_inline)) double short_row_top(const double *x, int64_t n) {
+    double top = x[0];
+    int nan = x[0] != x[0];
+    for (int64_t j = 1; j < n; ++j) {
+        nan |= x[j] != x[j];
+        top = x[j] > top ? x[j] : top;
+    }
+    return nan ? row_top(x, n) : top;
+}
+
 // exp((x - shift) * factor), or with `divide` exp((x - shift) / factor), of n entries of x into
 // y, and expm1, log1p and log of n entries in place.  libmvec's vector functions (glibc's, one
 // per instruction set) may differ from the scalar ones in the last bits, so a vectorised loop's
@@ -402,13 +414,15 @@ CLONED void row_softmax(const double *restrict values, int64_t rows, int64_t n,
 // runs of its child messages' n entries, in np.bincount's order: its bits; region_values adds
 // f and an empty sum of parents first, f + 0 is f); then row_softmax's beliefs, written to
 // beliefs + belief_at[r] + j, and its log partitions.  A chunk of rows at a time, one run of
-// exps and one of logs each.  work: chunk (n + 2) entries.
-CLONED void region_readout(const double *restrict readout, int64_t rows, int64_t n,
-                           const int64_t *restrict start, const int64_t *restrict run,
-                           const double *restrict lam, const double *restrict scale,
-                           double *restrict beliefs, const int64_t *restrict belief_at,
-                           double *restrict log_partition, int64_t chunk,
-                           double *restrict work) {
+// exps and one of logs each; region sizes up to 8 take a copy of the loops with n fixed, unrolled
+// (through the general loops a grid's rows of 5 spent most of their time setting loops up).
+// work: chunk (n + 2) entries.
+static inline __attribute__((always_inline)) void region_rows(
+        const double *restrict readout, int64_t rows, const int64_t n,
+        const int64_t *restrict start, const int64_t *restrict run, const double *restrict lam,
+        const double *restrict scale, double *restrict beliefs,
+        const int64_t *restrict belief_at, double *restrict log_partition, int64_t chunk,
+        double *restrict work) {
     double *restrict z = work, *restrict peak = work + chunk * n, *restrict sums = peak + chunk;
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
         const int64_t count = rows - r0 < chunk ? rows - r0 : chunk;
@@ -425,7 +439,7 @@ CLONED void region_readout(const double *restrict readout, int64_t rows, int64_t
                 for (int64_t j = 0; j < n; ++j) x[j] = (f[j] - x[j]) / scale[r];
             else
                 for (int64_t j = 0; j < n; ++j) x[j] = f[j] - x[j];
-            const double top = row_top(x, n);
+            const double top = n <= 8 ? short_row_top(x, n) : row_top(x, n);
             for (int64_t j = 0; j < n; ++j) x[j] -= top;
             peak[i] = top;
         }
@@ -442,6 +456,27 @@ CLONED void region_readout(const double *restrict readout, int64_t rows, int64_t
         for (int64_t i = 0; i < count; ++i)
             log_partition[r0 + i] = (scale ? scale[r0 + i] : 1.0) * (peak[i] + sums[i]);
     }
+}
+
+CLONED void region_readout(const double *restrict readout, int64_t rows, int64_t n,
+                           const int64_t *restrict start, const int64_t *restrict run,
+                           const double *restrict lam, const double *restrict scale,
+                           double *restrict beliefs, const int64_t *restrict belief_at,
+                           double *restrict log_partition, int64_t chunk,
+                           double *restrict work) {
+#define REGION_ROWS(size) region_rows(readout, rows, size, start, run, lam, scale, beliefs, \
+                                      belief_at, log_partition, chunk, work)
+    switch (n) {
+        case 2: REGION_ROWS(2); break;
+        case 3: REGION_ROWS(3); break;
+        case 4: REGION_ROWS(4); break;
+        case 5: REGION_ROWS(5); break;
+        case 6: REGION_ROWS(6); break;
+        case 7: REGION_ROWS(7); break;
+        case 8: REGION_ROWS(8); break;
+        default: REGION_ROWS(n);
+    }
+#undef REGION_ROWS
 }
 
 // the read-out of a pair group from the last sweep's products, one pass a chunk of pairs at a
