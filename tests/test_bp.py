@@ -755,9 +755,15 @@ def test_the_fused_pair_read_out_equals_its_three_kernels_bit_for_bit(monkeypatc
                [RegionGraph([4] * 5, [(i,) for i in range(5)] + [(i, i + 1) for i in range(4)],
                             counting_numbers=counting, eps=0.7)] * 5,
                [chain(int(n), 6) for n in rng.integers(2, 9, 12)]]
+    _fused_pass_equals_its_calls(monkeypatch, FlatBP, "_fused_pair_readout", batches, rng)
+
+
+def _fused_pass_equals_its_calls(monkeypatch, cls, name, batches, rng):
+    """A run's beliefs and dual with cls.name (a fused read-out pass) equal, bit for bit, those
+    with it returning None (the calls it replaces), on every batch, and the pass ran on each."""
     calls = []
-    fused = FlatBP._fused_pair_readout
-    monkeypatch.setattr(FlatBP, "_fused_pair_readout", lambda self, *a: (
+    fused = getattr(cls, name)
+    monkeypatch.setattr(cls, name, lambda self, *a: (
         lambda out: calls.append(out is not None) or out)(fused(self, *a)))
     for graphs in batches:
         batch = GraphBatch(graphs)
@@ -767,7 +773,7 @@ def test_the_fused_pair_read_out_equals_its_three_kernels_bit_for_bit(monkeypatc
         one = ConvexBP(batch, threads=1).run(potentials, messages, max_sweeps=3, tol=0.0)
         assert any(calls[before:])   # (the fused pass ran)
         with monkeypatch.context() as m:
-            m.setattr(FlatBP, "_fused_pair_readout", lambda self, *a: None)
+            m.setattr(cls, name, lambda self, *a: None)
             other = ConvexBP(batch, threads=1).run(potentials, messages, max_sweeps=3, tol=0.0)
         np.testing.assert_array_equal(one.beliefs, other.beliefs)
         np.testing.assert_array_equal(one.dual, other.dual)
@@ -785,24 +791,8 @@ def test_the_fused_region_read_out_equals_region_values_and_softmax_bit_for_bit(
     triples = RegionGraph([3] * 5, [(i,) for i in range(5)] + [(i, i + 1) for i in range(4)]
                           + [(i, i + 1, i + 2) for i in range(3)], eps=0.8)
     assert FlatBP(GraphBatch([triples] * 2))._region_readout is None
-    batches = _kernel_batches(rng)[3:]
-    calls = []
-    fused = FlatBP._fused_region_readout
-    monkeypatch.setattr(FlatBP, "_fused_region_readout", lambda self, *a: (
-        lambda out: calls.append(out is not None) or out)(fused(self, *a)))
-    for graphs in batches:
-        batch = GraphBatch(graphs)
-        potentials = rng.normal(scale=3.0, size=batch.num_potentials)
-        messages = rng.normal(size=batch.num_messages)
-        before = len(calls)
-        one = ConvexBP(batch, threads=1).run(potentials, messages, max_sweeps=3, tol=0.0)
-        assert any(calls[before:])   # (the fused pass ran)
-        with monkeypatch.context() as m:
-            m.setattr(FlatBP, "_fused_region_readout", lambda self, *a: None)
-            other = ConvexBP(batch, threads=1).run(potentials, messages, max_sweeps=3, tol=0.0)
-        np.testing.assert_array_equal(one.beliefs, other.beliefs)
-        np.testing.assert_array_equal(one.dual, other.dual)
-        assert np.isfinite(one.beliefs).all()
+    _fused_pass_equals_its_calls(monkeypatch, FlatBP, "_fused_region_readout",
+                                 _kernel_batches(rng)[3:], rng)
 
 
 def test_streamed_exp_tables_and_beliefs_give_the_same_bits(monkeypatch):
