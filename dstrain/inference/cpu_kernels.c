@@ -137,9 +137,9 @@ VECTOR_RUNS("sse2", __m128d, 2, _mm_loadu_pd, _mm_storeu_pd, _mm_set1_pd, _mm_su
 
 #if VECTOR_MATH
 // exp_8 writing y with streaming (non-temporal) stores where a vector fills a cache line: for
-// exp tables larger than the cache, which a sweep reads back from memory either way, the lines
-// are not first read in for the write (a third of the start's memory traffic).  The same vector
-// function for every entry (the head through a masked store, the tail by exp_8): exp_8's bits.
+// exp tables larger than the cache, the lines are not first read in for the write.  The same
+// vector function for every entry (the head through a masked store, the tail by exp_8): exp_8's
+// bits.
 __attribute__((target("avx512f"))) static void exp_8_streamed(const double *x, double *y,
                                                             int64_t n, double shift,
                                                             double factor, int divide) {

@@ -59,10 +59,10 @@ _SLOT_BLOCK_ENTRIES = 1 << 19
 # [-_SHIFT_BELOW, _SHIFT_ABOVE], else exp((f_p - max f_p) / (eps c_p)) (FlatBP._view_tables)
 _SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
 # a range's exp tables of at least this many bytes, and then its fast pairs' beliefs, are written
-# with streaming stores (cpu_kernels.pair_tables, pair_readout): larger than a core's share of
-# the cache, they are read back from memory either way, by the sweeps and by the caller (an A/B
-# of 1000 words or chains on two threads: start and read-out faster, sweeps and a read of the
-# beliefs after the run not slower; a 20-grid batch's 8 MB: no gain)
+# with streaming stores (cpu_kernels.pair_tables, pair_readout: _streamed), which skip reading a
+# line in before overwriting it; arrays this large do not stay in a core's share of the cache
+# anyway (an A/B of 1000 words or chains on two threads: start and read-out faster, the sweeps
+# and a read of the beliefs after the run not slower; a 20-grid batch's 8 MB: no gain)
 _STREAM_TABLE_BYTES = 8 << 20
 
 # rows of a sliding window are copied faster than entries are scattered from this length
@@ -71,6 +71,12 @@ _WINDOW_ROW = 16
 
 _exp, _log = np.exp, np.log
 _NONE = np.zeros(0, dtype=np.int64)
+
+
+def _streamed(tables: np.ndarray) -> bool:
+    """Whether a pair group's exp tables (and then its beliefs) are written with streaming
+    stores (_STREAM_TABLE_BYTES)."""
+    return tables.nbytes >= _STREAM_TABLE_BYTES
 
 
 class Workspace:
@@ -355,8 +361,6 @@ class FlatBP:
             else np.zeros(0, np.int64)
         compact = np.full(batch.num_potentials, -1, dtype=np.int64)
         compact[self._readout_entries] = np.arange(len(self._readout_entries))
-        self._inner_rows = [self._inner_plan(c, compact, blocks) if c.childless else None
-                            for c in batch.colours]
         self._compact_parent = compact[batch.parent_entry]          # generic parents: never fast
         self._compact_child = compact[batch.message_child_entry]    # children: never fast pairs
         # each pair group's potential entries as one flat index (faster to gather and scatter than
@@ -368,6 +372,8 @@ class FlatBP:
         for e in blocks:
             self._blocks.append((slice(start, start + e.size), e.shape))
             start += e.size
+        self._inner_rows = [self._inner_plan(c, compact) if c.childless else None
+                            for c in batch.colours]
         # one-template batches: each pair group as (first entry, pairs per sample) of a view
         self._pair_views = [self._pair_view(g) if self.uniform else None for g in batch.pair_groups]
         self._stored = [None if view is not None else self._storage(i)
@@ -395,21 +401,33 @@ class FlatBP:
             entries, position = np.unique(child, return_inverse=True)
             self._levels.append((entries, position, parent))
 
-    @staticmethod
-    def _inner_plan(colour, compact, blocks):
-        """(block, rows) if a childless colour's region entries are whole rows of one read-out
-        block (then start takes them from the read-out's copy of the potentials, a row at a
-        time, instead of an index per entry from the potentials), else None."""
-        q, first = compact[colour.region_entries], 0
-        for b, entries in enumerate(blocks):
-            rows, n = entries.shape
-            if len(q) and n and len(q) % n == 0 and first <= q.min() and q.max() < first + rows * n:
+    def _inner_plan(self, colour, compact):
+        """(a read-out block's slice and shape, rows of it) if a childless colour's region
+        entries are whole rows of that block (then start takes them from the read-out's copy of
+        the potentials, a row at a time: _inner_potentials), else None."""
+        q = compact[colour.region_entries]
+        for where, (rows, n) in self._blocks:
+            first = where.start
+            if len(q) and n and len(q) % n == 0 and first <= q.min() and q.max() < where.stop:
                 by_row = q.reshape(-1, n)
                 row = (by_row[:, 0] - first) // n
                 if np.array_equal(by_row, first + row[:, None] * n + np.arange(n)):
-                    return b, row
-            first += entries.size
+                    return where, (rows, n), row
         return None
+
+    def _inner_potentials(self, theta: np.ndarray, readout: np.ndarray) -> list:
+        """Each childless colour's f at its region entries (None for the others), from the
+        read-out's copy `readout` where _inner_plan found its rows, else from theta."""
+        out = []
+        for c, plan in zip(self.batch.colours, self._inner_rows):
+            if not c.childless:
+                out.append(None)
+            elif plan is None:
+                out.append(theta[c.region_entries])
+            else:
+                where, shape, rows = plan
+                out.append(np.take(readout[where].reshape(shape), rows, axis=0).ravel())
+        return out
 
     def _last_update(self, group: int):
         """Where a sweep updates each pair of pair group `group` last (the edge of its endpoint
@@ -635,10 +653,7 @@ class FlatBP:
             inner = [source[where] if where is not None else None for where in sharing.inner_source]
         else:
             readout = theta[self._readout_entries]
-            inner = [None if not c.childless else theta[c.region_entries] if rows is None
-                     else np.take(readout[self._blocks[rows[0]][0]].reshape(
-                         self._blocks[rows[0]][1]), rows[1], axis=0).ravel()
-                     for c, rows in zip(b.colours, self._inner_rows)]
+            inner = self._inner_potentials(theta, readout)
         if warm and len(lam):   # shift every message to max 0: the dual is unchanged
             starts, edge_of_entry = self._message_edges
             lam -= np.maximum.reduceat(lam, starts)[edge_of_entry]
@@ -746,8 +761,7 @@ class FlatBP:
             scale = np.ascontiguousarray(g.scale)
             cpu_kernels.pair_tables(kernels, theta, entry_at, buffer, table_at, size, scale,
                                     unit or bool(np.all(scale == scale[:1])), top.reshape(-1),
-                                    _SHIFT_ABOVE, _SHIFT_BELOW, order,
-                                    streamed=buffer.nbytes >= _STREAM_TABLE_BYTES)
+                                    _SHIFT_ABOVE, _SHIFT_BELOW, order, streamed=_streamed(buffer))
             return PairTable(table, top.ravel())
         if by_slot:
             work = workspace.get(("pairs block", group), (min(step, samples), per, size))
@@ -808,7 +822,7 @@ class FlatBP:
             buffer, table_at, entry_at, order = self._kernel_offsets(group, table)
             cpu_kernels.pair_tables(kernels, theta, entry_at, buffer, table_at, size, scale, unit,
                                     top, _SHIFT_ABOVE, _SHIFT_BELOW, order,
-                                    streamed=buffer.nbytes >= _STREAM_TABLE_BYTES)
+                                    streamed=_streamed(buffer))
             return PairTable(table, top, row, stored)
         step = max(1, _BLOCK_ENTRIES // size)
         for s in range(0, len(stored), step):
@@ -1192,15 +1206,11 @@ class FlatBP:
         total = np.empty(len(g.entries))
         cpu_kernels.pair_readout(kernels, readout, state.messages, a_at, b_at, scales, products,
                                  buffer, table_at, beliefs, entry_at, order, total,
-                                 streamed=buffer.nbytes >= _STREAM_TABLE_BYTES)
-        if not in_rows:
+                                 streamed=_streamed(buffer))
+        if in_rows:
+            self._low_row_beliefs(state, group, np.flatnonzero(total < _UNDERFLOW), beliefs)
+        else:
             self._low_pair_beliefs(state, group, total, self._view(beliefs, group))
-            return None, None, total
-        low = np.flatnonzero(total < _UNDERFLOW)   # (rows: each one's pair is pt.stored[row])
-        if len(low):
-            size = g.entries.shape[1]
-            _window_rows(beliefs, size)[entry_at[low]] = self._exact_pair_beliefs(
-                state, group, pt.stored[low]).reshape(len(low), size)
         return None, None, total
 
     def _readout_plan(self, group: int):
@@ -1446,10 +1456,7 @@ class FlatBP:
                 buffer, table_at, entry_at, order = self._kernel_offsets(group, pt.table)
                 cpu_kernels.pair_beliefs(kernels, buffer, table_at, beliefs, entry_at,
                                          *pt.table.shape[1:], w_a, w_b, total, order)
-                if len(low):
-                    size = pt.table[0].size
-                    _window_rows(beliefs, size)[entry_at[low]] = self._exact_pair_beliefs(
-                        state, group, pt.stored[low]).reshape(len(low), size)
+                self._low_row_beliefs(state, group, low, beliefs)
                 continue
             # block by block in the cache, each row then into its pair's consecutive entries:
             # rows of a sliding window over the beliefs (a copy per pair, no index per entry)
@@ -1463,9 +1470,7 @@ class FlatBP:
                 mine = block[:len(first[rows])]
                 _scale_tables(pt.table[None, rows], a[None, rows], w_b[None, rows], mine[None])
                 windows[first[rows]] = mine.reshape(len(mine), size)
-            if len(low):
-                windows[first[low]] = self._exact_pair_beliefs(
-                    state, group, pt.stored[low]).reshape(len(low), size)
+            self._low_row_beliefs(state, group, low, beliefs)
         for entries, position, parent in self._levels:
             beliefs[entries] = np.bincount(position, beliefs[parent], len(entries))
         return beliefs
@@ -1519,6 +1524,14 @@ class FlatBP:
                 _scale_tables(block, a, w_b_block, out[s:s + step], work[:len(block)])
         self._low_pair_beliefs(state, group, sums, out)
         return sums
+
+    def _low_row_beliefs(self, state: FlatState, group: int, low, beliefs):
+        """The beliefs of the rows `low` of a group in _storage's rows (their sums underflowed),
+        from their fhat, into the batch's `beliefs` (a row per pair: its entries are a run)."""
+        if len(low):
+            first, size = self._stored[group][2], self.batch.pair_groups[group].entries.shape[1]
+            _window_rows(beliefs, size)[first[low]] = self._exact_pair_beliefs(
+                state, group, state.pair_tables[group].stored[low]).reshape(len(low), size)
 
     def _low_pair_beliefs(self, state: FlatState, group: int, total, out):
         """The beliefs of the pairs whose sum underflowed, from their fhat, into the view `out`."""
