@@ -846,7 +846,7 @@ def test_the_colour_update_kernel_equals_numpys_update_bit_for_bit(monkeypatch):
                     theta[batch.colours[k].region_entries[1]] = np.nan
                 out = []
                 for kernel in (True, False):
-                    state = engine.start(theta, lam.copy(), warm=True)
+                    state = engine.start(theta, np.empty_like(lam), lam)
                     if not kernel:
                         monkeypatch.setattr(engine, "_colour_update", lambda k: None)
                     change = engine.update_colour(state, k)

@@ -215,7 +215,7 @@ class ConvexBP:
                              f"for this batch{' (its source)' if sharing else ''}, "
                              f"got shape {theta.shape}")
         if messages is not None:
-            messages = np.asarray(messages, dtype=np.float64)
+            messages = np.ascontiguousarray(messages, dtype=np.float64)
             if messages.shape != (b.num_messages,):
                 raise ValueError(f"messages: expected {b.num_messages} entries for this batch, "
                                  f"got shape {messages.shape}")
@@ -227,20 +227,17 @@ class ConvexBP:
 
     @staticmethod
     def _part_start(part: _Part, i: int, theta, lam, messages, sweeps, sharing, reuse=False):
-        """(the range's engine, its state), the range's part of `lam` filled first (zeros, or
-        `messages`: warm); `reuse`: the state may take the engine's Workspace."""
-        mine = lam[part.m0:part.m1]   # (filled in the range's own thread)
-        if messages is None:
-            mine.fill(0.0)
-        else:
-            np.copyto(mine, messages[part.m0:part.m1])
-        warm = messages is not None
+        """(the range's engine, its state): the engine fills the range's part of `lam` as it
+        needs it (in the range's own thread), from `messages` or zeros; `reuse`: the state may
+        take the engine's Workspace."""
+        mine = lam[part.m0:part.m1]
+        given = None if messages is None else messages[part.m0:part.m1]
         engine = part.engine(sharing)
         extra = {"workspace": engine.workspace} if reuse else {}
         if sharing is None:
-            return engine, engine.start(theta[part.p0:part.p1], mine, warm, sweeps, **extra)
+            return engine, engine.start(theta[part.p0:part.p1], mine, given, sweeps, **extra)
         shared = sharing if sharing.parts is None else sharing.parts[i]
-        return engine, engine.start(theta, mine, warm, sweeps, shared, **extra)
+        return engine, engine.start(theta, mine, given, sweeps, shared, **extra)
 
     def start(self, potentials, messages=None, sweeps: int | None = None,
               sharing: PairSharing | None = None) -> BPState:

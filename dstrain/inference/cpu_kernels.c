@@ -584,6 +584,10 @@ CLONED double colour_update(const double *restrict mu, const int64_t *restrict q
 // i's positions, summed from 0 in the pairs' order.  Each sample's potentials are a row of
 // row_length entries: 2 V unaries, then 4 per pair.  work: 4 chunk width entries.  Returns the
 // largest |w| of the samples (NaN ignored).
+// pairs ahead whose output rows dense_start prefetches for writing: each row is a short run at
+// its own place, which the hardware prefetcher does not follow; with cold lines (the arrays
+// untouched since the last run) the stores would wait for each line in turn
+#define WRITE_AHEAD 4
 CLONED double dense_start(const double *restrict potentials, int64_t samples,
                           int64_t row_length, int64_t width, int64_t V, int64_t P,
                           const int64_t *restrict at_u, const int64_t *restrict at_v,
@@ -631,6 +635,14 @@ CLONED double dense_start(const double *restrict potentials, int64_t samples,
             double *restrict h_u = H + at_u[p] * width, *restrict h_v = H + at_v[p] * width;
             double *restrict acc_u = inner + (at_u[p] / V) * width;
             double *restrict acc_v = inner + (at_v[p] / V) * width;
+            if (p + WRITE_AHEAD < P) {
+                const int64_t n = p + WRITE_AHEAD;
+                double *rows[6] = {w + n * width, E + n * width, minus_k + at_u[n] * width,
+                                   minus_k + at_v[n] * width, H + at_u[n] * width,
+                                   H + at_v[n] * width};
+                for (int r = 0; r < 6; ++r)
+                    for (int64_t s = 0; s < width; s += 8) __builtin_prefetch(rows[r] + s, 1);
+            }
             for (int64_t s = 0; s < width; ++s) {
                 double x = f10[q + s] + f01[q + s];
                 x -= f00[q + s];

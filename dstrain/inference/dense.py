@@ -228,13 +228,15 @@ class DenseBP:
         self.workspace = Workspace()   # ConvexBP.run's
 
     # --- state ----------------------------------------------------------------------------
-    def start(self, theta: np.ndarray, lam: np.ndarray, warm: bool, sweeps=None,
+    def start(self, theta: np.ndarray, lam: np.ndarray, given: np.ndarray | None, sweeps=None,
               sharing=None, workspace=FRESH) -> DenseState:
-        """The state of a run (see FlatBP.start); pairs' and unaries' f read from `theta`."""
+        """The state of a run (see FlatBP.start); pairs' and unaries' f read from `theta`, the
+        `given` messages (or zeros) into the gaps.  `lam` is written only when the messages
+        are read (DenseState.messages): nothing reads it before."""
         plan, S = self.plan, self.samples
         V, P = plan.V, plan.P
         rows = theta.reshape(S, plan.num_potentials)
-        messages = lam.reshape(S, -1, 2) if warm and lam.size else None
+        messages = given.reshape(S, -1, 2) if given is not None and given.size else None
         width = max(S, 2)
         pair_rows = workspace.get("rows", (2, P + 1, width))   # w, expm1(|w|)
         minus_k = workspace.get("minus_k", (V * V, width))

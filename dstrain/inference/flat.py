@@ -635,13 +635,15 @@ class FlatBP:
                            [(in_rest(child), in_rest(parent)) for child, parent in b.belief_levels])
 
     # --- state ----------------------------------------------------------------------------
-    def start(self, theta: np.ndarray, lam: np.ndarray, warm: bool, sweeps: int | None = None,
-              sharing: PairSharing | None = None, workspace=FRESH) -> FlatState:
+    def start(self, theta: np.ndarray, lam: np.ndarray, given: np.ndarray | None,
+              sweeps: int | None = None, sharing: PairSharing | None = None,
+              workspace=FRESH) -> FlatState:
         """The state a run sweeps on (inputs checked by ConvexBP): `theta` the batch's potentials
         (float64), or with `sharing` (from ``self.sharing``) the source vector it indexes; `lam`
-        the (M,) messages, normalised in place to max 0 per edge if `warm`, then kept by the state;
-        `sweeps`: how many will run, if known (unused); `workspace`: where the per-run arrays
-        come from (a Workspace only where the previous state is done with)."""
+        the (M,) array the state keeps its messages in, filled here with the `given` messages
+        (a warm start; normalised to max 0 per edge) or zeros; `sweeps`: how many will run, if
+        known (unused); `workspace`: where the per-run arrays come from (a Workspace only where
+        the previous state is done with)."""
         b = self.batch
         source = None
         if sharing is not None:
@@ -654,6 +656,11 @@ class FlatBP:
         else:
             readout = theta[self._readout_entries]
             inner = self._inner_potentials(theta, readout)
+        warm = given is not None
+        if warm:
+            np.copyto(lam, given)
+        else:
+            lam.fill(0.0)
         if warm and len(lam):   # shift every message to max 0: the dual is unchanged
             starts, edge_of_entry = self._message_edges
             lam -= np.maximum.reduceat(lam, starts)[edge_of_entry]
