@@ -1366,7 +1366,7 @@ class FlatBP:
         values = self.region_values(state) if values is None else values
         sums = self.pair_sums(state) if sums is None else sums
         softmax = self.region_softmax(values) if softmax is None else softmax
-        kinds, samples = self._dual_plan
+        kinds, runs = self._dual_plan
         per_region = []
         for (scale, every, zero, negative), block, (direct, _, log_partition) in zip(
                 kinds, values, softmax):
@@ -1385,24 +1385,44 @@ class FlatBP:
             if pt.stored is not None:   # (sums in the tables' row order)
                 total = _spread(total, pt.stored)
             with np.errstate(divide="ignore"):
-                logs = _log(total)
-            out = pt.pair_top() + (logs if self._unit_scale[group] else g.scale * logs)
+                out = _log(total)
+            if not self._unit_scale[group]:
+                out *= g.scale
+            out += pt.pair_top()
             low = np.flatnonzero(total < _UNDERFLOW)
             if len(low):
                 flat = self._pair_fhat(state, group, low).reshape(len(low), -1)
                 out[low] = _log_sum_exp(flat, g.scale[low, None], axis=1)
             per_region.append(out)
-        return np.bincount(samples, np.concatenate(per_region), self.batch.num_samples)
+        # each array's sums per run, then the arrays in turn: a sample's bits do not depend
+        # on which other samples the batch (or the range) holds
+        dual = np.zeros(self.batch.num_samples)
+        for terms, (starts, owners) in zip(per_region, runs):
+            if len(terms):
+                sums = np.add.reduceat(terms, starts)
+                if owners is None:
+                    dual += sums
+                else:
+                    np.add.at(dual, owners, sums)
+        return dual
 
     @functools.cached_property
     def _dual_plan(self):
         """Per regions_by_size block (its scales, all of them > 0, the rows with eps c_r = 0 and
-        < 0), and the sample of every dual term in the order dual() lists them."""
+        < 0); and per array of dual terms in the order dual() lists them (the blocks', then the
+        pair groups'), where each sample's run of terms starts and whose it is (None: every
+        sample's, in order).  A sample's terms in an array are one run: the batch tiles each
+        template's regions sample by sample."""
         kinds = [(scale, bool(np.all(scale > 0)), np.flatnonzero(scale == 0),
                   np.flatnonzero(scale < 0)) for _, scale, _ in self.batch.regions_by_size]
-        samples = [sample for _, _, sample in self.batch.regions_by_size] \
-            + [g.sample for g in self.batch.pair_groups]
-        return kinds, np.concatenate(samples) if samples else np.zeros(0, np.int64)
+        runs = []
+        for sample in [sample for _, _, sample in self.batch.regions_by_size] \
+                + [g.sample for g in self.batch.pair_groups]:
+            starts = np.flatnonzero(np.diff(sample, prepend=-1))
+            owners = sample[starts]
+            runs.append((starts, None if np.array_equal(owners, np.arange(
+                self.batch.num_samples)) else owners))
+        return kinds, runs
 
     def _exact_pair_beliefs(self, state: FlatState, group: int, pairs: np.ndarray) -> np.ndarray:
         """Beliefs of some fast pairs from their fhat: the path for sums that underflowed."""
