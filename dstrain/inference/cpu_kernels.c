@@ -749,14 +749,20 @@ CLONED double dense_sweep(double *restrict H, const double *restrict w,
 // e^-w (from E = expm1(|w|): 1 + E where w < 0, else 1 / (1 + E)), e^h_v, e^h_u (h over s) and
 // their product, total their sum; beliefs (the samples' rows of `belief_row` entries, a pair's
 // four from 4 p), if given, = terms * (1 / total); log_sum (width) += the sum over each block of
-// `block` pairs of s log(total).  work: 5 chunk width + width entries.  Returns 1, having
-// stopped, if some total is not finite (then the peaked read-out is needed).
+// `block` pairs of s log(total).  With `unaries` (the same rows' unary beliefs, unary i's two
+// from 2 i), the unaries whose beliefs are marginalised from a pair get them as its beliefs
+// are written: source_u[p] (or -1) is the unary that sums pair p's over y_v (b_00 + b_01, b_10 +
+// b_11), source_v[p] the one that sums them over y_u (b_00 + b_10, b_01 + b_11).  work: 5 chunk
+// width + width entries.  Returns 1, having stopped, if some total is not finite (then the
+// peaked read-out is needed).
 CLONED int dense_pairs(const double *restrict H, const double *restrict w,
                        const double *restrict E, int64_t samples, int64_t width, int64_t P,
                        const int64_t *restrict at_u, const int64_t *restrict at_v,
                        const double *restrict inverse, const double *restrict scale,
-                       double *restrict beliefs, int64_t belief_row, double *restrict log_sum,
-                       int64_t block, int64_t chunk, double *restrict work) {
+                       double *restrict beliefs, int64_t belief_row, double *restrict unaries,
+                       const int64_t *restrict source_u, const int64_t *restrict source_v,
+                       double *restrict log_sum, int64_t block, int64_t chunk,
+                       double *restrict work) {
     double *restrict block_sums = work + 5 * chunk * width;
     for (int64_t p0 = 0; p0 < P; p0 += chunk) {
         const int64_t p1 = p0 + chunk < P ? p0 + chunk : P, m = (p1 - p0) * width;
@@ -798,6 +804,13 @@ CLONED int dense_pairs(const double *restrict H, const double *restrict w,
                     const int64_t k = q * width + s;
                     out[4 * q] = z0[k], out[4 * q + 1] = z1[k];
                     out[4 * q + 2] = z2[k], out[4 * q + 3] = z3[k];
+                }
+                if (!unaries) continue;
+                double *restrict mine = unaries + s * belief_row;
+                for (int64_t q = 0; q < p1 - p0; ++q) {
+                    const int64_t k = q * width + s, a = source_u[p0 + q], b = source_v[p0 + q];
+                    if (a >= 0) mine[2 * a] = z0[k] + z1[k], mine[2 * a + 1] = z2[k] + z3[k];
+                    if (b >= 0) mine[2 * b] = z0[k] + z2[k], mine[2 * b + 1] = z1[k] + z3[k];
                 }
             }
         }

@@ -39,7 +39,8 @@ _SIGNATURES = {
     "dense_start": [_P, _I, _I, _I, _I, _I, _P, _P, _P, _I, _P, _P, _P, _I, _P, _P, _P, _P, _P,
                     _P, _I, _P],
     "dense_sweep": [_P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _P, _I, ctypes.c_int, _P],
-    "dense_pairs": [_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _I, _I, _P],
+    "dense_pairs": [_P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _P, _I, _P, _P, _P, _P, _I, _I,
+                    _P],
     "dense_unaries": [_P, _P, _P, _I, _I, _I, _I, _P, _P, _I, _P, _P],
     "dense_messages": [_P, _P, _I, _I, _P, _I, _P, _I, _P],
 }
@@ -386,12 +387,13 @@ def colour_update(kernels, plan: ColourUpdate, mu, inner, lam, change: bool) -> 
         _buffer(lam, "lam", plan.messages, 1), int(change), work.ctypes.data)
 
 
-def _positions(positions: np.ndarray, limit: int, name: str) -> int:
-    """The address of int64 `positions`, each in [0, limit) (checked: the kernels index by them)."""
+def _positions(positions: np.ndarray, limit: int, name: str, lowest: int = 0) -> int:
+    """The address of int64 `positions`, each in [lowest, limit) (checked: the kernels index by
+    them; -1, where allowed, stands for none)."""
     if positions.dtype != np.int64 or not positions.flags.c_contiguous:
         raise ValueError(f"{name}: expected contiguous int64 positions")
-    if len(positions) and (positions.min() < 0 or positions.max() >= limit):
-        raise ValueError(f"{name}: positions outside [0, {limit})")
+    if len(positions) and (positions.min() < lowest or positions.max() >= limit):
+        raise ValueError(f"{name}: positions outside [{lowest}, {limit})")
     return positions.ctypes.data
 
 
@@ -448,11 +450,13 @@ def dense_sweep(kernels, plan, state, variables, change: bool, work) -> float:
         len(variables), int(change), _buffer(work, "work", 2 * V + 1, width))
 
 
-def dense_pairs(kernels, plan, state, samples: int, beliefs, log_sum, block: int) -> bool:
+def dense_pairs(kernels, plan, state, samples: int, beliefs, log_sum, block: int,
+                unaries=None) -> bool:
     """DenseBP._pairs from `state`'s shifted gaps H, w and E = expm1(|w|): the pairs' beliefs
     into `beliefs` (samples rows; a pair's four entries from 4 p of a row), if given, and
     log_sum (width,) += the pairs' s log(total), summed `block` pairs at a time; False if a
-    total was not finite."""
+    total was not finite.  With `unaries` (samples, 2 V, the same rows' unary beliefs) the
+    unaries whose beliefs come from a pair (plan.source_u, plan.source_v) are written too."""
     V, P = plan.V, plan.P
     width = log_sum.shape[0]
     _columns(samples, width, "dense_pairs")
@@ -463,6 +467,12 @@ def dense_pairs(kernels, plan, state, samples: int, beliefs, log_sum, block: int
             raise ValueError(f"dense_pairs: beliefs of shape {beliefs.shape} and strides "
                              f"{beliefs.strides}: expected ({samples}, {P}, 4) rows of pairs")
         row = beliefs.strides[0] // 8
+    if unaries is not None and (beliefs is None or unaries.dtype != np.float64
+                                or unaries.shape != (samples, 2 * V)
+                                or unaries.strides[1] != 8 or (
+                                    samples > 1 and unaries.strides[0] != beliefs.strides[0])):
+        raise ValueError(f"dense_pairs: unaries of shape {unaries.shape} and strides "
+                         f"{unaries.strides}: expected ({samples}, {2 * V}) in the beliefs' rows")
     address = None if beliefs is None else beliefs.ctypes.data
     chunk = _chunk(width)
     work = np.empty((5 * chunk + 1) * width)   # (held here: the kernel writes into it)
@@ -472,6 +482,8 @@ def dense_pairs(kernels, plan, state, samples: int, beliefs, log_sum, block: int
         _positions(plan.first, V * V, "at_u"), _positions(plan.second, V * V, "at_v"),
         None if plan.unit else _buffer(plan.inverse, "inverse", P, 1),
         None if plan.unit else _buffer(plan.scale, "scale", P, 1), address, row,
+        None if unaries is None else unaries.ctypes.data,
+        _positions(plan.source_u, V, "source_u", -1), _positions(plan.source_v, V, "source_v", -1),
         _buffer(log_sum, "log_sum", width, 1), block, chunk,
         _buffer(work, "work", 5 * chunk + 1, width))
     return not bad

@@ -104,6 +104,12 @@ class DensePlan:
                 sourced[graph.regions[p][0] != r].append((r, p - V))
         self.sourced = [tuple(np.array(column, np.int64) for column in zip(*side)) if side
                         else None for side in sourced]
+        # the same per pair: the unary each pair's beliefs sum to over y_v (source_u) and over
+        # y_u (source_v), -1 for none (what the compiled read-out takes)
+        self.source_u, self.source_v = np.full(P, -1, np.int64), np.full(P, -1, np.int64)
+        for into, side in zip((self.source_u, self.source_v), self.sourced):
+            if side is not None:
+                into[side[1]] = side[0]
         self.num_potentials = 2 * V + 4 * P
         self.num_messages = 2 * len(edges)
 
@@ -386,9 +392,11 @@ class DenseBP:
         return largest
 
     # --- read-outs ------------------------------------------------------------------------
-    def _pairs(self, state: DenseState, out=None):
+    def _pairs(self, state: DenseState, out=None, unaries=None):
         """Each pair's eps c_p log sum exp(fhat_p / (eps c_p)) less min(0, -g_u) + min(0, -g_v),
-        summed over the pairs, (S',), and into `out` (S, P, 4) if given the pairs' beliefs.
+        summed over the pairs, (S',), and into `out` (S, P, 4) if given the pairs' beliefs; with
+        `unaries` (S, 2 V, the same rows' unary beliefs) also the beliefs of the unaries that
+        sum a pair's (plan.sourced: those with eps c_i <= 0).
 
         fhat_p is f_p plus the max-0 messages (min(0, -g), min(0, g)) of its two variables;
         shifted by those constants it is f_p(y_u, y_v) + y_u g_u + y_v g_v, which is A_p + (-w,
@@ -404,7 +412,8 @@ class DenseBP:
         kernels = cpu_kernels.library()
         if kernels is not None:   # one pass over the pairs (cpu_kernels.c)
             log_sum = state.pair_constant.copy()
-            finite = cpu_kernels.dense_pairs(kernels, plan, state, S, out, log_sum, _BLOCK)
+            finite = cpu_kernels.dense_pairs(kernels, plan, state, S, out, log_sum, _BLOCK,
+                                             unaries)
             return log_sum if finite else None
         H = state.H.reshape(plan.V * plan.V, width)
         into = None if out is None else out.transpose(2, 1, 0)
@@ -435,7 +444,19 @@ class DenseBP:
             if not plan.unit:
                 total *= plan.scale[p0:p1, None]
             log_sum += total.sum(axis=0)
+        if unaries is not None:
+            self._sourced_beliefs(out, unaries)
         return log_sum
+
+    def _sourced_beliefs(self, out, unaries):
+        """The beliefs of the unaries with eps c_i <= 0 into `unaries` (S, 2 V) from their
+        pairs' beliefs `out` (S, P, 4): b_u sums over y_v, b_v over y_u."""
+        S, plan = self.samples, self.plan
+        mine = unaries.reshape(S, plan.V, 2)
+        table = out.reshape(S, plan.P, 2, 2)
+        for axis, sourced in zip((3, 2), plan.sourced):
+            if sourced is not None:
+                mine[:, sourced[0]] = table[:, sourced[1]].sum(axis=axis)
 
     def _peaked_pairs(self, state: DenseState, out=None):
         """_pairs by log sum exp with each pair's largest entry taken out (for extreme samples
@@ -503,13 +524,17 @@ class DenseBP:
         """(dual per sample, None, None); beliefs into `beliefs_out` if given."""
         plan, S = self.plan, self.samples
         V, P = plan.V, plan.P
-        out = None
+        out = unaries = None
         if beliefs_out is not None:
             rows = beliefs_out.reshape(S, plan.num_potentials)
             out = rows[:, 2 * V:].reshape(S, P, 4)
-        dual = self._pairs(state, out)
+            if any(side is not None for side in plan.sourced):
+                unaries = rows[:, :2 * V]
+        dual = self._pairs(state, out, unaries)
         if dual is None:
             dual = self._peaked_pairs(state, out)
+            if unaries is not None:
+                self._sourced_beliefs(out, unaries)
         kernels = cpu_kernels.library()
         if kernels is not None:   # (cpu_kernels.c)
             cpu_kernels.dense_unaries(kernels, plan, state.H.reshape(state.minus_k.shape),
@@ -517,12 +542,6 @@ class DenseBP:
                                       S, None if out is None else rows, dual)
         else:
             self._unaries(state, dual, None if out is None else rows)
-        if out is not None:   # the unaries with eps c_i <= 0: from a pair's beliefs
-            mine = rows[:, :2 * V].reshape(S, V, 2)
-            table = out.reshape(S, P, 2, 2)
-            for axis, sourced in zip((3, 2), plan.sourced):   # b_u sums over y_v, b_v over y_u
-                if sourced is not None:
-                    mine[:, sourced[0]] = table[:, sourced[1]].sum(axis=axis)
         return dual[:S], None, None
 
     def dual(self, state: DenseState) -> np.ndarray:
