@@ -576,6 +576,11 @@ CLONED double colour_update(const double *restrict mu, const int64_t *restrict q
 // Each number takes numpy's path's formula; the order of a few products and sums differs (the
 // unaries' beliefs multiply by 1 / total), which the tests hold to within 1e-10 relative.
 
+// pairs ahead whose output rows dense_start prefetches for writing: each row is a short run at
+// its own place, which the hardware prefetcher does not follow; with cold lines (the arrays
+// untouched since the last run) the stores would wait for each line in turn
+#define WRITE_AHEAD 4
+
 // start: w (P + 1, width) the interactions (f10 + f01 - f00 - f11) / s and E (P + 1, width)
 // expm1(|w|), their rows P zero; pair_constant (width) sum_p f10 + f01 - f11; minus_k and H
 // (V V, width) f11 - f01 at u's position, f11 - f10 at v's, 0 at the `empty` positions, and H
@@ -584,10 +589,6 @@ CLONED double colour_update(const double *restrict mu, const int64_t *restrict q
 // i's positions, summed from 0 in the pairs' order.  Each sample's potentials are a row of
 // row_length entries: 2 V unaries, then 4 per pair.  work: 4 chunk width entries.  Returns the
 // largest |w| of the samples (NaN ignored).
-// pairs ahead whose output rows dense_start prefetches for writing: each row is a short run at
-// its own place, which the hardware prefetcher does not follow; with cold lines (the arrays
-// untouched since the last run) the stores would wait for each line in turn
-#define WRITE_AHEAD 4
 CLONED double dense_start(const double *restrict potentials, int64_t samples,
                           int64_t row_length, int64_t width, int64_t V, int64_t P,
                           const int64_t *restrict at_u, const int64_t *restrict at_v,
