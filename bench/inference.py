@@ -24,11 +24,10 @@ the medians over rounds, and *CPU/wall*, the process's CPU seconds per wall seco
 sweeps (how many cores a sweep kept busy).  Each engine's round starts after a pause of 0.3 s:
 OpenBLAS's and OpenMP's workers busy-wait for a while after a threaded call, on the cores the next
 engine would use.  The reference is timed once, on the first
---reference-samples samples, per sample-sweep (it loops over samples and regions).  For (b), a
-floor: the layout copies alone that the dense path's samples-last arrays cost at start and at
-read-out (LayoutCopies), against which its start and read-out can be read; for (a), (c) and (d),
-at 1 and N threads, the exps of the exp tables alone at start and the beliefs vector's bytes
-alone at read-out (TableWork).
+--reference-samples samples, per sample-sweep (it loops over samples and regions).  Floors, at 1
+and N threads, against which start and read-out can be read: for (a), (c) and (d), the exps of
+the exp tables alone at start and the beliefs vector's bytes alone at read-out (TableWork); for
+(b), one read of the potentials alone at start and the beliefs' bytes alone (PotentialBytes).
 
 Before any timing: the engine's messages after two sweeps against the reference's; the engine on N
 threads bitwise against 1 thread (10 sweeps); the torch sweep's messages against the engine's; the
@@ -266,49 +265,14 @@ class Fastmp:
         return np.array(duals), np.concatenate(beliefs)
 
 
-class LayoutCopies:
-    """A floor for the dense path (workloads b): the copies, with no arithmetic, that an engine
-    keeping samples-last arrays makes (done the fastest way measured).  Start: the pair potentials transposed into
-    (4, P, S); read-out: the pair beliefs from (4, P, S) and the messages from (2 E, S) into the
-    samples-first beliefs and messages (plain numpy assignments, 128 rows at a time: faster
-    than whole arrays at once, measured)."""
-
-    sweep = run10 = None
-
-    def __init__(self, graphs, potentials):
-        self.label, self.threads = "layout copies alone (no arithmetic)", 1
-        batch = GraphBatch(graphs)
-        g = graphs[0]
-        V, S = len(g.cardinalities), len(graphs)
-        P, E = len(g.regions) - V, len(g.edges)
-        self.pairs_in = potentials.reshape(S, -1)[:, 2 * V:].reshape(S, P, 4)
-        self.f = np.empty((4, P, S))
-        self.beliefs = np.empty(batch.num_potentials).reshape(S, -1)[:, 2 * V:].reshape(S, P, 4)
-        self.messages = np.empty(batch.num_messages).reshape(S, 2 * E)
-        self.edge_rows = np.random.default_rng(0).normal(size=(2 * E, S))
-
-    def enter(self):
-        torch.set_num_threads(1)
-
-    def start(self):
-        into = self.pairs_in.transpose(2, 1, 0)
-        for p in range(0, into.shape[1], 128):   # a block at a time, as the engine does
-            self.f[:, p:p + 128] = into[:, p:p + 128]
-
-    def readout(self, state):
-        into = self.beliefs.transpose(2, 1, 0)
-        for p in range(0, into.shape[1], 128):
-            into[:, p:p + 128] = self.f[:, p:p + 128]
-        for r in range(0, len(self.edge_rows), 128):
-            self.messages[:, r:r + 128] = self.edge_rows[r:r + 128].T
-
-
 class TableWork:
     """A floor for the flat path (workloads a, c, d), numpy on `threads` threads (contiguous parts,
     through the engine's thread pool): start, the exp of every fast pair entry into an array of
     the exp tables' size (no max, no shift, no other start work); read-out, the beliefs vector's
     bytes, one copy of a vector of its size into it (the engine reads the exp tables and writes
-    the beliefs: as many bytes, no arithmetic)."""
+    the beliefs: as many bytes, no arithmetic).  start and read-out return the slowest part's
+    time, taken in its thread, as dstrain's run() times its phases (so neither counts the pool's
+    waking up after the pause before each round)."""
 
     sweep = run10 = None
 
@@ -329,16 +293,38 @@ class TableWork:
     def enter(self):
         torch.set_num_threads(1)
 
+    @staticmethod
+    def _slowest(calls) -> float:
+        def timed_call(call):
+            return timed(call)[0]
+        return max(run_parallel([lambda call=call: timed_call(call) for call in calls]))
+
     def start(self):
-        run_parallel([lambda x=x, y=y: np.exp(x, out=y) for x, y in self.exps])
+        return self._slowest([lambda x=x, y=y: np.exp(x, out=y) for x, y in self.exps])
 
     def readout(self, state):
-        run_parallel([lambda x=x, y=y: np.copyto(y, x) for x, y in self.copies])
+        return self._slowest([lambda x=x, y=y: np.copyto(y, x) for x, y in self.copies])
 
 
-FLOORS = {"layout copies alone (no arithmetic)": "the floor of start and read-out in samples-last "
-          "arrays: layout copies alone", "exp tables and beliefs' bytes alone": "the floor of "
-          "start and read-out: the exp tables' exps alone, the beliefs' bytes alone"}
+class PotentialBytes(TableWork):
+    """A floor for the dense path (workloads b), numpy on `threads` threads as TableWork: start,
+    one read of the potentials (a sum of each part: the engine reads every potential and
+    computes from them); read-out, TableWork's copy of a vector of the beliefs' size into them."""
+
+    def __init__(self, graphs, potentials, threads):
+        self.label, self.threads = "potentials' and beliefs' bytes alone", threads
+        beliefs = np.zeros(GraphBatch(graphs).num_potentials)
+        self.reads = [potentials[part] for part in self._parts(len(potentials))]
+        self.copies = [(potentials[part], beliefs[part]) for part in self._parts(len(beliefs))]
+
+    def start(self):
+        return self._slowest([lambda x=x: np.add.reduce(x) for x in self.reads])
+
+
+FLOORS = {"exp tables and beliefs' bytes alone": "the floor of start and read-out: the exp "
+          "tables' exps alone, the beliefs' bytes alone", "potentials' and beliefs' bytes alone":
+          "the floor of start and read-out: the potentials' bytes read alone, the beliefs' bytes "
+          "alone"}
 
 
 def load_baseline(path: str):
@@ -433,11 +419,9 @@ def reference_us(graphs, potentials, samples) -> float:
 def one_round(e) -> dict:
     e.enter()
     out = {}
+    if e.sweep is None:   # a floor: start and read-out only, each timing itself
+        return {"cpu": float("nan"), "start": e.start(), "readout": e.readout(None)}
     out["start"], state = timed(e.start)
-    if e.sweep is None:   # a floor: start and read-out only
-        out["cpu"] = float("nan")
-        out["readout"], _ = timed(lambda: e.readout(state))
-        return out
     if isinstance(e, Fastmp):
         zero, _ = timed(lambda: e.sweep(state, 0))
         cpu, wall = time.process_time(), time.perf_counter()
@@ -545,7 +529,7 @@ def main(argv=None):
         if fastmp is not None and peer:
             engines += [Fastmp(fastmp, graphs, flat, t) for t in threads]
         if key.startswith("b"):
-            engines.append(LayoutCopies(graphs, flat))
+            engines += [PotentialBytes(graphs, flat, t) for t in threads]
         elif sharing is None:
             engines += [TableWork(graphs, flat, t) for t in threads]
         print(f"({key}) {name}: checks", flush=True)
