@@ -218,6 +218,10 @@ CLONED void pair_tables(const double *potentials, const int64_t *potential_at, d
         const double *f = potentials + potential_at[k];
         double *t = tables + table_at[k];
         const double c = scale[k];
+        if (i + 1 < pairs) {   // (the next pair's potentials, which come cold from memory)
+            const double *next = potentials + potential_at[order ? order[i + 1] : i + 1];
+            for (int64_t j = 0; j < size; j += 8) __builtin_prefetch(next + j);
+        }
         const double m = largest_of(f, size);
         // (x - 0 is x: the unshifted pairs' bits are those of exp(f * inverse), exp(f / c))
         if (m > above * c || m < -below * c) {
