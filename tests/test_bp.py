@@ -795,9 +795,11 @@ def test_the_fused_region_read_out_equals_region_values_and_softmax_bit_for_bit(
                                  _kernel_batches(rng)[3:], rng)
 
 
-def test_streamed_exp_tables_and_beliefs_give_the_same_bits(monkeypatch):
-    # ranges with large tables write them, and the beliefs, with streaming stores: with the
-    # threshold at 0 every range does; the run's numbers are those of plain stores
+def test_streamed_exp_tables_beliefs_and_zeros_give_the_same_bits(monkeypatch):
+    # ranges with large tables write them, and the beliefs, with streaming stores, and so do
+    # those with many zero messages: with the thresholds at 0 every range does; the runs'
+    # numbers are those of plain stores, warm and cold (the cold run on the array the warm one
+    # left: every entry is overwritten)
     from dstrain.inference import cpu_kernels, flat
 
     rng = np.random.default_rng(21)
@@ -806,6 +808,9 @@ def test_streamed_exp_tables_and_beliefs_give_the_same_bits(monkeypatch):
         kernel = getattr(cpu_kernels, name)
         monkeypatch.setattr(cpu_kernels, name, lambda *a, _k=kernel, **kw: (
             streamed.append(kw.get("streamed", False)), _k(*a, **kw))[1])
+    zeros = cpu_kernels.zeros_streamed
+    monkeypatch.setattr(cpu_kernels, "zeros_streamed", lambda *a: (
+        streamed.append("zeros"), zeros(*a))[1])
     for graphs in _kernel_batches(rng)[3:]:   # (the flat engine's batches)
         batch = GraphBatch(graphs)
         potentials = rng.normal(scale=3.0, size=batch.num_potentials)
@@ -813,12 +818,20 @@ def test_streamed_exp_tables_and_beliefs_give_the_same_bits(monkeypatch):
         runs = []
         for threshold in (1 << 62, 0):
             monkeypatch.setattr(flat, "_STREAM_TABLE_BYTES", threshold)
+            monkeypatch.setattr(flat, "_STREAM_FILL_BYTES", threshold)
             streamed.clear()
-            runs.append(ConvexBP(batch, threads=2).run(potentials, messages, max_sweeps=3,
-                                                       tol=0.0))
+            engine = ConvexBP(batch, threads=2)
+            warm = engine.run(potentials, messages, max_sweeps=3, tol=0.0)
             assert streamed and set(streamed) == {threshold == 0}
-        for key in ("messages", "dual", "beliefs"):
-            np.testing.assert_array_equal(getattr(runs[0], key), getattr(runs[1], key))
+            runs.append([(warm.messages.copy(), warm.dual, warm.beliefs.copy())])
+            del warm
+            streamed.clear()
+            cold = engine.run(potentials, max_sweeps=3, tol=0.0)
+            assert ("zeros" in streamed) == (threshold == 0)
+            runs[-1].append((cold.messages, cold.dual, cold.beliefs))
+        for plain, fast in zip(*runs):
+            for a, b in zip(plain, fast):
+                np.testing.assert_array_equal(a, b)
 
 
 def test_the_colour_update_kernel_equals_numpys_update_bit_for_bit(monkeypatch):
@@ -893,6 +906,19 @@ def test_a_pair_tables_bits_do_not_depend_on_where_it_sits(size, streamed):
                                     np.zeros(1, np.int64), length, np.ones(1), True, top[:1],
                                     50.0, 100.0, streamed=streamed)
             np.testing.assert_array_equal(part[shift:shift + length], made[0, :length])
+
+
+def test_streamed_zeros_fill_every_entry_and_nothing_else():
+    # heads before the first cache line, whole lines, tails, runs shorter than a line
+    from dstrain.inference import cpu_kernels
+
+    kernels = cpu_kernels.library()
+    for length in (0, 1, 5, 7, 8, 9, 16, 63, 64, 1000):
+        for shift in range(8):
+            array = np.full(length + 16, np.nan)
+            cpu_kernels.zeros_streamed(kernels, array[shift:shift + length])
+            assert (array[shift:shift + length] == 0.0).all(), (length, shift)
+            assert np.isnan(array[:shift]).all() and np.isnan(array[shift + length:]).all()
 
 
 def test_the_kernels_refuse_offsets_outside_their_arrays():

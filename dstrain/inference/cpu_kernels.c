@@ -176,7 +176,27 @@ __attribute__((target("avx512f"))) static void copy_8_streamed(const double *res
         _mm512_mask_storeu_pd(to + i, rest, _mm512_maskz_loadu_pd(rest, from + i));
     }
 }
+
+// n zeros into `to` with streaming stores where a vector fills a cache line
+__attribute__((target("avx512f"))) static void zero_8_streamed(double *restrict to, int64_t n) {
+    const __m512d zero = _mm512_setzero_pd();
+    int64_t i = (int64_t)(((64 - ((uintptr_t)to & 63)) & 63) / sizeof(double));
+    i = i < n ? i : n;
+    if (i) _mm512_mask_storeu_pd(to, (__mmask8)((1u << i) - 1u), zero);
+    for (; i + 8 <= n; i += 8) _mm512_stream_pd(to + i, zero);
+    if (i < n) _mm512_mask_storeu_pd(to + i, (__mmask8)((1u << (n - i)) - 1u), zero);
+    _mm_sfence();
+}
 #endif
+
+static void zero_plain(double *restrict to, int64_t n) {
+    memset(to, 0, (size_t)n * sizeof(double));
+}
+static void (*zero_run)(double *restrict, int64_t) = zero_plain;
+
+// n zeros into `to`, with streaming stores where the CPU has them: for an array filled at
+// start and read only later, not first read in from memory for the write
+void zeros_streamed(double *to, int64_t n) { zero_run(to, n); }
 
 static void copy_plain(const double *restrict from, double *restrict to, int64_t n) {
     memcpy(to, from, (size_t)n * sizeof(double));
@@ -194,6 +214,7 @@ __attribute__((constructor)) static void pick_runs(void) {
     exp_run = wide ? exp_8 : middle ? exp_4 : exp_2;
     streamed_exp_run = wide ? exp_8_streamed : exp_run;
     streamed_copy = wide ? copy_8_streamed : copy_plain;
+    zero_run = wide ? zero_8_streamed : zero_plain;
     log_run = wide ? log_8 : middle ? log_4 : log_2;
 #if __GLIBC_PREREQ(2, 35)
     expm1_run = wide ? expm1_8 : middle ? expm1_4 : expm1_2;

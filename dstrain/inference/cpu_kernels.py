@@ -25,6 +25,7 @@ from ..native import BuildError, shared_library
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _SIGNATURES = {
+    "zeros_streamed": [_P, _I],
     "pair_tables": [_P, _P, _P, _P, _I, _I, _P, ctypes.c_int, _D, _D, _D, _P, _P, ctypes.c_int],
     "pair_beliefs": [_P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P],
     "edge_products": [_P, _P, _P, _P, _P, _I, _I, _I, _P, _P, _P, _P, _I, _P],
@@ -320,6 +321,11 @@ class RegionReadout:
         order = np.argsort(region, kind="stable")
         return cls(first, rows, n, np.searchsorted(region[order], np.arange(rows + 1)),
                    heads[order], sums.messages)
+
+
+def zeros_streamed(kernels, out: np.ndarray) -> None:
+    """out[:] = 0 with streaming stores where the CPU has them (see cpu_kernels.c)."""
+    kernels.zeros_streamed(_buffer(out, "out"), out.size)
 
 
 def region_readout(kernels, plan: RegionReadout, readout, lam, scale, beliefs, belief_at,
