@@ -66,7 +66,8 @@ _SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
 _STREAM_TABLE_BYTES = 8 << 20
 # a range's zero messages from this size are written with streaming stores too (start's tables
 # and potentials pass through the cache before the first sweep reads them; an A/B of 1000
-# words, 1000 chains and 20 grids on two threads: start 0.1-0.3 ms faster, sweeps not slower)
+# words, 1000 chains and 20 grids on two threads, bench/results/inference.md's note: start
+# faster, sweeps not slower)
 _STREAM_FILL_BYTES = 1 << 20
 
 # rows of a sliding window are copied faster than entries are scattered from this length
