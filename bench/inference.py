@@ -280,11 +280,16 @@ class TableWork:
         self.label, self.threads = "exp tables and beliefs' bytes alone", threads
         batch = GraphBatch(graphs)
         entries = np.concatenate([g.entries.ravel() for g in batch.pair_groups])
-        # (pages touched here: the engine's in-run arrays are reused, their pages are mapped)
-        pairs, tables = potentials[entries], np.zeros(len(entries))
-        beliefs = np.zeros(batch.num_potentials)
+        # (pages touched here, np.full writes them: the engine's in-run arrays are reused, their
+        # pages are mapped)
+        pairs, tables = potentials[entries], np.full(len(entries), 0.0)
         self.exps = [(pairs[part], tables[part]) for part in self._parts(len(entries))]
-        self.copies = [(potentials[part], beliefs[part]) for part in self._parts(len(beliefs))]
+        self.copies = self._belief_copies(potentials, batch.num_potentials)
+
+    def _belief_copies(self, potentials, size: int):
+        """Per part, (a run of `potentials`, the same run of a beliefs vector of `size`)."""
+        beliefs = np.full(size, 0.0)   # (pages touched, as above)
+        return [(potentials[part], beliefs[part]) for part in self._parts(size)]
 
     def _parts(self, size):
         cuts = np.linspace(0, size, self.threads + 1).astype(int)
@@ -295,9 +300,7 @@ class TableWork:
 
     @staticmethod
     def _slowest(calls) -> float:
-        def timed_call(call):
-            return timed(call)[0]
-        return max(run_parallel([lambda call=call: timed_call(call) for call in calls]))
+        return max(run_parallel([lambda call=call: timed(call)[0] for call in calls]))
 
     def start(self):
         return self._slowest([lambda x=x, y=y: np.exp(x, out=y) for x, y in self.exps])
@@ -313,9 +316,8 @@ class PotentialBytes(TableWork):
 
     def __init__(self, graphs, potentials, threads):
         self.label, self.threads = "potentials' and beliefs' bytes alone", threads
-        beliefs = np.zeros(GraphBatch(graphs).num_potentials)
         self.reads = [potentials[part] for part in self._parts(len(potentials))]
-        self.copies = [(potentials[part], beliefs[part]) for part in self._parts(len(beliefs))]
+        self.copies = self._belief_copies(potentials, GraphBatch(graphs).num_potentials)
 
     def start(self):
         return self._slowest([lambda x=x: np.add.reduce(x) for x in self.reads])

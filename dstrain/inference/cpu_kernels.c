@@ -136,6 +136,12 @@ VECTOR_RUNS("sse2", __m128d, 2, _mm_loadu_pd, _mm_storeu_pd, _mm_set1_pd, _mm_su
 #endif
 
 #if VECTOR_MATH
+// the entries of a run from p before its first cache-line boundary (0 if p is on one): what a
+// streaming writer stores through a masked store before its whole lines
+static inline int64_t line_head(const double *p) {
+    return (int64_t)(((64 - ((uintptr_t)p & 63)) & 63) / sizeof(double));
+}
+
 // exp_8 writing y with streaming (non-temporal) stores where a vector fills a cache line: for
 // exp tables larger than the cache, the lines are not first read in for the write.  The same
 // vector function for every entry (the head through a masked store, the tail by exp_8): exp_8's
@@ -145,7 +151,7 @@ __attribute__((target("avx512f"))) static void exp_8_streamed(const double *x, d
                                                             double factor, int divide) {
     const __m512d s = _mm512_set1_pd(shift), f = _mm512_set1_pd(factor);
     int64_t i = 0;
-    const int64_t head = (int64_t)(((64 - ((uintptr_t)y & 63)) & 63) / sizeof(double));
+    const int64_t head = line_head(y);
     for (int first = 1; i + 8 <= n; first = 0) {
         const __m512d z = _mm512_loadu_pd(x + i);
         const __m512d e = _ZGVeN8v_exp(divide ? _mm512_div_pd(_mm512_sub_pd(z, s), f)
@@ -166,8 +172,7 @@ __attribute__((target("avx512f"))) static void exp_8_streamed(const double *x, d
 // head and the tail through masked stores): for results larger than the cache, not first read in
 __attribute__((target("avx512f"))) static void copy_8_streamed(const double *restrict from,
                                                              double *restrict to, int64_t n) {
-    int64_t i = (int64_t)(((64 - ((uintptr_t)to & 63)) & 63) / sizeof(double));
-    i = i < n ? i : n;
+    int64_t i = line_head(to) < n ? line_head(to) : n;
     if (i) _mm512_mask_storeu_pd(to, (__mmask8)((1u << i) - 1u), _mm512_maskz_loadu_pd(
                                      (__mmask8)((1u << i) - 1u), from));
     for (; i + 8 <= n; i += 8) _mm512_stream_pd(to + i, _mm512_loadu_pd(from + i));
@@ -177,11 +182,11 @@ __attribute__((target("avx512f"))) static void copy_8_streamed(const double *res
     }
 }
 
-// n zeros into `to` with streaming stores where a vector fills a cache line
+// n zeros into `to` with streaming stores where a vector fills a cache line, then a fence (it
+// is called on its own, not inside a kernel that fences at its end)
 __attribute__((target("avx512f"))) static void zero_8_streamed(double *restrict to, int64_t n) {
     const __m512d zero = _mm512_setzero_pd();
-    int64_t i = (int64_t)(((64 - ((uintptr_t)to & 63)) & 63) / sizeof(double));
-    i = i < n ? i : n;
+    int64_t i = line_head(to) < n ? line_head(to) : n;
     if (i) _mm512_mask_storeu_pd(to, (__mmask8)((1u << i) - 1u), zero);
     for (; i + 8 <= n; i += 8) _mm512_stream_pd(to + i, zero);
     if (i < n) _mm512_mask_storeu_pd(to + i, (__mmask8)((1u << (n - i)) - 1u), zero);
@@ -538,13 +543,9 @@ CLONED void pair_readout(const double *restrict lam, const int64_t *restrict a_a
             const double *restrict a = x + (n - n0) * n_a, *restrict b = y + (n - n0) * n_b;
             const int64_t size = second[k] ? n_b : n_a;
             total[k] = dot_run(products[source[k]] + edge[k] * size, second[k] ? b : a, size);
-            if (!streamed) {
-                pair_belief(tables + table_at[k], a, b, total[k], n_a, n_b,
-                            beliefs + belief_at[k]);
-                continue;
-            }
-            pair_belief(tables + table_at[k], a, b, total[k], n_a, n_b, pair);
-            streamed_copy(pair, beliefs + belief_at[k], n_a * n_b);
+            pair_belief(tables + table_at[k], a, b, total[k], n_a, n_b,
+                        streamed ? pair : beliefs + belief_at[k]);
+            if (streamed) streamed_copy(pair, beliefs + belief_at[k], n_a * n_b);
         }
     }
 #if VECTOR_MATH
@@ -602,8 +603,8 @@ CLONED double colour_update(const double *restrict mu, const int64_t *restrict q
 // unaries' beliefs multiply by 1 / total), which the tests hold to within 1e-10 relative.
 
 // pairs ahead whose output rows dense_start prefetches for writing: each row is a short run at
-// its own place, which the hardware prefetcher does not follow; with cold lines (the arrays
-// untouched since the last run) the stores would wait for each line in turn
+// its own place, and its lines are cold (untouched since the last run); an A/B of the tagging
+// graph's start measured a small gain
 #define WRITE_AHEAD 4
 
 // start: w (P + 1, width) the interactions (f10 + f01 - f00 - f11) / s and E (P + 1, width)

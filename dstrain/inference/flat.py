@@ -64,10 +64,9 @@ _SHIFT_ABOVE, _SHIFT_BELOW = 50.0, 100.0
 # anyway (an A/B of 1000 words or chains on two threads: start and read-out faster, the sweeps
 # and a read of the beliefs after the run not slower; a 20-grid batch's 8 MB: no gain)
 _STREAM_TABLE_BYTES = 8 << 20
-# a range's zero messages from this size are written with streaming stores too (start's tables
-# and potentials pass through the cache before the first sweep reads them; an A/B of 1000
+# a range's zero messages from this size are written with streaming stores too (an A/B of 1000
 # words, 1000 chains and 20 grids on two threads, bench/results/inference.md's note: start
-# faster, sweeps not slower)
+# faster, the first sweep's reading them from memory not slower)
 _STREAM_FILL_BYTES = 1 << 20
 
 # rows of a sliding window are copied faster than entries are scattered from this length
@@ -661,11 +660,11 @@ class FlatBP:
         else:
             readout = theta[self._readout_entries]
             inner = self._inner_potentials(theta, readout)
-        warm = given is not None
+        warm, kernels = given is not None, cpu_kernels.library()
         if warm:
             np.copyto(lam, given)
-        elif lam.nbytes >= _STREAM_FILL_BYTES and cpu_kernels.library() is not None:
-            cpu_kernels.zeros_streamed(cpu_kernels.library(), lam)
+        elif lam.nbytes >= _STREAM_FILL_BYTES and kernels is not None:
+            cpu_kernels.zeros_streamed(kernels, lam)
         else:
             lam.fill(0.0)
         if warm and len(lam):   # shift every message to max 0: the dual is unchanged
