@@ -942,6 +942,22 @@ def test_the_kernels_refuse_offsets_outside_their_arrays():
     with pytest.raises(ValueError, match="w_a: expected 2 x 2"):
         cpu_kernels.pair_beliefs(kernels, tables, at, beliefs, at, 2, 2, np.ones(3), weights,
                                  sums)
+    # offsets checked once (cpu_kernels.Indices) are held to the buffer of every call
+    checked = cpu_kernels.Indices(at)
+    assert checked.bounds == (0, 4) and not checked.flags.writeable
+    cpu_kernels.pair_beliefs(kernels, tables, checked, beliefs, checked, 2, 2, weights, weights,
+                             sums)
+    with pytest.raises(ValueError, match="belief_at: offsets outside"):
+        cpu_kernels.pair_beliefs(kernels, tables, at, beliefs[:7], checked, 2, 2, weights,
+                                 weights, sums)
+    # a view has other entries: its bounds are found anew, not taken from the whole
+    reversed_view = cpu_kernels.Indices([4, 0, 5])[:2]
+    assert reversed_view.bounds is None and type(checked + 1) is np.ndarray
+    cpu_kernels.pair_beliefs(kernels, tables, at, beliefs, reversed_view, 2, 2, weights,
+                             weights, sums)
+    with pytest.raises(ValueError, match="belief_at: offsets outside"):
+        cpu_kernels.pair_beliefs(kernels, tables, at, beliefs, cpu_kernels.Indices([0, 4, 5])[1:],
+                                 2, 2, weights, weights, sums)
 
 
 def test_without_a_c_compiler_the_engine_warns_once_and_runs_numpys_path(monkeypatch, tmp_path):

@@ -98,12 +98,45 @@ def _buffer(array: np.ndarray, name: str, rows: int | None = None, width: int | 
     return array.ctypes.data
 
 
+class Indices(np.ndarray):
+    """A read-only int64 copy of index arrays that a kernel takes every call (offsets, positions,
+    orders), its smallest and largest entry found once here: a call then checks its bounds in
+    O(1) instead of scanning it (tens of microseconds a call for the batch's edges, and more on
+    the first call after the cores slept).  Use it as any array: results of arithmetic are plain
+    arrays, and a view of it is checked per call."""
+
+    def __new__(cls, values):
+        array = np.array(values, dtype=np.int64).view(cls)
+        array.setflags(write=False)
+        array.bounds = (int(array.min()), int(array.max())) if array.size else None
+        return array
+
+    def __array_finalize__(self, obj):
+        self.bounds = None   # (views: other entries; Indices.__new__ sets its own)
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        """Results of ufuncs and reductions as plain arrays and scalars."""
+        array = np.asarray(array)
+        return array[()] if return_scalar else array
+
+
+def _bounds(indices: np.ndarray, name: str) -> tuple[int, int] | None:
+    """(smallest, largest) of contiguous int64 `indices` (cached for an Indices), None if empty."""
+    if indices.dtype != np.int64 or not indices.flags.c_contiguous:
+        raise ValueError(f"{name}: expected contiguous int64 indices")
+    if not indices.size:
+        return None
+    bounds = getattr(indices, "bounds", None)   # (an Indices' own)
+    if bounds is not None:
+        return bounds
+    return int(indices.min()), int(indices.max())
+
+
 def _offsets(offsets: np.ndarray, size: int, buffer: np.ndarray, name: str) -> int:
     """The address of int64 `offsets` of runs of `size` entries that all lie in `buffer` (the
     kernels write through them: checked, not trusted)."""
-    if offsets.dtype != np.int64 or not offsets.flags.c_contiguous:
-        raise ValueError(f"{name}: expected contiguous int64 offsets")
-    if len(offsets) and (offsets.min() < 0 or offsets.max() + size > buffer.size):
+    bounds = _bounds(offsets, name)
+    if bounds is not None and (bounds[0] < 0 or bounds[1] + size > buffer.size):
         raise ValueError(f"{name}: offsets outside the {buffer.size} entries given")
     return offsets.ctypes.data
 
@@ -163,9 +196,10 @@ def edge_products(kernels, lam, other_at, tables, table_at, second, n_a: int, n_
     edges = len(other_at)
     if not len(table_at) == len(second) == edges or (scale is not None and len(scale) != edges):
         raise ValueError("edge_products: offsets, sides and scales of different lengths")
-    if edges and second.any() and not second.all() and n_a != n_b:
+    sides = _bounds(second, "second")
+    if sides is not None and sides[0] != sides[1] and n_a != n_b:
         raise ValueError("edge_products: both sides of a table that is not square")
-    n_r = n_b if edges and second[0] else n_a
+    n_r = n_b if sides is not None and second[0] else n_a
     n_o = n_a + n_b - n_r
     chunk = max(1, 2048 // (n_a + n_b))
     work = np.empty(chunk * (n_a + n_b))   # (held here: the kernel writes into it)
@@ -396,9 +430,8 @@ def colour_update(kernels, plan: ColourUpdate, mu, inner, lam, change: bool) -> 
 def _positions(positions: np.ndarray, limit: int, name: str, lowest: int = 0) -> int:
     """The address of int64 `positions`, each in [lowest, limit) (checked: the kernels index by
     them; -1, where allowed, stands for none)."""
-    if positions.dtype != np.int64 or not positions.flags.c_contiguous:
-        raise ValueError(f"{name}: expected contiguous int64 positions")
-    if len(positions) and (positions.min() < lowest or positions.max() >= limit):
+    bounds = _bounds(positions, name)
+    if bounds is not None and (bounds[0] < lowest or bounds[1] >= limit):
         raise ValueError(f"{name}: positions outside [{lowest}, {limit})")
     return positions.ctypes.data
 
@@ -414,58 +447,82 @@ def _chunk(width: int) -> int:
     return max(1, min(64, 2048 // width))
 
 
-def dense_start(kernels, plan, potentials, samples: int, messages, rows, pair_constant,
-                minus_k, H, inner) -> float:
-    """DenseBP.start's per-run arrays from the samples' potentials (rows of plan.num_potentials)
-    and, for a warm start, their messages (samples, edges, 2; else None): rows (2, P + 1, width)
-    w and expm1(|w|), pair_constant (width,), minus_k and H (V V, width), inner (V, width); see
-    cpu_kernels.c.  Returns the largest |w| of the samples."""
-    V, P = plan.V, plan.P
-    width = pair_constant.shape[0]
-    _columns(samples, width, "dense_start")
-    square = (V * V, width)
+class DenseRun:
+    """The dense kernels' arguments of one DenseBP run on a range of samples, checked once at its
+    start and kept as addresses (a sweep then passes only what changes): the plan's index and
+    coefficient arrays, the run's arrays of DenseState (rows (2, P + 1, width) w and E,
+    pair_constant (width,), minus_k and H (V V, width), inner (V, width)) and `scratch`, every
+    kernel's work space in turn (at least DenseRun.scratch_rows(plan, width) rows of width)."""
+
+    def __init__(self, plan, rows, pair_constant, minus_k, H, inner, scratch):
+        V, P = plan.V, plan.P
+        width = pair_constant.shape[0]
+        square = (V * V, width)
+        self.plan, self.width, self.chunk = plan, width, _chunk(width)
+        self._arrays = (rows, pair_constant, minus_k, H, inner, scratch)   # (kept alive)
+        self.w, self.E = _buffer(rows[0], "w", P + 1, width), _buffer(rows[1], "E", P + 1, width)
+        self.pair_constant = _buffer(pair_constant, "pair_constant", width, 1)
+        self.minus_k, self.H = _buffer(minus_k, "minus_k", *square), _buffer(H, "H", *square)
+        self.inner = _buffer(inner, "inner", V, width)
+        self.scratch = _buffer(scratch, "scratch", self.scratch_rows(plan, width), width)
+        self.at_u, self.at_v = (_positions(a, V * V, name)
+                                for a, name in ((plan.first, "at_u"), (plan.second, "at_v")))
+        self.empty = _positions(plan.empty, V * V, "empty")
+        self.edge_at = _positions(plan.edges, V * V, "edge_at")
+        self.pair_of = _positions(plan.symmetric, P + 1, "pair_of")
+        self.source_u, self.source_v = (_positions(a, V, name, -1) for a, name in (
+            (plan.source_u, "source_u"), (plan.source_v, "source_v")))
+        # 1 / (eps c_p) and eps c_p, P + 1 of them (1 for the zero row P; the first P: the
+        # pairs'), or None where all are 1
+        self.inverse = None if plan.unit else _buffer(plan.pair_inverse, "inverse", P + 1, 1)
+        self.scale = None if plan.unit else _buffer(plan.pair_scale, "scale", P + 1, 1)
+        self.ratio = _buffer(plan.ratio, "ratio", V * V, 1)
+        self.unary_scale = _buffer(plan.unary_scale, "unary_scale", V, 1)
+
+    @staticmethod
+    def scratch_rows(plan, width: int) -> int:
+        """Rows of width the largest kernel's work space takes."""
+        chunk = _chunk(width)
+        return max(4 * chunk, 5 * chunk + 1, 5 * plan.V, 2 * plan.V + 1)
+
+
+def dense_start(kernels, run: DenseRun, potentials, samples: int, messages) -> float:
+    """DenseBP.start's per-run arrays (`run`'s) from the samples' potentials (rows of
+    plan.num_potentials) and, for a warm start, their messages (samples, edges, 2; else None):
+    w and expm1(|w|), pair_constant, minus_k, H and inner; see cpu_kernels.c.  Returns the
+    largest |w| of the samples."""
+    plan = run.plan
+    _columns(samples, run.width, "dense_start")
     edges = len(plan.edges)
-    chunk = _chunk(width)
-    work = np.empty(4 * chunk * width)   # (held here: the kernel writes into it)
     return kernels.dense_start(
         _buffer(potentials, "potentials", samples, plan.num_potentials), samples,
-        plan.num_potentials, width, V, P, _positions(plan.first, V * V, "at_u"),
-        _positions(plan.second, V * V, "at_v"), _positions(plan.empty, V * V, "empty"),
-        len(plan.empty), None if plan.unit else _buffer(plan.pair_inverse, "inverse", P + 1, 1),
+        plan.num_potentials, run.width, plan.V, plan.P, run.at_u, run.at_v, run.empty,
+        len(plan.empty), run.inverse,
         None if messages is None else _buffer(messages, "messages", samples, 2 * edges),
-        _positions(plan.edges, V * V, "edge_at"), edges,
-        _buffer(rows[0], "w", P + 1, width), _buffer(rows[1], "E", P + 1, width),
-        _buffer(pair_constant, "pair_constant", width, 1),
-        _buffer(minus_k, "minus_k", *square), _buffer(H, "H", *square),
-        _buffer(inner, "inner", V, width), chunk, _buffer(work, "work", 4 * chunk, width))
+        run.edge_at, edges, run.w, run.E, run.pair_constant, run.minus_k, run.H, run.inner,
+        run.chunk, run.scratch)
 
 
-def dense_sweep(kernels, plan, state, variables, change: bool, work) -> float:
-    """DenseBP._update of each of `variables` (int64, in turn) on `state`'s gaps, in place; the
-    largest change of a message entry if `change`, else 0 (work: (2 V + 1, width) of scratch)."""
-    V, P = plan.V, plan.P
-    width = state.H.shape[2]
-    square = (V * V, width)
+def dense_sweep(kernels, run: DenseRun, variables, change: bool) -> float:
+    """DenseBP._update of each of `variables` (int64, in turn) on `run`'s gaps, in place; the
+    largest change of a message entry if `change`, else 0."""
+    plan = run.plan
     return kernels.dense_sweep(
-        _buffer(state.H, "H", *square), _buffer(state.rows[0], "w", P + 1, width),
-        _buffer(state.rows[1], "E", P + 1, width), _buffer(state.inner, "inner", V, width),
-        _buffer(state.minus_k, "minus_k", *square), _positions(plan.symmetric, P + 1, "pair_of"),
-        None if plan.unit else _buffer(plan.pair_inverse, "inverse", P + 1, 1),
-        None if plan.unit else _buffer(plan.pair_scale, "scale", P + 1, 1),
-        _buffer(plan.ratio, "ratio", V * V, 1), V, width, _positions(variables, V, "variables"),
-        len(variables), int(change), _buffer(work, "work", 2 * V + 1, width))
+        run.H, run.w, run.E, run.inner, run.minus_k, run.pair_of, run.inverse, run.scale,
+        run.ratio, plan.V, run.width, _positions(variables, plan.V, "variables"),
+        len(variables), int(change), run.scratch)
 
 
-def dense_pairs(kernels, plan, state, samples: int, beliefs, log_sum, block: int,
+def dense_pairs(kernels, run: DenseRun, samples: int, beliefs, log_sum, block: int,
                 unaries=None) -> bool:
-    """DenseBP._pairs from `state`'s shifted gaps H, w and E = expm1(|w|): the pairs' beliefs
+    """DenseBP._pairs from `run`'s shifted gaps H, w and E = expm1(|w|): the pairs' beliefs
     into `beliefs` (samples rows; a pair's four entries from 4 p of a row), if given, and
     log_sum (width,) += the pairs' s log(total), summed `block` pairs at a time; False if a
     total was not finite.  With `unaries` (samples, 2 V, the same rows' unary beliefs) the
     unaries whose beliefs come from a pair (plan.source_u, plan.source_v) are written too."""
+    plan = run.plan
     V, P = plan.V, plan.P
-    width = log_sum.shape[0]
-    _columns(samples, width, "dense_pairs")
+    _columns(samples, run.width, "dense_pairs")
     row = 4 * P
     if beliefs is not None:
         if beliefs.dtype != np.float64 or beliefs.shape != (samples, P, 4) \
@@ -480,29 +537,21 @@ def dense_pairs(kernels, plan, state, samples: int, beliefs, log_sum, block: int
         raise ValueError(f"dense_pairs: unaries of shape {unaries.shape} and strides "
                          f"{unaries.strides}: expected ({samples}, {2 * V}) in the beliefs' rows")
     address = None if beliefs is None else beliefs.ctypes.data
-    chunk = _chunk(width)
-    work = np.empty((5 * chunk + 1) * width)   # (held here: the kernel writes into it)
     bad = kernels.dense_pairs(
-        _buffer(state.H, "H", V * V, width), _buffer(state.w, "w", P, width),
-        _buffer(state.rows[1, :P], "E", P, width), samples if address else 0, width, P,
-        _positions(plan.first, V * V, "at_u"), _positions(plan.second, V * V, "at_v"),
-        None if plan.unit else _buffer(plan.inverse, "inverse", P, 1),
-        None if plan.unit else _buffer(plan.scale, "scale", P, 1), address, row,
-        None if unaries is None else unaries.ctypes.data,
-        _positions(plan.source_u, V, "source_u", -1), _positions(plan.source_v, V, "source_v", -1),
-        _buffer(log_sum, "log_sum", width, 1), block, chunk,
-        _buffer(work, "work", 5 * chunk + 1, width))
+        run.H, run.w, run.E, samples if address else 0, run.width, P, run.at_u, run.at_v,
+        run.inverse, run.scale, address, row, None if unaries is None else unaries.ctypes.data,
+        run.source_u, run.source_v, _buffer(log_sum, "log_sum", run.width, 1), block, run.chunk,
+        run.scratch)
     return not bad
 
 
-def dense_unaries(kernels, plan, H, minus_k, potentials, samples: int, beliefs, dual) -> None:
-    """DenseBP.readout's unary part from the gaps H - minus_k (V V, width): dual (width,) less
-    the unaries' raised gaps plus their terms, and, if `beliefs` (samples rows) is given, the
+def dense_unaries(kernels, run: DenseRun, potentials, samples: int, beliefs, dual) -> None:
+    """DenseBP.readout's unary part from `run`'s gaps H - minus_k: dual (width,) less the
+    unaries' raised gaps plus their terms, and, if `beliefs` (samples rows) is given, the
     beliefs of the unaries with eps c_i > 0 into each row's first 2 V entries; see
     cpu_kernels.c."""
-    V = plan.V
-    width = dual.shape[0]
-    _columns(samples, width, "dense_unaries")
+    plan = run.plan
+    _columns(samples, run.width, "dense_unaries")
     row = plan.num_potentials
     if beliefs is not None:
         if beliefs.dtype != np.float64 or beliefs.shape != (samples, plan.num_potentials) \
@@ -511,26 +560,17 @@ def dense_unaries(kernels, plan, H, minus_k, potentials, samples: int, beliefs, 
                              f"{beliefs.strides}: expected {samples} rows of "
                              f"{plan.num_potentials}")
         row = beliefs.strides[0] // 8
-    work = np.empty(5 * V * width)   # (held here: the kernel writes into it)
-    square = (V * V, width)
     kernels.dense_unaries(
-        _buffer(H, "H", *square), _buffer(minus_k, "minus_k", *square),
-        _buffer(potentials, "potentials", samples, plan.num_potentials), samples,
-        plan.num_potentials, V, width, _buffer(plan.unary_scale, "scale", V, 1),
-        None if beliefs is None else beliefs.ctypes.data, row, _buffer(dual, "dual", width, 1),
-        _buffer(work, "work", 5 * V, width))
+        run.H, run.minus_k, _buffer(potentials, "potentials", samples, plan.num_potentials),
+        samples, plan.num_potentials, plan.V, run.width, run.unary_scale,
+        None if beliefs is None else beliefs.ctypes.data, row,
+        _buffer(dual, "dual", run.width, 1), run.scratch)
 
 
-def dense_messages(kernels, plan, H, minus_k, samples: int, messages) -> None:
-    """The max-0 messages (samples, edges, 2) from the gaps H - minus_k (V V, width) at the
-    edges."""
-    width = H.shape[-1]
-    _columns(samples, width, "dense_messages")
-    edges = len(plan.edges)
-    chunk = _chunk(width)
-    work = np.empty(chunk * width)
-    kernels.dense_messages(_buffer(H, "H", plan.V * plan.V, width),
-                           _buffer(minus_k, "minus_k", plan.V * plan.V, width), samples, width,
-                           _positions(plan.edges, plan.V * plan.V, "edge_at"), edges,
-                           _buffer(messages, "messages", samples, 2 * edges), chunk,
-                           _buffer(work, "work", chunk, width))
+def dense_messages(kernels, run: DenseRun, samples: int, messages) -> None:
+    """The max-0 messages (samples, edges, 2) from `run`'s gaps H - minus_k at the edges."""
+    _columns(samples, run.width, "dense_messages")
+    edges = len(run.plan.edges)
+    kernels.dense_messages(run.H, run.minus_k, samples, run.width, run.edge_at, edges,
+                           _buffer(messages, "messages", samples, 2 * edges), run.chunk,
+                           run.scratch)

@@ -94,7 +94,6 @@ class DensePlan:
             a, b = graph.regions[p]
             edges.append(a * V + b if r == a else b * V + a)
         self.edges = np.array(edges, np.int64)
-        self.order = [list(colour) for colour in graph.colours]
         # unaries whose belief is marginalised from a pair, by the pair's variable they are:
         # (unaries, pair slots) for the first, then for the second
         sourced = [[], []]
@@ -112,6 +111,11 @@ class DensePlan:
                 into[side[1]] = side[0]
         self.num_potentials = 2 * V + 4 * P
         self.num_messages = 2 * len(edges)
+        # the kernels' index arrays (each call would otherwise scan them for its bounds check)
+        for name in ("first", "second", "symmetric", "empty", "edges", "source_u", "source_v"):
+            setattr(self, name, cpu_kernels.Indices(getattr(self, name)))
+        self.colour_order = [cpu_kernels.Indices(list(colour)) for colour in graph.colours]
+        self.sweep_order = cpu_kernels.Indices([i for colour in graph.colours for i in colour])
 
 
 def dense_plan(graph: RegionGraph | None) -> DensePlan | None:
@@ -157,8 +161,9 @@ class DenseState:
     bits than in a larger range; the extra sample has all-zero coefficients)."""
 
     def __init__(self, theta, lam, plan, samples, f, rows, pair_constant, H, minus_k, inner,
-                 extreme, logf, workspace):
+                 extreme, logf, workspace, run=None):
         self.theta, self._messages, self.plan, self.samples = theta, lam, plan, samples
+        self.run = run   # the kernels' arguments (cpu_kernels.DenseRun), None on numpy's path
         self.workspace = workspace   # where the read-outs' arrays come from too
         self._f = f              # (4, P, S') pair potentials f_00, f_01, f_10, f_11, or None
         self.rows = rows
@@ -207,10 +212,9 @@ class DenseState:
 
     @property
     def messages(self) -> np.ndarray:
-        kernels = cpu_kernels.library() if self._stale else None
-        if kernels is not None:   # (cpu_kernels.c)
-            cpu_kernels.dense_messages(kernels, self.plan, self.H.reshape(self.minus_k.shape),
-                                       self.minus_k, self.samples, self._messages)
+        if self._stale and self.run is not None:   # (cpu_kernels.c)
+            cpu_kernels.dense_messages(cpu_kernels.library(), self.run, self.samples,
+                                       self._messages)
             self._stale = False
         if self._stale:   # a max-0 binary message with gap g is (min(0, -g), min(0, g))
             S, edges = self.samples, self.plan.edges
@@ -249,11 +253,15 @@ class DenseBP:
         gaps = workspace.get("H", (V * V, width))
         inner = workspace.get("inner", (V, width))
         kernels = cpu_kernels.library()
+        run = None
         if kernels is not None:   # one pass over the potentials (cpu_kernels.c)
             f = None   # (formed if a read-out needs it: DenseState.f)
-            pair_constant = np.empty(width)
-            largest = cpu_kernels.dense_start(kernels, plan, rows, S, messages, pair_rows,
-                                              pair_constant, minus_k, gaps, inner)
+            pair_constant = workspace.get("pair_constant", (width,))
+            scratch = workspace.get("scratch", (cpu_kernels.DenseRun.scratch_rows(plan, width),
+                                                width))
+            run = cpu_kernels.DenseRun(plan, pair_rows, pair_constant, minus_k, gaps, inner,
+                                       scratch)
+            largest = cpu_kernels.dense_start(kernels, run, rows, S, messages)
         else:
             f, pair_constant, largest = self._start_arrays(rows, pair_rows, minus_k, inner,
                                                            workspace)
@@ -274,7 +282,8 @@ class DenseBP:
                 logf[k][v * V + u] = fe[2 * y + x]        # v's side: f(y_u = y, y_v = x)
             logf = logf.reshape(4, V, V, len(extreme))
         return DenseState(theta, lam, plan, S, f, pair_rows, pair_constant,
-                          gaps.reshape(V, V, width), minus_k, inner, extreme, logf, workspace)
+                          gaps.reshape(V, V, width), minus_k, inner, extreme, logf, workspace,
+                          run)
 
     def _start_arrays(self, rows, pair_rows, minus_k, inner, workspace):
         """numpy's path of start (where the CPU kernels are not built): pair_rows, minus_k and
@@ -361,23 +370,16 @@ class DenseBP:
 
     def update_colour(self, state: DenseState, k: int, change: bool = True) -> float:
         """Update the variables of colour k (one after the other: they share no pair)."""
-        return self._updates(state, self.plan.order[k], change)
+        return self._updates(state, self.plan.colour_order[k], change)
 
     def sweep(self, state: DenseState, change: bool = True) -> float:
         """Every variable once, colour by colour; the largest message entry change (0 if not
         `change`)."""
-        return self._updates(state, self._sweep_order, change)
-
-    @functools.cached_property
-    def _sweep_order(self) -> list[int]:
-        return [i for colour in self.plan.order for i in colour]
+        return self._updates(state, self.plan.sweep_order, change)
 
     def _updates(self, state: DenseState, variables, change: bool) -> float:
-        kernels = cpu_kernels.library()
-        if kernels is not None and not len(state.extreme):   # (cpu_kernels.c)
-            work = state.workspace.get("sweep", (2 * self.plan.V + 1, state.H.shape[2]))
-            largest = cpu_kernels.dense_sweep(kernels, self.plan, state,
-                                              np.asarray(variables, dtype=np.int64), change, work)
+        if state.run is not None and not len(state.extreme):   # (cpu_kernels.c)
+            largest = cpu_kernels.dense_sweep(cpu_kernels.library(), state.run, variables, change)
             state._gaps, state._stale = None, True
             return largest
         shape = state.H.shape[1:]
@@ -409,11 +411,10 @@ class DenseBP:
         if len(state.extreme):
             return None
         width = state.H.shape[2]
-        kernels = cpu_kernels.library()
-        if kernels is not None:   # one pass over the pairs (cpu_kernels.c)
+        if state.run is not None:   # one pass over the pairs (cpu_kernels.c)
             log_sum = state.pair_constant.copy()
-            finite = cpu_kernels.dense_pairs(kernels, plan, state, S, out, log_sum, _BLOCK,
-                                             unaries)
+            finite = cpu_kernels.dense_pairs(cpu_kernels.library(), state.run, S, out, log_sum,
+                                             _BLOCK, unaries)
             return log_sum if finite else None
         H = state.H.reshape(plan.V * plan.V, width)
         into = None if out is None else out.transpose(2, 1, 0)
@@ -535,11 +536,10 @@ class DenseBP:
             dual = self._peaked_pairs(state, out)
             if unaries is not None:
                 self._sourced_beliefs(out, unaries)
-        kernels = cpu_kernels.library()
-        if kernels is not None:   # (cpu_kernels.c)
-            cpu_kernels.dense_unaries(kernels, plan, state.H.reshape(state.minus_k.shape),
-                                      state.minus_k, state.theta.reshape(S, plan.num_potentials),
-                                      S, None if out is None else rows, dual)
+        if state.run is not None:   # (cpu_kernels.c)
+            cpu_kernels.dense_unaries(cpu_kernels.library(), state.run,
+                                      state.theta.reshape(S, plan.num_potentials), S,
+                                      None if out is None else rows, dual)
         else:
             self._unaries(state, dual, None if out is None else rows)
         return dual[:S], None, None

@@ -561,7 +561,9 @@ class FlatBP:
                                             dtype=np.int64)
             rows = _table_rows(table, np.arange(len(entry_at)))[1]
             order = None if np.all(np.diff(entry_at) > 0) else np.argsort(entry_at)
-            cached = self._offsets[group] = (rows * g.entries.shape[1], entry_at, order)
+            cached = self._offsets[group] = tuple(  # (checked once: the kernels take them often)
+                None if a is None else cpu_kernels.Indices(a)
+                for a in (rows * g.entries.shape[1], entry_at, order))
         return (_table_rows(table, _NONE)[0].reshape(-1),) + cached
 
     @functools.cached_property
@@ -1097,7 +1099,9 @@ class FlatBP:
             # in the tables' order: slot-major tables are read as a few streams, not many
             order = None if np.all(np.diff(edge_table_at) > 0) \
                 else np.argsort(edge_table_at, kind="stable")
-            offsets = self._edge_offsets[k, i] = edge_table_at, order
+            offsets = self._edge_offsets[k, i] = (cpu_kernels.Indices(edge_table_at),
+                                                  None if order is None
+                                                  else cpu_kernels.Indices(order))
         return (other_at, buffer, offsets[0], second,
                 *self._pair_shape(self.batch.pair_groups[g.pair_group]), scale, offsets[1])
 
@@ -1113,8 +1117,9 @@ class FlatBP:
             if not len(g.other) or np.array_equal(
                     g.other, other_at[:, None] + np.arange(g.other.shape[1])):
                 stored = self._stored[g.pair_group]
-                plan = (other_at, g.pairs if stored is None else stored[1][g.pairs],
-                        g.transposed.astype(np.int64),
+                plan = (cpu_kernels.Indices(other_at),
+                        g.pairs if stored is None else stored[1][g.pairs],
+                        cpu_kernels.Indices(g.transposed),
                         None if self._unit_fast[k][i] else np.ascontiguousarray(g.scale))
             self._edge_plans[k, i] = plan
         return plan or None
@@ -1255,8 +1260,7 @@ class FlatBP:
             plan = None
             if len(message_a) and all(np.array_equal(m, m[:, :1] + np.arange(m.shape[1]))
                                       for m in (message_a, message_b)):
-                plan = (np.ascontiguousarray(message_a[:, 0], dtype=np.int64),
-                        np.ascontiguousarray(message_b[:, 0], dtype=np.int64),
+                plan = (cpu_kernels.Indices(message_a[:, 0]), cpu_kernels.Indices(message_b[:, 0]),
                         None if self._unit_scale[group] else np.ascontiguousarray(scale))
             self._weight_plans[key] = plan
         return self._weight_plans[key]
@@ -1315,7 +1319,7 @@ class FlatBP:
                 return None
             plan.append((runs, None if np.all(scale == 1.0)
                          else np.ascontiguousarray(scale, dtype=np.float64),
-                         np.ascontiguousarray(entries[:, 0], dtype=np.int64)))
+                         cpu_kernels.Indices(entries[:, 0])))
             start += entries.size
         return plan
 
