@@ -101,9 +101,8 @@ def _buffer(array: np.ndarray, name: str, rows: int | None = None, width: int | 
 class Indices(np.ndarray):
     """A read-only int64 copy of index arrays that a kernel takes every call (offsets, positions,
     orders), its smallest and largest entry found once here: a call then checks its bounds in
-    O(1) instead of scanning it (tens of microseconds a call for the batch's edges, and more on
-    the first call after the cores slept).  Use it as any array: results of arithmetic are plain
-    arrays, and a view of it is checked per call."""
+    O(1) instead of scanning the batch's edges again.  Use it as any array: results of arithmetic
+    are plain arrays, and a view of it is checked per call."""
 
     def __new__(cls, values):
         array = np.array(values, dtype=np.int64).view(cls)
